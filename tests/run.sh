@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project's test command: set up the environment (idempotent), lint, then run the whole suite.
+# Usage: bash tests/run.sh [extra pytest args]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash cluster/setup_env.sh
+PY="${ETVA_VENV:-$ROOT/.venv}/bin/python"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONHASHSEED=0
+echo "[test] ruff check"
+"$PY" -m ruff check "$ROOT"
+echo "[test] pytest"
+set +e
+"$PY" -m pytest -ra "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "[test] FAILED: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$rc"
