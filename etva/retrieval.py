@@ -161,56 +161,84 @@ class FusedScorer:
 
     Trick: for a fixed availability pattern ``p`` (a set of experts) the weights depend on the query
     only, so the whole similarity is one inner product in a ``(E + K) * d`` space:
-    ``text_p(q) = [alpha * w_p(q)_e * t_qe/|t_qe| (e=1..E) ; (1-alpha)/K * t_qk (k=1..K)]`` and
-    ``video(v) = [v_ve/|v_ve| * avail_ve ; v_vk]``. Videos are grouped by pattern (a handful in
-    practice: all experts, no audio, ...), so scoring stays one GEMM per pattern and block. A video with
-    no available expert gets ``s_global = 0``.
+    ``text_p(q) = [alpha * w_p(q)_e * t_qe (e=1..E) ; (1-alpha)/K * t_qk (k=1..K)]`` and
+    ``video(v) = [v_ve * avail_ve ; v_vk]`` (unit vectors). Videos are grouped by pattern (a handful in
+    practice: all experts, no audio, ...), so scoring stays one GEMM per pattern and block, with the
+    same multiply-adds as the per-expert matmuls but none of their ``(q, v)`` elementwise passes. A
+    video with no available expert gets ``s_global = 0``.
+
+    Either side may be absent (pass None for all its tensors): ``global``/``local`` alignment ablations
+    then score with that branch alone (weight 1).
 
     Args:
-        text_global: (Q, E, d) per-expert text embeddings (normalised here).
-        text_logits: (Q, E) mixture logits.
-        video_global: (V, E, d) per-expert video embeddings (normalised here).
+        text_global: (Q, E, d) per-expert text embeddings.
+        text_logits: (Q, E) mixture logits (including any log prior).
+        video_global: (V, E, d) per-expert video embeddings.
         video_avail: (V, E) bool, expert available for the video.
-        text_local / video_local: (Q, K, d) / (V, K, d) cluster descriptors (normalised here per cluster).
+        text_local / video_local: (Q, K, d) / (V, K, d) cluster descriptors.
         alpha: fusion weight of the global score.
+        normalized: True when the embeddings are already L2-normalised (per expert / per cluster),
+            as the model returns them; False normalises them here (a copy).
     """
 
     def __init__(
         self,
-        text_global: Tensor,
-        text_logits: Tensor,
-        video_global: Tensor,
-        video_avail: Tensor,
-        text_local: Tensor,
-        video_local: Tensor,
-        alpha: float,
+        text_global: Tensor | None,
+        text_logits: Tensor | None,
+        video_global: Tensor | None,
+        video_avail: Tensor | None,
+        text_local: Tensor | None,
+        video_local: Tensor | None,
+        alpha: float = 0.5,
+        normalized: bool = False,
     ) -> None:
-        num_q, num_e, d = text_global.shape
-        num_v, num_k = video_local.shape[0], video_local.shape[1]
-        _check_shape("text_logits", text_logits, (num_q, num_e))
-        _check_shape("video_global", video_global, (num_v, num_e, d))
-        _check_shape("video_avail", video_avail, (num_v, num_e))
-        _check_shape("text_local", text_local, (num_q, num_k, d))
-        _check_shape("video_local", video_local, (num_v, num_k, d))
-        self.alpha = float(alpha)
-        self.num_k = num_k
-        self.text_global = F.normalize(text_global.float(), dim=-1)  # (Q, E, d)
-        self.text_local = F.normalize(text_local.float(), dim=-1)  # (Q, K, d)
-        self.text_logits = text_logits.float()  # (Q, E)
-        avail = video_avail.bool()
-        vg = F.normalize(video_global.float(), dim=-1) * avail[..., None]  # (V, E, d)
-        vl = F.normalize(video_local.float(), dim=-1)  # (V, K, d)
-        self.video = torch.cat([vg.flatten(1), vl.flatten(1)], dim=1)  # (V, (E+K)*d)
-        self.patterns, self.video_pattern = torch.unique(avail, dim=0, return_inverse=True)
-        logger.debug("FusedScorer: %d availability patterns over %d videos", len(self.patterns), num_v)
+        has_g, has_l = text_global is not None, text_local is not None
+        if not (has_g or has_l):
+            raise ValueError("FusedScorer: neither global nor local embeddings given")
+        norm = (lambda t: t.float()) if normalized else (lambda t: F.normalize(t.float(), dim=-1))
+        self.w_global = float(alpha) if has_l else 1.0
+        self.w_local = (1.0 - float(alpha)) if has_g else 1.0
+        self.text_global = self.text_local = self.text_logits = None
+        video_parts = []
+        if has_g:
+            num_q, num_e, d = text_global.shape
+            num_v = video_global.shape[0]
+            _check_shape("text_logits", text_logits, (num_q, num_e))
+            _check_shape("video_global", video_global, (num_v, num_e, d))
+            _check_shape("video_avail", video_avail, (num_v, num_e))
+            self.text_global, self.text_logits = norm(text_global), text_logits.float()
+            avail = video_avail.bool()
+            video_parts.append((norm(video_global) * avail[..., None]).flatten(1))  # (V, E*d)
+            self.patterns, self.video_pattern = torch.unique(avail, dim=0, return_inverse=True)
+        if has_l:
+            num_q, num_k, d = text_local.shape
+            _check_shape("video_local", video_local, (video_local.shape[0], num_k, d))
+            self.text_local, self.num_k = norm(text_local), num_k
+            video_parts.append(norm(video_local).flatten(1))  # (V, K*d)
+        if not has_g:  # one trivial pattern
+            self.patterns = torch.zeros(1, 0, dtype=torch.bool)
+            self.video_pattern = torch.zeros(video_local.shape[0], dtype=torch.long)
+        self.video = torch.cat(video_parts, dim=1)  # (V, (E+K)*d)
+        logger.debug("FusedScorer: %d availability patterns", len(self.patterns))
+
+    @classmethod
+    def from_embeddings(cls, text: Any, video: Any, alpha: float, normalized: bool = True) -> FusedScorer:
+        """From objects with ``experts/logits/local`` (text) and ``experts/available/local`` (video)."""
+        return cls(
+            text.experts, text.logits, video.experts, video.available, text.local, video.local,
+            alpha=alpha, normalized=normalized,
+        )  # fmt: skip
 
     def text_features(self, qs: slice, pattern: Tensor) -> Tensor:
         """(q, (E+K)*d) text side of the inner product for one availability pattern (E,) bool."""
-        logits = self.text_logits[qs].masked_fill(~pattern, float("-inf"))  # (q, E)
-        w = torch.softmax(logits, dim=-1) if pattern.any() else torch.zeros_like(logits)
-        tg = self.alpha * w[..., None] * self.text_global[qs]  # (q, E, d)
-        tl = self.text_local[qs] * ((1.0 - self.alpha) / self.num_k)  # (q, K, d)
-        return torch.cat([tg.flatten(1), tl.flatten(1)], dim=1)
+        parts = []
+        if self.text_global is not None:
+            logits = self.text_logits[qs].masked_fill(~pattern, float("-inf"))  # (q, E)
+            w = torch.softmax(logits, dim=-1) if pattern.any() else torch.zeros_like(logits)
+            parts.append((self.w_global * w[..., None] * self.text_global[qs]).flatten(1))
+        if self.text_local is not None:
+            parts.append((self.text_local[qs] * (self.w_local / self.num_k)).flatten(1))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def __call__(self, qs: slice, vs: slice) -> Tensor:
         """(q, v) similarities of the queries in ``qs`` and the videos in ``vs``."""

@@ -117,3 +117,40 @@ def test_fused_scorer_shape_errors() -> None:
     t = torch.zeros
     with pytest.raises(ValueError, match="video_avail"):
         FusedScorer(t(2, 3, 4), t(2, 3), t(5, 3, 4), t(5, 2), t(2, 6, 4), t(5, 6, 4), 0.5)
+
+
+def _random_embeddings(seed: int, num_q: int = 6, num_v: int = 9, num_e: int = 3, k: int = 4, d: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    unit = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
+    avail = torch.rand(num_v, num_e, generator=g) > 0.3
+    return dict(
+        text_global=unit(num_q, num_e, d),
+        text_logits=torch.randn(num_q, num_e, generator=g),
+        video_global=unit(num_v, num_e, d),
+        video_avail=avail,
+        text_local=unit(num_q, k, d),
+        video_local=unit(num_v, k, d),
+    )
+
+
+def test_fused_scorer_single_branch() -> None:
+    emb = _random_embeddings(1)
+    ref_g = _naive_etva(*[emb[n] for n in list(emb)], alpha=1.0)
+    glob = FusedScorer(**{**emb, "text_local": None, "video_local": None}, alpha=0.2)
+    torch.testing.assert_close(glob(slice(0, 6), slice(0, 9)).double(), ref_g, rtol=1e-5, atol=1e-5)
+    ref_l = _naive_etva(*[emb[n] for n in list(emb)], alpha=0.0)
+    none = {"text_global": None, "text_logits": None, "video_global": None, "video_avail": None}
+    loc = FusedScorer(**{**emb, **none}, alpha=0.7, normalized=True)
+    torch.testing.assert_close(loc(slice(0, 6), slice(2, 9)).double(), ref_l[:, 2:], rtol=1e-5, atol=1e-5)
+
+
+def test_fused_scorer_matches_model_similarity() -> None:
+    """Same numbers as the model's own (per-expert matmul) similarity functions."""
+    alignment = pytest.importorskip("etva.model.alignment")
+    netvlad = pytest.importorskip("etva.model.netvlad")
+    emb = _random_embeddings(2)
+    ref = 0.4 * alignment.GlobalAlignment.similarity(
+        emb["text_global"], emb["text_logits"], emb["video_global"], emb["video_avail"]
+    ) + 0.6 * netvlad.LocalAlignment.similarity(emb["text_local"], emb["video_local"])
+    got = FusedScorer(**emb, alpha=0.4, normalized=True)(slice(0, 6), slice(0, 9))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
