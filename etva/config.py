@@ -77,6 +77,7 @@ class DataConfig:
     max_skip_fraction: float = 0.01  # abort when more clips than this fail to decode
     decode_threads: int = 1
     features_dir: str = ""  # pre-extracted expert features (dataset=features or extra experts)
+    max_feature_tokens: int = 32  # N: pre-extracted features sampled/padded to N tokens per expert
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 

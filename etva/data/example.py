@@ -1,0 +1,146 @@
+"""The per-video transform shared by the Ray Data decode stage and a plain DataLoader.
+
+Plain functions of numpy arrays and Python lists (no Ray): :func:`make_video_example` turns one record
+into model inputs; :func:`decode_batch` does it for a ``map_batches`` batch, never raising for a bad
+clip: failed rows get zero arrays, ``ok=False`` and the error text, so the stage can drop and count them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from etva.data.audio import log_mel, num_audio_frames
+from etva.data.decode import DecodeError, decode_clip
+from etva.data.records import ClipRecord
+from etva.data.sources.features import (
+    FeatureError,
+    FeatureManifest,
+    default_features_dir,
+    load_feature_manifest,
+    read_features,
+)
+
+__all__ = ["make_video_example", "decode_batch", "feature_manifest_for", "SKIPPABLE_ERRORS"]
+
+log = logging.getLogger(__name__)
+
+# errors that mean "this clip is bad" (skipped and counted); anything else is a bug and propagates
+SKIPPABLE_ERRORS = (DecodeError, FeatureError, OSError)
+FEAT_PATH_PREFIX = "feat_path/"
+
+
+def feature_manifest_for(cfg) -> FeatureManifest | None:
+    """The feature store of a DataConfig: ``features_dir``, or ``root/features`` for dataset=features."""
+    folder = cfg.features_dir or (str(default_features_dir(cfg.root)) if cfg.dataset == "features" else "")
+    return _manifest(folder) if folder else None
+
+
+@lru_cache(maxsize=4)
+def _manifest(folder: str) -> FeatureManifest:
+    return load_feature_manifest(folder)
+
+
+def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
+    """Decode one record into model inputs (``cfg`` is a :class:`etva.config.DataConfig`).
+
+    Returns:
+        frames uint8 (T, S, S, 3); audio_mel float32 (A, M); audio_mask bool (A,);
+        and per pre-extracted expert ``feat/<e>`` float32 (N, D), ``feat_mask/<e>`` bool (N,).
+
+    Raises:
+        DecodeError / FeatureError: the clip or one of its feature files cannot be read.
+    """
+    clip = decode_clip(
+        record.video_path,
+        cfg.num_frames,
+        cfg.frame_size,
+        start_s=record.start_s,
+        end_s=record.end_s,
+        audio_rate=cfg.audio_rate or None,
+        max_audio_s=cfg.max_audio_s,
+        threads=cfg.decode_threads,
+    )
+    mel, mask = log_mel(clip.audio, cfg.audio_rate, cfg.num_mel_bins, cfg.max_audio_s)
+    out = {"frames": clip.frames, "audio_mel": mel, "audio_mask": mask}
+    manifest = feature_manifest_for(cfg)
+    if manifest is not None:
+        out.update(read_features(record, manifest.dims, cfg.max_feature_tokens))
+    return out
+
+
+def _empty_example(cfg) -> dict[str, np.ndarray]:
+    """Zero arrays with the shapes of a good example (filled in for failed rows)."""
+    a = num_audio_frames(cfg.max_audio_s)
+    out = {
+        "frames": np.zeros((cfg.num_frames, cfg.frame_size, cfg.frame_size, 3), np.uint8),
+        "audio_mel": np.zeros((a, cfg.num_mel_bins), np.float32),
+        "audio_mask": np.zeros((a,), bool),
+    }
+    manifest = feature_manifest_for(cfg)
+    for name, dim in (manifest.dims if manifest else {}).items():
+        out[f"feat/{name}"] = np.zeros((cfg.max_feature_tokens, dim), np.float32)
+        out[f"feat_mask/{name}"] = np.zeros((cfg.max_feature_tokens,), bool)
+    return out
+
+
+def _time(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _row_features(batch: dict, i: int) -> dict[str, str] | None:
+    """Feature paths of row ``i``: a ``features`` column of dicts, or ``feat_path/<e>`` columns."""
+    feats: dict[str, str] = {}
+    col = batch.get("features")
+    if col is not None and isinstance(col[i], dict):
+        feats.update({k: str(v) for k, v in col[i].items() if v})
+    for key, values in batch.items():
+        if key.startswith(FEAT_PATH_PREFIX) and values[i]:
+            feats[key[len(FEAT_PATH_PREFIX) :]] = str(values[i])
+    return feats or None
+
+
+def decode_batch(batch: dict, cfg) -> dict[str, np.ndarray]:
+    """Decode a batch of index rows (a ``map_batches`` function body).
+
+    Args:
+        batch: columns ``video_path`` and optionally ``start_s``/``end_s`` (None or NaN = unset),
+            ``video_id``, ``features`` (dicts expert -> path) or ``feat_path/<expert>`` (str, "" =
+            missing). Other columns (e.g. ``video_index``) are passed through.
+        cfg: a :class:`etva.config.DataConfig`.
+
+    Returns:
+        The example arrays stacked over the batch (B, ...), plus ``ok`` bool (B,) and ``error`` str (B,)
+        ("" when ok); failed rows hold zeros.
+    """
+    paths = [str(p) for p in batch["video_path"]]
+    n = len(paths)
+    starts, ends = batch.get("start_s", [None] * n), batch.get("end_s", [None] * n)
+    ids = batch.get("video_id", paths)
+    examples, ok, errors = [], np.ones(n, bool), [""] * n
+    for i, path in enumerate(paths):
+        rec = ClipRecord(str(ids[i]), path, [], "", _time(starts[i]), _time(ends[i]), _row_features(batch, i))
+        try:
+            examples.append(make_video_example(rec, cfg))
+        except SKIPPABLE_ERRORS as e:
+            log.warning("skipping %s: %s", path, e)
+            ok[i], errors[i] = False, f"{type(e).__name__}: {e}"
+            examples.append(None)
+    template = _empty_example(cfg)
+    out = {
+        key: np.stack([ex[key] if ex is not None else zero for ex in examples])
+        for key, zero in template.items()
+    }
+    skip = {"features"}
+    for key, values in batch.items():
+        if key not in out and key not in skip and not key.startswith(FEAT_PATH_PREFIX):
+            out[key] = np.asarray(values)
+    out["ok"] = ok
+    out["error"] = np.asarray(errors, dtype=object)
+    return out
