@@ -160,6 +160,13 @@ def _render_all(root: Path, jobs: list[ClipJob], workers: int, progress: bool) -
                     raise SynthError(f"cannot write clip(s) {names} under {root}: {e}") from e
 
 
+def _cpu_count() -> int:
+    """Cores this process may run on (the default number of workers)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _missing(root: Path, plan: Plan) -> tuple[list[ClipJob], list[str]]:
     jobs = [j for j in plan.jobs if not (root / j.path).is_file()]
     files = [f for f in plan.files if not (root / f).is_file()]
@@ -182,7 +189,7 @@ def generate_dataset(
         num_videos, seed: size and seed (they override ``cfg.num_videos``/``cfg.seed``).
         fmt: ``msrvtt`` | ``activitynet`` | ``lsmdc``.
         cfg: clip size, fps, duration and captions per video (defaults: ``SynthConfig()``).
-        workers: processes rendering clips (default ``os.cpu_count()``).
+        workers: processes rendering clips (default: the cores this process may use).
         progress: show a progress bar on stderr.
 
     Returns:
@@ -202,7 +209,7 @@ def generate_dataset(
         _write_text(root / PARTIAL_NAME, json.dumps({"params": params}))
         for stale in root.rglob("*.partial"):  # left by an interrupted run
             stale.unlink()
-        _render_all(root, jobs, min(workers or os.cpu_count() or 1, max(1, len(jobs))), progress)
+        _render_all(root, jobs, min(workers or _cpu_count(), max(1, len(jobs))), progress)
         for name, text in plan.files.items():
             _write_text(root / name, text)
         manifest = {

@@ -107,6 +107,36 @@ def _job(path: str, spec_segments: list, duration: float, cfg: SynthConfig, seed
     return ClipJob(path, tuple(spec_segments), duration, cfg.width, cfg.height, cfg.fps, seed)
 
 
+def _msrvtt_json(
+    ids: list[str], groups: list[int], split: list[str], captions: list[list[str]], d: float
+) -> dict:
+    """``MSRVTT_data.json`` content with the real file's keys."""
+    videos = [
+        {"category": g % 20, "url": f"synthetic://shapes/{v}", "video_id": v, "start time": 0.0,
+         "end time": d, "split": sp, "id": i}
+        for i, (v, g, sp) in enumerate(zip(ids, groups, split))
+    ]  # fmt: skip
+    k = len(captions[0]) if captions else 0
+    sentences = [
+        {"caption": c, "video_id": v, "sen_id": i * k + j}
+        for i, (v, caps) in enumerate(zip(ids, captions))
+        for j, c in enumerate(caps)
+    ]
+    return {"info": {"description": "synthetic shapes benchmark (etva)", "version": "1.0"}, "videos": videos,
+            "sentences": sentences}  # fmt: skip
+
+
+def _single_clips(ids, paths, split, specs, groups, attrs, cfg: SynthConfig, seed: int) -> tuple[list, dict]:
+    """Render jobs and manifest entries of one-event clips (MSRVTT, LSMDC)."""
+    d, negs = float(cfg.duration_s), _negatives(ids, groups)
+    jobs, videos = [], {}
+    for i, (v, s) in enumerate(zip(ids, specs)):
+        jobs.append(_job(paths[i], [(s, 0.0, d)], d, cfg, _clip_seed(seed, i)))
+        videos[v] = {"path": paths[i], "split": split[i], "group": groups[i], "varied_attribute": attrs[groups[i]],
+                     "hard_negatives": negs[i], "attributes": s.attributes()}  # fmt: skip
+    return jobs, videos
+
+
 def plan_msrvtt(num_videos: int, seed: int, cfg: SynthConfig) -> Plan:
     """MSRVTT: ``videos/all/videoN.mp4``, ``MSRVTT_data.json`` and the 1k-A/1k-B/Full/7k split files."""
     specs, groups, attrs = _grouped_specs(_rng(seed, 0), num_videos)
@@ -120,26 +150,7 @@ def plan_msrvtt(num_videos: int, seed: int, cfg: SynthConfig) -> Plan:
     test_b = _pick_by_groups(test_full, groups, n_1k, split_rng)
     d = float(cfg.duration_s)
     captions = [make_captions(s, cap_rng, cfg.captions_per_video) for s in specs]
-    data = {
-        "info": {"description": "synthetic shapes benchmark (etva)", "version": "1.0"},
-        "videos": [
-            {
-                "category": g % 20,
-                "url": f"synthetic://shapes/{v}",
-                "video_id": v,
-                "start time": 0.0,
-                "end time": d,
-                "split": sp,
-                "id": i,
-            }
-            for i, (v, g, sp) in enumerate(zip(ids, groups, full))
-        ],
-        "sentences": [
-            {"caption": c, "video_id": v, "sen_id": i * cfg.captions_per_video + j}
-            for i, (v, caps) in enumerate(zip(ids, captions))
-            for j, c in enumerate(caps)
-        ],
-    }
+    data = _msrvtt_json(ids, groups, full, captions, d)
     in_a, in_b = set(test_a), set(test_b)
     jsfusion = [
         [f"ret{k}", f"msr{i}", ids[i], captions[i][int(split_rng.integers(len(captions[i])))]]
@@ -158,19 +169,8 @@ def plan_msrvtt(num_videos: int, seed: int, cfg: SynthConfig) -> Plan:
         "val_list_full.txt": _lines(ids[n_train : n_train + n_val]),
         "test_list_full.txt": _lines(ids[n_train + n_val :]),
     }
-    negs = _negatives(ids, groups)
-    jobs, videos = [], {}
-    for i, (v, s) in enumerate(zip(ids, specs)):
-        path = f"videos/all/{v}.mp4"
-        jobs.append(_job(path, [(s, 0.0, d)], d, cfg, _clip_seed(seed, i)))
-        videos[v] = {
-            "path": path,
-            "split": full[i],
-            "group": groups[i],
-            "varied_attribute": attrs[groups[i]],
-            "hard_negatives": negs[i],
-            "attributes": s.attributes(),
-        }
+    paths = [f"videos/all/{v}.mp4" for v in ids]
+    jobs, videos = _single_clips(ids, paths, full, specs, groups, attrs, cfg, seed)
     splits = {
         "full/train": n_train,
         "full/validate": n_val,
@@ -202,8 +202,8 @@ def plan_lsmdc(num_videos: int, seed: int, cfg: SynthConfig) -> Plan:
     names = ["LSMDC16_annos_training.csv", "LSMDC16_annos_val.csv", "LSMDC16_challenge_1000_publictect.csv"]
     split_names = ["train", "val", "test"]
     d = float(cfg.duration_s)
-    ids, rows, jobs, paths, split_of = [], {n: [] for n in names}, [], [], []
-    i, movie = 0, 0
+    ids, rows, paths, split_of = [], {n: [] for n in names}, [], []
+    movie = 0
     for si, size in enumerate(sizes):
         for start in range(0, size, MOVIE_SIZE):  # movies never straddle two splits
             movie += 1
@@ -211,26 +211,12 @@ def plan_lsmdc(num_videos: int, seed: int, cfg: SynthConfig) -> Plan:
             for _ in range(min(MOVIE_SIZE, size - start)):
                 a, b = _fmt_time(t), _fmt_time(t + d)
                 clip_id = f"{name}_{a}-{b}"
-                rows[names[si]].append([clip_id, a, b, a, b, _sentence(specs[i], cap_rng)])
-                path = f"{name}/{clip_id}.mp4"
-                jobs.append(_job(path, [(specs[i], 0.0, d)], d, cfg, _clip_seed(seed, i)))
+                rows[names[si]].append([clip_id, a, b, a, b, _sentence(specs[len(ids)], cap_rng)])
                 ids.append(clip_id)
-                paths.append(path)
+                paths.append(f"{name}/{clip_id}.mp4")
                 split_of.append(split_names[si])
                 t += d + float(time_rng.uniform(0.5, 5.0))
-                i += 1
-    negs = _negatives(ids, groups)
-    videos = {
-        v: {
-            "path": paths[k],
-            "split": split_of[k],
-            "group": groups[k],
-            "varied_attribute": attrs[groups[k]],
-            "hard_negatives": negs[k],
-            "attributes": specs[k].attributes(),
-        }
-        for k, v in enumerate(ids)
-    }
+    jobs, videos = _single_clips(ids, paths, split_of, specs, groups, attrs, cfg, seed)
     files = {n: _csv(None, r, delimiter="\t") for n, r in rows.items()}
     return Plan(jobs, files, dict(zip(split_names, sizes)), num_videos, videos)
 
