@@ -1,0 +1,484 @@
+"""Start, stop and inspect a local Ray head (token auth on) and a local MLflow tracking server.
+
+    python -m cluster.local start [--ray] [--mlflow] [--num-cpus N]   # idempotent; prints addresses
+    python -m cluster.local stop  [--ray] [--mlflow]                  # kills by process group
+    python -m cluster.local status
+    source runs/local/env.sh      # RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, MLFLOW_TRACKING_URI
+
+Everything lives in one state directory ($ETVA_STATE_DIR, default <repo>/runs/local): `ray.json` and
+`mlflow.json` (pid/pgid records), logs, `env.sh`, the Ray auth token `ray_auth_token` (mode 0600,
+never committed: runs/ is gitignored; $ETVA_RAY_TOKEN_PATH points elsewhere), `mlflow.db` and
+`mlartifacts/`. Ports: $ETVA_RAY_PORT (6380), $ETVA_DASHBOARD_PORT (8265), $ETVA_MLFLOW_PORT (5000).
+
+Ray notes (2.60): `ray start --head` turns token auth on only with RAY_AUTH_MODE=token in its
+environment and a token it can read (RAY_AUTH_TOKEN > RAY_AUTH_TOKEN_PATH > ~/.ray/auth_token); every
+client (`ray job submit`, `ray.init`, JobSubmissionClient) needs the same two variables. `ray start`
+rewrites --node-ip-address=127.0.0.1 to the machine's routable IP (the GCS listens on all interfaces;
+the dashboard stays on 127.0.0.1), so the GCS address is read back from `<temp dir>/ray_current_cluster`.
+`ray stop` kills every Ray process on the machine, other users' too, so `stop` kills only this
+cluster's processes (see cluster/local_procs.py); `--all-ray` adds `ray stop --force` on request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cluster import local_procs
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MAX_RAY_TEMP_DIR_LEN = 40  # <temp>/session_<date>_<pid>/sockets/plasma_store must fit AF_UNIX's 107 bytes
+HUEY_ENV = "_MLFLOW_HUEY_STORAGE_PATH"  # MLflow's job-runner scratch dir (a /dev/shm/tmp* folder)
+
+
+@dataclass
+class LocalSettings:
+    """Where the local cluster keeps its state and which ports it uses."""
+
+    state_dir: Path
+    host: str = "127.0.0.1"
+    ray_port: int = 6380  # GCS
+    dashboard_port: int = 8265  # dashboard + Jobs API
+    mlflow_port: int = 5000
+    num_cpus: int = 4  # logical CPUs: Ray Data stages + 2 Train workers need more than 2 (PLATFORM.md)
+    ray_client_port: int | None = None  # None = Ray's default 10001
+    dashboard_agent_port: int | None = None  # None = Ray's default 52365
+    token_path: Path | None = None  # None = <state>/ray_auth_token
+    ray_temp_dir: Path | None = None  # None = <state>/ray, or /tmp/etva-ray-<hash> if that is too long
+    mlflow_workers: int = 1
+    start_timeout_s: float = 90.0
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> LocalSettings:
+        """Settings from ETVA_* environment variables; keyword overrides (not None) win."""
+        env = os.environ
+
+        def opt_int(name: str) -> int | None:
+            return int(env[name]) if env.get(name) else None
+
+        values: dict[str, object] = {
+            "state_dir": Path(env.get("ETVA_STATE_DIR") or REPO_ROOT / "runs" / "local"),
+            "ray_port": opt_int("ETVA_RAY_PORT"),
+            "dashboard_port": opt_int("ETVA_DASHBOARD_PORT"),
+            "mlflow_port": opt_int("ETVA_MLFLOW_PORT"),
+            "num_cpus": opt_int("ETVA_NUM_CPUS"),
+            "ray_client_port": opt_int("ETVA_RAY_CLIENT_PORT"),
+            "dashboard_agent_port": opt_int("ETVA_DASHBOARD_AGENT_PORT"),
+            "token_path": Path(env["ETVA_RAY_TOKEN_PATH"]) if env.get("ETVA_RAY_TOKEN_PATH") else None,
+            "ray_temp_dir": Path(env["ETVA_RAY_TEMP_DIR"]) if env.get("ETVA_RAY_TEMP_DIR") else None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).expanduser().resolve()
+
+    @property
+    def token_file(self) -> Path:
+        return Path(self.token_path or self.state_dir / "ray_auth_token").expanduser().resolve()
+
+    @property
+    def temp_dir(self) -> Path:
+        if self.ray_temp_dir is not None:
+            return Path(self.ray_temp_dir).expanduser().resolve()
+        inside = self.state_dir / "ray"
+        if len(str(inside)) <= MAX_RAY_TEMP_DIR_LEN:
+            return inside
+        digest = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"etva-ray-{digest}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.host}:{self.dashboard_port}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.state_dir / "mlflow.db"
+
+
+@dataclass
+class LocalCluster:
+    """Addresses of the running local services, and the environment a client process needs."""
+
+    state_dir: Path
+    ray_address: str | None = None  # GCS host:port, for ray.init(address=...)
+    dashboard_url: str | None = None  # Jobs API, for `ray job submit` / JobSubmissionClient
+    mlflow_uri: str | None = None
+    token_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    pgids: dict[str, int] = field(default_factory=dict)
+    settings: LocalSettings | None = None
+
+    def subprocess_env(self) -> dict[str, str]:
+        """os.environ plus this cluster's client variables (for subprocesses)."""
+        return {**os.environ, **self.env}
+
+
+# ----------------------------------------------------------------------------------------- records
+def _record_path(s: LocalSettings, name: str) -> Path:
+    return s.state_dir / f"{name}.json"
+
+
+def _read_record(s: LocalSettings, name: str) -> dict | None:
+    try:
+        return json.loads(_record_path(s, name).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_record(s: LocalSettings, name: str, record: dict) -> None:
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    _record_path(s, name).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _http_status(url: str, token: str | None = None, timeout: float = 2.0) -> int | None:
+    """HTTP status of a GET (None when nothing answers)."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _require_free(s: LocalSettings, ports: dict[str, int | None]) -> None:
+    for env_name, port in ports.items():
+        if port is not None and not _port_free("0.0.0.0", port):
+            raise RuntimeError(f"port {port} is already in use; choose another with {env_name}=<port>")
+
+
+def _running(s: LocalSettings, name: str, marker: str) -> tuple[dict | None, list[local_procs.Proc]]:
+    """The record and live processes of service `name` (stale records are removed)."""
+    record = _read_record(s, name)
+    if record is None:
+        return None, []
+    procs = local_procs.collect(record.get("pgid"), marker)
+    if not procs:
+        log.info("removing stale %s record (pgid %s is gone)", name, record.get("pgid"))
+        _record_path(s, name).unlink(missing_ok=True)
+        return None, []
+    return record, procs
+
+
+def _wait_until(check, timeout_s: float, what: str, proc: subprocess.Popen | None, log_file: Path):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        if proc is not None and proc.poll() not in (None, 0):
+            break
+        time.sleep(0.25)
+    tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else ""
+    raise RuntimeError(f"{what} did not come up within {timeout_s:.0f} s; log {log_file}:\n{tail}")
+
+
+# ------------------------------------------------------------------------------------------- Ray
+def ensure_token(s: LocalSettings) -> Path:
+    """Create the Ray auth token file (0600, 256 random bits like `ray get-auth-token --generate`)."""
+    path = s.token_file
+    if not path.exists() or not path.read_text().strip():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        log.info("generated Ray auth token at %s", path)
+    return path
+
+
+def ray_client_env(s: LocalSettings) -> dict[str, str]:
+    """Variables a Ray client needs for this cluster (token auth)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(s.token_file)}
+
+
+def _ray_ready(s: LocalSettings, token: str) -> str | None:
+    current = s.temp_dir / "ray_current_cluster"
+    if not current.exists() or _http_status(f"{s.dashboard_url}/api/jobs/", token) != 200:
+        return None
+    return current.read_text().strip()
+
+
+def start_ray_head(s: LocalSettings | None = None) -> LocalCluster:
+    """Start the Ray head (idempotent) and return its addresses."""
+    s = s or LocalSettings.from_env()
+    record, _ = _running(s, "ray", str(s.temp_dir))
+    if record is not None:
+        print(f"Ray head already running (pgid {record['pgid']}) at {record['gcs_address']}")
+        return _ray_cluster(s, record)
+    _require_free(
+        s,
+        {
+            "ETVA_RAY_PORT": s.ray_port,
+            "ETVA_DASHBOARD_PORT": s.dashboard_port,
+            "ETVA_RAY_CLIENT_PORT": s.ray_client_port,
+            "ETVA_DASHBOARD_AGENT_PORT": s.dashboard_agent_port,
+        },
+    )
+    token = ensure_token(s).read_text().strip()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(ray_client_env(s))
+    # job entrypoints inherit this environment: `python` must be this interpreter, not the system one
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [
+        str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={s.ray_port}",
+        f"--dashboard-host={s.host}", f"--dashboard-port={s.dashboard_port}", f"--num-cpus={s.num_cpus}",
+        f"--node-ip-address={s.host}", "--include-dashboard=true", "--disable-usage-stats",
+        f"--temp-dir={s.temp_dir}",
+    ]  # fmt: skip
+    if s.ray_client_port is not None:
+        cmd.append(f"--ray-client-server-port={s.ray_client_port}")
+    if s.dashboard_agent_port is not None:
+        cmd.append(f"--dashboard-agent-listen-port={s.dashboard_agent_port}")
+    s.temp_dir.mkdir(parents=True, exist_ok=True)
+    (s.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
+    log_file = s.state_dir / "ray_start.log"
+    t0 = time.monotonic()
+    proc = local_procs.spawn_detached(cmd, env, log_file)
+    record = {"pid": proc.pid, "pgid": proc.pid, "temp_dir": str(s.temp_dir), "cmd": cmd}
+    _write_record(s, "ray", record)  # written before waiting: a failed start can still be stopped
+    if proc.wait(timeout=s.start_timeout_s) != 0:
+        stop_ray_head(s)
+        tail = log_file.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"`ray start` failed (exit {proc.returncode}); log {log_file}:\n{tail}")
+    gcs = _wait_until(lambda: _ray_ready(s, token), s.start_timeout_s, "Ray Jobs API", None, log_file)
+    record.update(gcs_address=gcs, dashboard_url=s.dashboard_url, start_s=round(time.monotonic() - t0, 2))
+    _write_record(s, "ray", record)
+    print(
+        f"Ray head started in {record['start_s']} s (pgid {proc.pid}): GCS {gcs}, Jobs API {s.dashboard_url}"
+    )
+    return _ray_cluster(s, record)
+
+
+def _ray_cluster(s: LocalSettings, record: dict) -> LocalCluster:
+    env = client_env(s, record.get("gcs_address"))
+    env.pop("MLFLOW_TRACKING_URI")
+    return LocalCluster(
+        s.state_dir,
+        record.get("gcs_address"),
+        s.dashboard_url,
+        None,
+        s.token_file,
+        env,
+        {"ray": record["pgid"]},
+    )
+
+
+def stop_ray_head(s: LocalSettings | None = None, all_ray: bool = False, grace_s: float = 1.0) -> list[int]:
+    """Stop this cluster's Ray processes; returns pids left alive (expected: none)."""
+    s = s or LocalSettings.from_env()
+    record = _read_record(s, "ray")
+    procs = local_procs.collect(record["pgid"] if record else None, str(s.temp_dir))
+    left = local_procs.terminate(procs, grace_s) if procs else []
+    if all_ray:  # machine-wide: kills other users' Ray processes too
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], check=False)
+    if not left:
+        _record_path(s, "ray").unlink(missing_ok=True)
+    print(f"Ray head stopped ({len(procs)} process(es))" if procs else "Ray head was not running")
+    return left
+
+
+# ---------------------------------------------------------------------------------------- MLflow
+def start_mlflow(s: LocalSettings | None = None) -> LocalCluster:
+    """Start the MLflow tracking server (idempotent) and return its URI."""
+    s = s or LocalSettings.from_env()
+    record, _ = _running(s, "mlflow", str(s.mlflow_db))
+    if record is not None:
+        print(f"MLflow already running (pgid {record['pgid']}) at {record['uri']}")
+        return _mlflow_cluster(s, record)
+    _require_free(s, {"ETVA_MLFLOW_PORT": s.mlflow_port})
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # 2 processes instead of ~8
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{s.mlflow_db}",
+        "--artifacts-destination", str(s.state_dir / "mlartifacts"),
+        "--host", s.host, "--port", str(s.mlflow_port), "--workers", str(s.mlflow_workers),
+    ]  # fmt: skip
+    log_file = s.state_dir / "mlflow.log"
+    t0 = time.monotonic()
+    proc = local_procs.spawn_detached(cmd, env, log_file)
+    record = {"pid": proc.pid, "pgid": proc.pid, "uri": s.mlflow_uri, "cmd": cmd}
+    _write_record(s, "mlflow", record)
+    try:
+        _wait_until(
+            lambda: _http_status(f"{s.mlflow_uri}/health") == 200, s.start_timeout_s, "MLflow", proc, log_file
+        )
+    except RuntimeError:
+        stop_mlflow(s)
+        raise
+    record["start_s"] = round(time.monotonic() - t0, 2)
+    _write_record(s, "mlflow", record)
+    print(f"MLflow started in {record['start_s']} s (pgid {proc.pid}): {s.mlflow_uri}")
+    return _mlflow_cluster(s, record)
+
+
+def _mlflow_cluster(s: LocalSettings, record: dict) -> LocalCluster:
+    env = {"MLFLOW_TRACKING_URI": record["uri"]}
+    return LocalCluster(
+        s.state_dir, mlflow_uri=record["uri"], env=env, pgids={"mlflow": record["pgid"]}, settings=s
+    )
+
+
+def stop_mlflow(s: LocalSettings | None = None, grace_s: float = 5.0) -> list[int]:
+    """Stop the MLflow server's process group; remove its /dev/shm job-runner folder if it made one."""
+    s = s or LocalSettings.from_env()
+    record = _read_record(s, "mlflow")
+    procs = local_procs.collect(record["pgid"] if record else None, str(s.mlflow_db))
+    scratch = {local_procs.read_environ(p.pid).get(HUEY_ENV) for p in procs} - {None, ""}
+    left = local_procs.terminate(procs, grace_s) if procs else []
+    for path in map(Path, scratch):  # only folders named in our own processes' environment
+        if path.name.startswith("tmp") and path.parent in (Path("/dev/shm"), Path(tempfile.gettempdir())):
+            shutil.rmtree(path, ignore_errors=True)
+    if not left:
+        _record_path(s, "mlflow").unlink(missing_ok=True)
+    print(f"MLflow stopped ({len(procs)} process(es))" if procs else "MLflow was not running")
+    return left
+
+
+def leftover_processes(cluster: LocalCluster) -> list[local_procs.Proc]:
+    """Live processes still in the cluster's recorded groups or naming its Ray temp dir."""
+    marker = str(cluster.settings.temp_dir) if cluster.settings else "\0"
+    pgids = set(cluster.pgids.values())
+    return [p for p in local_procs.list_procs() if p.pgid in pgids or marker in p.cmdline]
+
+
+# ------------------------------------------------------------------------------------ together
+def client_env(s: LocalSettings, gcs_address: str | None = None) -> dict[str, str]:
+    """Everything a client process needs: Jobs API address, GCS address, token auth, MLflow URI.
+
+    `ray job submit` and JobSubmissionClient read RAY_API_SERVER_ADDRESS first (then RAY_ADDRESS);
+    `ray.init()` and `ray status` read RAY_ADDRESS and reject an http:// address, so RAY_ADDRESS
+    carries the GCS address."""
+    env = {
+        "RAY_API_SERVER_ADDRESS": s.dashboard_url,
+        **ray_client_env(s),
+        "MLFLOW_TRACKING_URI": s.mlflow_uri,
+    }
+    gcs_address = gcs_address or (_read_record(s, "ray") or {}).get("gcs_address")
+    if gcs_address:
+        env["RAY_ADDRESS"] = gcs_address
+    return env
+
+
+def write_env_file(s: LocalSettings, cluster: LocalCluster) -> Path:
+    """Write <state>/env.sh exporting what `ray job submit` and MLflow clients need."""
+    lines = ["# source this file: addresses of the local Ray head and MLflow server"]
+    lines += [f"export {k}={v}" for k, v in sorted(cluster.env.items())]
+    path = s.state_dir / "env.sh"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_all(s: LocalSettings | None = None, ray: bool = True, mlflow: bool = True) -> LocalCluster:
+    """Start the selected services and return one LocalCluster with the merged environment."""
+    s = s or LocalSettings.from_env()
+    out = LocalCluster(s.state_dir, token_path=s.token_file, env=client_env(s), settings=s)
+    for wanted, start in ((ray, start_ray_head), (mlflow, start_mlflow)):
+        if wanted:
+            part = start(s)
+            out.ray_address = part.ray_address or out.ray_address
+            out.dashboard_url = part.dashboard_url or out.dashboard_url
+            out.mlflow_uri = part.mlflow_uri or out.mlflow_uri
+            out.pgids.update(part.pgids)
+    out.env = client_env(s, out.ray_address)
+    write_env_file(s, out)
+    return out
+
+
+def stop_all(s: LocalSettings | None = None, ray: bool = True, mlflow: bool = True, all_ray: bool = False):
+    """Stop the selected services; returns {service: pids left alive}."""
+    s = s or LocalSettings.from_env()
+    left = {}
+    if mlflow:
+        left["mlflow"] = stop_mlflow(s)
+    if ray:
+        left["ray"] = stop_ray_head(s, all_ray=all_ray)
+    return left
+
+
+def status(s: LocalSettings | None = None) -> dict:
+    """Running state, addresses, pgids and RSS (MiB) of both services."""
+    s = s or LocalSettings.from_env()
+    out: dict = {"state_dir": str(s.state_dir), "token_path": str(s.token_file)}
+    for name, marker, url in (
+        ("ray", str(s.temp_dir), f"{s.dashboard_url}/api/gcs_healthz"),
+        ("mlflow", str(s.mlflow_db), f"{s.mlflow_uri}/health"),
+    ):
+        record, procs = _running(s, name, marker)
+        out[name] = {"running": record is not None, "healthy": _http_status(url) == 200}
+        if record is not None:
+            keep = ("pgid", "gcs_address", "dashboard_url", "uri", "start_s")
+            out[name].update({k: record[k] for k in keep if k in record})
+            out[name].update(processes=len(procs), rss_mb=round(local_procs.rss_mb(procs), 1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.local", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--ray", action="store_true", help="only the Ray head")
+    parser.add_argument("--mlflow", action="store_true", help="only the MLflow server")
+    parser.add_argument("--num-cpus", type=int, help="logical CPUs of the Ray head (default 4)")
+    parser.add_argument("--state-dir", type=Path, help="default $ETVA_STATE_DIR or <repo>/runs/local")
+    parser.add_argument("--ray-port", type=int)
+    parser.add_argument("--dashboard-port", type=int)
+    parser.add_argument("--mlflow-port", type=int)
+    parser.add_argument("--all-ray", action="store_true", help="stop: also `ray stop --force` (machine-wide)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    s = LocalSettings.from_env(
+        state_dir=args.state_dir, num_cpus=args.num_cpus, ray_port=args.ray_port,
+        dashboard_port=args.dashboard_port, mlflow_port=args.mlflow_port,
+    )  # fmt: skip
+    ray, mlflow = (args.ray or not args.mlflow), (args.mlflow or not args.ray)
+    if args.action == "start":
+        cluster = start_all(s, ray=ray, mlflow=mlflow)
+        print(f"\nsource {s.state_dir / 'env.sh'}")
+        for key, value in sorted(cluster.env.items()):
+            print(f"  {key}={value}")
+        return 0
+    if args.action == "stop":
+        left = stop_all(s, ray=ray, mlflow=mlflow, all_ray=args.all_ray)
+        if any(left.values()):
+            print(f"still alive: {left}", file=sys.stderr)
+            return 1
+        return 0
+    print(json.dumps(status(s), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Integration fixtures: a private local Ray head (token auth) and MLflow server on free ports.
+
+`local_cluster` (session scope) yields a `cluster.local.LocalCluster`:
+    .ray_address    GCS host:port for `ray.init(address=...)`
+    .dashboard_url  Jobs API (`JobSubmissionClient`, `ray job submit --address`)
+    .mlflow_uri     MLflow tracking server
+    .env            RAY_ADDRESS, RAY_API_SERVER_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH,
+                    MLFLOW_TRACKING_URI; `.subprocess_env()` = os.environ + these
+and always stops both servers afterwards, failing the session if any of their processes survive.
+`local_cluster_factory` gives a context manager for a further private cluster (e.g. to test stop).
+Override `local_cluster_num_cpus` in a conftest closer to a test to change the logical CPU count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # `cluster/` is glue, not an installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from cluster import local  # noqa: E402
+
+RAY_WORKER_PORTS = range(10002, 20000)  # Ray's default worker port range: other ports must avoid it
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free TCP ports (held open together while choosing, so they differ)."""
+    socks: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < n:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("0.0.0.0", 0))
+            socks.append(sock)
+            port = sock.getsockname()[1]
+            if port not in RAY_WORKER_PORTS:
+                ports.append(port)
+        return ports
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def make_settings(num_cpus: int) -> local.LocalSettings:
+    """Settings for a throw-away cluster: a short /tmp state dir (Ray's AF_UNIX socket paths must
+    stay under 107 bytes) and free ports, so it never clashes with a user's head on the defaults."""
+    state = Path(tempfile.mkdtemp(prefix="etva-it-", dir="/tmp"))
+    ray_port, dash, mlflow_port, client, agent = free_ports(5)
+    return local.LocalSettings(
+        state_dir=state,
+        ray_port=ray_port,
+        dashboard_port=dash,
+        mlflow_port=mlflow_port,
+        ray_client_port=client,
+        dashboard_agent_port=agent,
+        num_cpus=num_cpus,
+    )
+
+
+@contextlib.contextmanager
+def running_cluster(num_cpus: int, ray: bool = True, mlflow: bool = True) -> Iterator[local.LocalCluster]:
+    """Start a private cluster; on exit stop it (also after errors) and check nothing is left."""
+    settings = make_settings(num_cpus)
+    cluster = local.LocalCluster(settings.state_dir, settings=settings)
+    try:
+        cluster = local.start_all(settings, ray=ray, mlflow=mlflow)
+        yield cluster
+    finally:
+        left = local.stop_all(settings, ray=ray, mlflow=mlflow)
+        survivors = local.leftover_processes(cluster)
+        shutil.rmtree(settings.state_dir, ignore_errors=True)
+        shutil.rmtree(settings.temp_dir, ignore_errors=True)
+        assert not any(left.values()) and not survivors, f"processes left running: {left} {survivors}"
+
+
+@pytest.fixture(scope="session")
+def local_cluster_num_cpus() -> int:
+    """Logical CPUs of the test head: Ray Data decode + 2 Train workers starve on 2 (PLATFORM.md)."""
+    return 4
+
+
+@pytest.fixture(scope="session")
+def local_cluster_factory():
+    """`running_cluster(num_cpus, ray=True, mlflow=True)`: a context manager for a private cluster."""
+    return running_cluster
+
+
+@pytest.fixture(scope="session")
+def local_cluster(local_cluster_num_cpus: int) -> Iterator[local.LocalCluster]:
+    with running_cluster(local_cluster_num_cpus) as cluster:
+        yield cluster

@@ -1,0 +1,191 @@
+"""The local cluster scripts: addresses answer, start is idempotent, the Jobs API demands the token,
+stop leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cluster import local, local_procs
+
+pytestmark = pytest.mark.integration
+
+# Submits one job through JobSubmissionClient and prints {"status", "logs"} as JSON (or the error).
+SUBMIT = """
+import json, sys, time
+from ray.job_submission import JobSubmissionClient
+try:
+    client = JobSubmissionClient(sys.argv[1])
+    job = client.submit_job(entrypoint=sys.argv[2])
+except Exception as err:
+    print(json.dumps({"error": f"{type(err).__name__}: {err}"})); sys.exit(3)
+if sys.argv[3] == "nowait":
+    print(json.dumps({"job": job})); sys.exit(0)
+deadline = time.time() + 60
+while str(client.get_job_status(job)) not in ("SUCCEEDED", "FAILED", "STOPPED") and time.time() < deadline:
+    time.sleep(0.3)
+print(json.dumps({"status": str(client.get_job_status(job)), "logs": client.get_job_logs(job)}))
+"""
+
+
+def _submit(dashboard_url: str, entrypoint: str, env: dict[str, str], wait: bool = True) -> tuple[int, dict]:
+    proc = subprocess.run(
+        [sys.executable, "-c", SUBMIT, dashboard_url, entrypoint, "wait" if wait else "nowait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output; stderr:\n{proc.stderr[-2000:]}"
+    return proc.returncode, json.loads(lines[-1])
+
+
+def _http(url: str, token: str | None = None, body: dict | None = None) -> tuple[int, str]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _no_token_env(tmp_path: Path) -> dict[str, str]:
+    """A client environment with no token anywhere (also not in ~/.ray/auth_token)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(tmp_path)
+    return env
+
+
+def test_addresses_answer(local_cluster: local.LocalCluster) -> None:
+    token = local_cluster.token_path.read_text().strip()
+    assert _http(f"{local_cluster.dashboard_url}/api/version", token)[0] == 200
+    mode = json.loads(_http(f"{local_cluster.dashboard_url}/api/authentication_mode")[1])
+    assert mode["authentication_mode"] == "token"
+    assert _http(f"{local_cluster.mlflow_uri}/health")[0] == 200
+    api = f"{local_cluster.mlflow_uri}/api/2.0/mlflow"
+    status, body = _http(f"{api}/experiments/create", body={"name": "local-cluster-test"})
+    assert status == 200, body
+    exp = json.loads(body)["experiment_id"]
+    status, body = _http(f"{api}/runs/create", body={"experiment_id": exp, "start_time": 0})
+    run_id = json.loads(body)["run"]["info"]["run_id"]
+    metric = {"run_id": run_id, "key": "val/t2v_R1", "value": 12.5, "timestamp": 0, "step": 0}
+    assert _http(f"{api}/runs/log-metric", body=metric)[0] == 200
+    status, body = _http(f"{api}/runs/search", body={"experiment_ids": [exp]})
+    runs = json.loads(body)["runs"]
+    assert [r["info"]["run_id"] for r in runs] == [run_id]
+    assert runs[0]["data"]["metrics"][0]["value"] == 12.5
+    env_sh = (local_cluster.state_dir / "env.sh").read_text()
+    assert f"export RAY_API_SERVER_ADDRESS={local_cluster.dashboard_url}" in env_sh
+    assert f"export RAY_ADDRESS={local_cluster.ray_address}" in env_sh
+    assert f"export MLFLOW_TRACKING_URI={local_cluster.mlflow_uri}" in env_sh
+    assert token not in env_sh  # the file names the token's path, never the token
+
+
+def test_start_is_idempotent(local_cluster: local.LocalCluster, capsys) -> None:
+    before = {p.pid for p in local.leftover_processes(local_cluster)}
+    again = local.start_all(local_cluster.settings)
+    assert "Ray head already running" in capsys.readouterr().out
+    assert again.pgids == local_cluster.pgids
+    assert again.ray_address == local_cluster.ray_address
+    assert {p.pid for p in local.leftover_processes(local_cluster)} <= before  # nothing new was started
+    state = local.status(local_cluster.settings)
+    assert state["ray"]["running"] and state["ray"]["healthy"]
+    assert state["mlflow"]["running"] and state["mlflow"]["healthy"]
+
+
+def test_job_api_refuses_without_token(local_cluster: local.LocalCluster, tmp_path: Path) -> None:
+    url = f"{local_cluster.dashboard_url}/api/jobs/"
+    assert _http(url)[0] == 401
+    assert _http(url, token="0" * 64)[0] == 403
+    code, out = _submit(local_cluster.dashboard_url, "python -c 'print(42)'", _no_token_env(tmp_path))
+    assert code == 3 and "Authentication" in out["error"], out
+
+
+def test_job_with_token_succeeds(local_cluster: local.LocalCluster, local_cluster_num_cpus: int) -> None:
+    entry = "python -c \"import ray; ray.init(); print('CPUS', ray.cluster_resources()['CPU'], 6 * 7)\""
+    code, out = _submit(local_cluster.dashboard_url, entry, local_cluster.subprocess_env())
+    assert code == 0 and out["status"] == "SUCCEEDED", out
+    assert f"CPUS {float(local_cluster_num_cpus)} 42" in out["logs"]
+
+
+def test_stale_record_is_cleaned(tmp_path: Path) -> None:
+    settings = local.LocalSettings(state_dir=tmp_path, ray_temp_dir=tmp_path / "ray")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "ray.json").write_text(json.dumps({"pid": dead.pid, "pgid": dead.pid}))
+    assert local.status(settings)["ray"]["running"] is False
+    assert not (tmp_path / "ray.json").exists()
+    assert local.stop_all(settings) == {"mlflow": [], "ray": []}  # stopping nothing is fine
+
+
+def test_stop_leaves_nothing(local_cluster_factory, tmp_path: Path) -> None:
+    pid_file = tmp_path / "job.pid"
+    with local_cluster_factory(num_cpus=1) as cluster:
+        # a running job: its entrypoint runs in a new session, outside the head's process group
+        entry = (
+            f"python -c \"import os, time; open('{pid_file}', 'w').write(str(os.getpid())); time.sleep(600)\""
+        )
+        code, out = _submit(cluster.dashboard_url, entry, cluster.subprocess_env(), wait=False)
+        assert code == 0, out
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        job_pid = int(pid_file.read_text())
+        assert local_procs.alive([job_pid]) == [job_pid]
+        assert os.getpgid(job_pid) != cluster.pgids["ray"]
+        group_pids = [p.pid for p in local.leftover_processes(cluster)]
+        t0 = time.monotonic()
+        left = local.stop_all(cluster.settings)
+        stop_s = time.monotonic() - t0
+        assert left == {"mlflow": [], "ray": []}
+        assert local_procs.alive(group_pids + [job_pid]) == []
+        for pgid in cluster.pgids.values():  # zombies may linger until pid 1 reaps them
+            deadline = time.monotonic() + 5
+            while _group_exists(pgid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _group_exists(pgid), pgid
+        assert (
+            not (cluster.state_dir / "ray.json").exists() and not (cluster.state_dir / "mlflow.json").exists()
+        )
+        assert _http_down(f"{cluster.dashboard_url}/api/gcs_healthz") and _http_down(
+            f"{cluster.mlflow_uri}/health"
+        )
+        status = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "status", f"--address={cluster.ray_address}"],
+            env={**cluster.subprocess_env(), "RAY_gcs_rpc_server_connect_timeout_s": "2"},
+            capture_output=True,
+            timeout=60,
+        )
+        assert status.returncode != 0
+        print(f"stop took {stop_s:.2f} s")
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _http_down(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+    except urllib.error.HTTPError:
+        return False
+    except (urllib.error.URLError, OSError):
+        return True
+    return False
