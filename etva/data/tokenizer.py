@@ -5,7 +5,11 @@ The trained model follows ALBERT's ``spiece.model`` conventions (``<pad>``=0, ``
 ``AlbertTokenizer.from_pretrained(dir)`` like a pretrained one. Note (transformers 5):
 ``AlbertTokenizer(vocab_file=...)`` silently ignores the file; always load a directory.
 
-Training is deterministic: unigram model, one thread, no sentence sampling, and a fixed random seed.
+Training is deterministic: unigram model, one thread, no sentence sampling, a fixed random seed, and
+seed pieces computed here. The seed pieces are the classic unigram initialisation (every substring of
+a word of 2-16 characters, scored frequency x length): sentencepiece 0.2.3's built-in seed extraction
+keeps only a few dozen candidates on a corpus of a few hundred captions, which left a character-level
+vocabulary ("a red circle" -> 11 pieces) instead of words.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
+import tempfile
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +45,46 @@ def normalize_caption(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
+MAX_PIECE_LEN = 16
+MAX_SEEDS = 1_000_000
+
+
+def _write_seed_pieces(captions: list[str], path: Path) -> None:
+    """Seed pieces for unigram training: substrings (2..16 chars) of ``▁word``, score = freq x len."""
+    words = Counter(w for c in captions for w in c.split())
+    scores: Counter[str] = Counter()
+    for word, count in words.items():
+        text = "▁" + word
+        for i in range(len(text)):
+            for j in range(i + 2, min(len(text), i + MAX_PIECE_LEN) + 1):
+                scores[text[i:j]] += count * (j - i)
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_SEEDS]
+    path.write_text("".join(f"{piece}\t{score}\n" for piece, score in ranked), encoding="utf-8")
+
+
 def _train_bytes(captions: list[str], vocab_size: int) -> bytes:
     import sentencepiece as spm
 
     spm.set_random_generator_seed(0)
     model = io.BytesIO()
+    with tempfile.TemporaryDirectory() as tmp:
+        seeds = Path(tmp) / "seeds.tsv"
+        _write_seed_pieces(captions, seeds)
+        _run_trainer(spm, captions, vocab_size, model, seeds)
+    return _without_temp_paths(model.getvalue())
+
+
+def _without_temp_paths(model_bytes: bytes) -> bytes:
+    """Clear the (temporary) seed file path the trainer records, so equal inputs give equal bytes."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_bytes)
+    proto.trainer_spec.ClearField("seed_sentencepieces_file")
+    return proto.SerializeToString(deterministic=True)
+
+
+def _run_trainer(spm, captions: list[str], vocab_size: int, model: io.BytesIO, seeds: Path) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(captions),
         model_writer=model,
@@ -61,9 +103,9 @@ def _train_bytes(captions: list[str], vocab_size: int) -> bytes:
         num_threads=1,
         input_sentence_size=0,
         shuffle_input_sentence=False,
+        seed_sentencepieces_file=str(seeds),
         minloglevel=2,
     )
-    return model.getvalue()
 
 
 def train_tokenizer(captions: list[str], out_dir: str | os.PathLike, vocab_size: int):
@@ -110,14 +152,22 @@ def build_tokenizer(cfg, train_captions: list[str], out_dir: str | os.PathLike |
     if cfg.tokenizer_path:
         tok = load_tokenizer(cfg.tokenizer_path)
         if out_dir is not None:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            tok.save_pretrained(str(out_dir))
+            _copy_pretrained(tok, Path(cfg.tokenizer_path), Path(out_dir))
         return tok
     if out_dir is None:
         raise ValueError("build_tokenizer: out_dir is required to train a tokenizer")
     if (Path(out_dir) / MODEL_NAME).exists():
         return load_tokenizer(out_dir)
     return train_tokenizer(train_captions, out_dir, cfg.vocab_size)
+
+
+def _copy_pretrained(tok, source: Path, out_dir: Path) -> None:
+    """Save ``tok`` to ``out_dir`` with the source's ``spiece.model`` (save_pretrained omits it)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out_dir))
+    model = (source.parent if source.is_file() else source) / MODEL_NAME
+    if model.exists() and model.resolve() != (out_dir / MODEL_NAME).resolve():
+        shutil.copyfile(model, out_dir / MODEL_NAME)
 
 
 def tokenize(tokenizer, captions: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
