@@ -61,7 +61,8 @@ class SynthConfig:
 @dataclass
 class DataConfig:
     dataset: str = "msrvtt"  # msrvtt | activitynet | lsmdc | features
-    root: str = ""  # dataset root; synthetic shapes data is generated here when absent
+    root: str = ""  # dataset root (absolute, or relative to the current directory)
+    synthesize_if_missing: bool = False  # generate the shapes benchmark under root when it has no data
     subset: str = "1k-A"  # msrvtt: 1k-A | 1k-B | full | 7k
     train_split: str = "train"
     val_split: str = "test"

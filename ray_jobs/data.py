@@ -1,0 +1,144 @@
+"""Ray Data pipeline: record index -> decode clips (PyAV) -> audio features -> model-ready batches.
+
+Captions are tokenized once in the driver (they are small) and travel with the index rows, so workers
+need no tokenizer. The decode stage runs as Ray tasks with a fractional CPU each, sized so that the Data
+stage and the Train workers share a small machine without starving each other (see PLATFORM.md).
+
+A clip that fails to decode is not dropped here: it flows on with ``ok = False`` and zeroed arrays, so
+the training worker can count it, name it and decide (``data.max_skip_fraction``) whether to abort.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict
+
+import numpy as np
+
+from etva.config import DataConfig, RayConfig
+from etva.data.example import decode_batch
+from etva.data.records import ClipRecord
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CaptionTable", "index_rows", "build_video_dataset", "sample_captions"]
+
+
+class CaptionTable:
+    """All captions of a split, tokenized, with the video each belongs to.
+
+    Attributes:
+        input_ids: (num_captions, L) int64
+        attention_mask: (num_captions, L) int64
+        video_index: (num_captions,) int64, index into the split's record list
+        first: (num_videos,) int64, index of each video's first caption
+        count: (num_videos,) int64, number of captions of each video
+    """
+
+    def __init__(self, records: list[ClipRecord], tokenize_fn, max_len: int):
+        texts = [c for r in records for c in r.captions]
+        counts = np.array([len(r.captions) for r in records], dtype=np.int64)
+        if (counts == 0).any():
+            bad = [records[i].video_id for i in np.flatnonzero(counts == 0)[:5]]
+            raise ValueError(f"videos without captions reached the pipeline: {bad}")
+        self.input_ids, self.attention_mask = tokenize_fn(texts, max_len)
+        self.video_index = np.repeat(np.arange(len(records), dtype=np.int64), counts)
+        self.count = counts
+        self.first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.video_index)
+
+    def per_video(self, max_captions: int) -> np.ndarray:
+        """(num_videos, C, L) token ids of up to ``max_captions`` captions per video (0-padded)."""
+        num_videos, L = len(self.count), self.input_ids.shape[1]
+        out = np.zeros((num_videos, max_captions, L), dtype=np.int64)
+        for v in range(num_videos):
+            n = min(int(self.count[v]), max_captions)
+            out[v, :n] = self.input_ids[self.first[v] : self.first[v] + n]
+        return out
+
+
+def index_rows(
+    records: list[ClipRecord], captions: CaptionTable | None, max_captions: int = 32
+) -> list[dict]:
+    """One index row per video: path, clip bounds, its index, and (for training) its caption ids."""
+    per_video = captions.per_video(max_captions) if captions is not None else None
+    experts = sorted({name for r in records for name in (r.features or {})})
+    rows = []
+    for i, r in enumerate(records):
+        row = {
+            "video_path": r.video_path,
+            "start_s": float("nan") if r.start_s is None else float(r.start_s),
+            "end_s": float("nan") if r.end_s is None else float(r.end_s),
+            "video_index": i,
+        }
+        for name in experts:  # "" = this video lacks the expert (masked downstream)
+            row[f"feat_path/{name}"] = str((r.features or {}).get(name, ""))
+        if per_video is not None:
+            row["caption_ids"] = per_video[i]
+            row["caption_first"] = int(captions.first[i])
+            row["caption_count"] = min(int(captions.count[i]), max_captions)
+        rows.append(row)
+    return rows
+
+
+def decode_stage(batch: dict[str, np.ndarray], data_cfg: dict) -> dict[str, np.ndarray]:
+    """Map-batches function: decode a batch of index rows into model inputs (plain numpy)."""
+    cfg = DataConfig(**{k: v for k, v in data_cfg.items() if k != "synth"})
+    out = decode_batch(batch, cfg)
+    for name in ("video_index", "caption_ids", "caption_first", "caption_count"):
+        if name in batch:
+            out[name] = np.asarray(batch[name])
+    errors = out.pop("error", None)
+    if errors is not None:
+        for i in np.flatnonzero(~np.asarray(out["ok"])):
+            logger.warning("skipping clip %s: %s", batch["video_path"][i], errors[i])
+    # only numeric columns go on (strings cannot become tensors); workers report skips by video_index
+    return {k: v for k, v in out.items() if np.asarray(v).dtype.kind in "biuf"}
+
+
+def build_video_dataset(
+    records: list[ClipRecord],
+    data_cfg: DataConfig,
+    ray_cfg: RayConfig,
+    *,
+    captions: CaptionTable | None = None,
+    shuffle: bool = False,
+):
+    """A Ray Dataset of decoded clips, one row per video.
+
+    Args:
+        records: the split's records (row ``video_index`` = position in this list).
+        captions: for training, the tokenized captions; each row carries its video's caption ids so the
+            worker samples one per video per epoch.
+        shuffle: shuffle the (cheap) index rows before decoding; re-executed, so a new order every epoch.
+    """
+    import ray.data
+    from ray.data import TaskPoolStrategy
+
+    ds = ray.data.from_items(index_rows(records, captions), override_num_blocks=_num_blocks(len(records)))
+    if shuffle:
+        ds = ds.random_shuffle()
+    cfg = asdict(data_cfg)
+    return ds.map_batches(
+        decode_stage,
+        fn_kwargs={"data_cfg": cfg},
+        batch_size=8,
+        batch_format="numpy",
+        num_cpus=ray_cfg.decode_cpus,
+        compute=TaskPoolStrategy(size=max(1, ray_cfg.decode_concurrency)),
+    )
+
+
+def _num_blocks(n: int) -> int:
+    return max(1, min(200, math.ceil(n / 16)))
+
+
+def sample_captions(batch: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pick one caption per video: returns (input_ids (B, L), caption_index (B,))."""
+    ids = np.asarray(batch["caption_ids"])  # (B, C, L)
+    count = np.asarray(batch["caption_count"])  # (B,)
+    pick = (rng.random(len(count)) * count).astype(np.int64)
+    return ids[np.arange(len(count)), pick], np.asarray(batch["caption_first"]) + pick
