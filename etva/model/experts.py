@@ -1,0 +1,179 @@
+"""Video experts: each maps a batch to a token sequence ``(B, N_e, D_e)`` and a mask ``(B, N_e)``.
+
+Built in (trainable from raw clips): ``appearance`` (per-frame 2D CNN), ``motion`` (2D CNN over
+pairs of consecutive frames and their difference), ``audio`` (log-mel -> strided 2D conv, pooled to
+a few frequency bands, one token per downsampled time step). ``features`` reads pre-extracted
+features from the batch keys ``feat/<name>`` and ``feat_mask/<name>``.
+
+An expert whose mask is all False for a clip is *unavailable* for that clip (e.g. audio of a silent
+clip); the global alignment then renormalises the mixture over the other experts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from etva.config import ExpertConfig
+
+__all__ = ["EXPERT_BUILDERS", "build_expert", "Expert"]
+
+_PIXEL_MEAN = 0.45
+_PIXEL_STD = 0.25
+
+
+def _conv_stack(in_ch: int, width: int, layers: int = 3) -> nn.Sequential:
+    """Strided 3x3 conv blocks: (N, in_ch, H, W) -> (N, width, H/2^layers, W/2^layers)."""
+    mods: list[nn.Module] = []
+    ch = in_ch
+    for i in range(layers):
+        out = width if i == layers - 1 else max(width // 2, 8)
+        mods += [nn.Conv2d(ch, out, 3, stride=2, padding=1), nn.GroupNorm(1, out), nn.GELU()]
+        ch = out
+    return nn.Sequential(*mods)
+
+
+def _frames_to_float(frames: Tensor) -> Tensor:
+    """uint8 (B, T, H, W, 3) -> float (B, T, 3, H, W), normalised."""
+    if frames.dim() != 5 or frames.shape[-1] != 3:
+        raise ValueError(f"batch['frames']: expected (B, T, H, W, 3), got {tuple(frames.shape)}")
+    x = frames.permute(0, 1, 4, 2, 3).float() / 255.0
+    return (x - _PIXEL_MEAN) / _PIXEL_STD
+
+
+class Expert(nn.Module):
+    """Base class: ``forward(batch) -> (tokens (B, N, out_dim), mask (B, N) bool)``."""
+
+    out_dim: int
+
+
+class _MeanMaxHead(nn.Module):
+    """(N, C, h, w) -> (N, C): spatial mean and max, concatenated, mixed back to C."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mix = nn.Linear(2 * width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mix(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
+
+
+class AppearanceExpert(Expert):
+    """Per-frame 2D CNN: frames (B, T, H, W, 3) uint8 -> (B, T, width)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.out_dim = width
+        self.cnn = _conv_stack(3, width)
+        self.head = _MeanMaxHead(width)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        x = _frames_to_float(batch["frames"])  # (B, T, 3, H, W)
+        b, t = x.shape[:2]
+        y = self.head(self.cnn(x.flatten(0, 1))).view(b, t, -1)  # (B, T, C)
+        return y, torch.ones(b, t, dtype=torch.bool, device=y.device)
+
+
+class MotionExpert(Expert):
+    """2D CNN over consecutive frame pairs [frame_t, frame_{t+1} - frame_t]: -> (B, T-1, width).
+
+    A clip with a single frame yields one token computed on a zero difference.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.out_dim = width
+        self.cnn = _conv_stack(6, width)
+        self.head = _MeanMaxHead(width)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        x = _frames_to_float(batch["frames"])  # (B, T, 3, H, W)
+        if x.shape[1] == 1:
+            x = torch.cat([x, x], dim=1)
+        b, t1 = x.shape[0], x.shape[1] - 1
+        pairs = torch.cat([x[:, :-1], x[:, 1:] - x[:, :-1]], dim=2)  # (B, T-1, 6, H, W)
+        y = self.head(self.cnn(pairs.flatten(0, 1))).view(b, t1, -1)  # (B, T-1, C)
+        return y, torch.ones(b, t1, dtype=torch.bool, device=y.device)
+
+
+class AudioExpert(Expert):
+    """log-mel (B, A, M) -> (B, A', width) with A' = A / 8; independent of the mel bin count M.
+
+    Three stride-2 conv blocks over (time, frequency), then adaptive pooling to ``bands``
+    frequency bands (keeps coarse pitch information), flattened and projected to ``width``.
+    The mask is ``audio_mask`` max-pooled with the same strides: a clip with no audio keeps an
+    all-False mask (the expert is unavailable for it).
+    """
+
+    bands = 4
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.out_dim = width
+        self.cnn = _conv_stack(1, width)
+        self.proj = nn.Linear(width * self.bands, width)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        mel, mask = batch["audio_mel"], batch["audio_mask"]
+        if mel.dim() != 3 or mask.shape != mel.shape[:2]:
+            raise ValueError(
+                f"batch['audio_mel'] (B, A, M) / batch['audio_mask'] (B, A): got "
+                f"{tuple(mel.shape)} / {tuple(mask.shape)}"
+            )
+        x = (mel.float() * mask.unsqueeze(-1)).unsqueeze(1)  # (B, 1, A, M), padding zeroed
+        y = self.cnn(x)  # (B, C, A', M')
+        y = F.adaptive_avg_pool2d(y, (y.shape[2], self.bands))  # (B, C, A', bands)
+        y = self.proj(y.permute(0, 2, 1, 3).flatten(2))  # (B, A', C)
+        m = mask.float().unsqueeze(1)  # (B, 1, A)
+        for _ in range(3):
+            m = F.max_pool1d(m, kernel_size=3, stride=2, padding=1)
+        return y, m.squeeze(1)[:, : y.shape[1]] > 0.5
+
+
+class FeatureExpert(Expert):
+    """Pre-extracted features ``batch['feat/<name>']`` (B, N, dim) -> LayerNorm + Linear -> width."""
+
+    def __init__(self, name: str, dim: int, width: int) -> None:
+        super().__init__()
+        if dim <= 0:
+            raise ValueError(
+                f"model.experts.{name}.dim: a features expert needs its input dim (> 0), got {dim}"
+            )
+        self.name, self.dim, self.out_dim = name, dim, width
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, width)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        key = f"feat/{self.name}"
+        if key not in batch:
+            raise KeyError(f"features expert '{self.name}': batch has no key '{key}'")
+        x = batch[key].float()
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"batch['{key}']: expected (B, N, {self.dim}) (model.experts.{self.name}.dim), "
+                f"got {tuple(x.shape)}"
+            )
+        mask = batch.get(f"feat_mask/{self.name}")
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        return self.proj(self.norm(x)), mask.bool()
+
+
+EXPERT_BUILDERS: dict[str, Callable[[str, ExpertConfig], Expert]] = {
+    "appearance": lambda name, cfg: AppearanceExpert(cfg.width),
+    "motion": lambda name, cfg: MotionExpert(cfg.width),
+    "audio": lambda name, cfg: AudioExpert(cfg.width),
+    "features": lambda name, cfg: FeatureExpert(name, cfg.dim, cfg.width),
+}
+
+
+def build_expert(name: str, cfg: ExpertConfig) -> Expert:
+    """Build the expert ``name`` of kind ``cfg.kind``."""
+    if cfg.kind not in EXPERT_BUILDERS:
+        raise ValueError(
+            f"model.experts.{name}.kind: unknown '{cfg.kind}', expected one of {sorted(EXPERT_BUILDERS)}"
+        )
+    return EXPERT_BUILDERS[cfg.kind](name, cfg)
