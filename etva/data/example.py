@@ -112,7 +112,8 @@ def decode_batch(batch: dict, cfg) -> dict[str, np.ndarray]:
     Args:
         batch: columns ``video_path`` and optionally ``start_s``/``end_s`` (None or NaN = unset),
             ``video_id``, ``features`` (dicts expert -> path) or ``feat_path/<expert>`` (str, "" =
-            missing). Other columns (e.g. ``video_index``) are passed through.
+            missing). Other numeric/bool columns (e.g. ``video_index``) are passed through; string
+            columns are not.
         cfg: a :class:`etva.config.DataConfig`.
 
     Returns:
@@ -137,10 +138,10 @@ def decode_batch(batch: dict, cfg) -> dict[str, np.ndarray]:
         key: np.stack([ex[key] if ex is not None else zero for ex in examples])
         for key, zero in template.items()
     }
-    skip = {"features"}
-    for key, values in batch.items():
-        if key not in out and key not in skip and not key.startswith(FEAT_PATH_PREFIX):
-            out[key] = np.asarray(values)
+    for key, values in batch.items():  # numeric columns pass through (strings cannot become tensors)
+        arr = np.asarray(values) if key not in out and key != "features" else None
+        if arr is not None and (arr.dtype.kind in "biuf"):
+            out[key] = arr
     out["ok"] = ok
     out["error"] = np.asarray(errors, dtype=object)
     return out

@@ -44,6 +44,7 @@ def test_decode_batch_marks_failures_and_keeps_shapes(clip_dir):
     assert not out["frames"][1].any() and not out["audio_mask"][2].any()
     assert out["audio_mask"][3].sum() == 100  # the [2, 3] s window of long.mp4
     np.testing.assert_array_equal(out["video_index"], [10, 11, 12, 13])
+    assert "video_path" not in out and out["end_s"][3] == 3.0  # numeric columns pass through
     single = make_video_example(ClipRecord("t", batch["video_path"][0], [], ""), CFG)
     np.testing.assert_array_equal(out["frames"][0], single["frames"])
 
