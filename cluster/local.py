@@ -28,13 +28,10 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,31 +148,9 @@ def _write_record(s: LocalSettings, name: str, record: dict) -> None:
     _record_path(s, name).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _http_status(url: str, token: str | None = None, timeout: float = 2.0) -> int | None:
-    """HTTP status of a GET (None when nothing answers)."""
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def _require_free(s: LocalSettings, ports: dict[str, int | None]) -> None:
     for env_name, port in ports.items():
-        if port is not None and not _port_free("0.0.0.0", port):
+        if port is not None and not local_procs.port_free("0.0.0.0", port):
             raise RuntimeError(f"port {port} is already in use; choose another with {env_name}=<port>")
 
 
@@ -225,7 +200,7 @@ def ray_client_env(s: LocalSettings) -> dict[str, str]:
 
 def _ray_ready(s: LocalSettings, token: str) -> str | None:
     current = s.temp_dir / "ray_current_cluster"
-    if not current.exists() or _http_status(f"{s.dashboard_url}/api/jobs/", token) != 200:
+    if not current.exists() or local_procs.http_status(f"{s.dashboard_url}/api/jobs/", token) != 200:
         return None
     return current.read_text().strip()
 
@@ -334,7 +309,11 @@ def start_mlflow(s: LocalSettings | None = None) -> LocalCluster:
     _write_record(s, "mlflow", record)
     try:
         _wait_until(
-            lambda: _http_status(f"{s.mlflow_uri}/health") == 200, s.start_timeout_s, "MLflow", proc, log_file
+            lambda: local_procs.http_status(f"{s.mlflow_uri}/health") == 200,
+            s.start_timeout_s,
+            "MLflow",
+            proc,
+            log_file,
         )
     except RuntimeError:
         stop_mlflow(s)
@@ -438,7 +417,7 @@ def status(s: LocalSettings | None = None) -> dict:
         ("mlflow", str(s.mlflow_db), f"{s.mlflow_uri}/health"),
     ):
         record, procs = _running(s, name, marker)
-        out[name] = {"running": record is not None, "healthy": _http_status(url) == 200}
+        out[name] = {"running": record is not None, "healthy": local_procs.http_status(url) == 200}
         if record is not None:
             keep = ("pgid", "gcs_address", "dashboard_url", "uri", "start_s")
             out[name].update({k: record[k] for k in keep if k in record})

@@ -1,4 +1,4 @@
-"""Process-group helpers for the local cluster scripts (Linux, read from /proc; no psutil needed).
+"""Process-group (and small HTTP/port) helpers for the local cluster scripts (Linux, read from /proc; no psutil needed).
 
 A server is started in its own session (`start_new_session=True`), so its process-group id equals the
 pid of the process we spawned. Stopping collects the group, every descendant (Ray's job supervisor and
@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,25 +121,32 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
-def _reap(pids: list[int]) -> None:
+def _reap(pids: list[int], timeout_s: float = 0.0) -> None:
     """Collect exit statuses of our own children (a server spawned by this process would otherwise
-    stay a zombie and keep its process group alive)."""
+    stay a zombie and keep its process group alive). A multi-threaded leader shows as a zombie before
+    it can be reaped, hence the retry until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
     for pid in pids:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+        while True:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] != 0:
+                    break
+            except ChildProcessError:  # not our child, or already reaped
+                break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
 
 
 def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
-    _reap(pids)
     left = alive(pids)
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
         _reap(left)
         left = alive(left)
-    _reap(pids)
+    if not left:
+        _reap(pids, timeout_s=2.0)
     return left
 
 
@@ -178,3 +188,26 @@ def spawn_detached(cmd: list[str], env: dict[str, str], log_path: Path) -> subpr
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+
+def http_status(url: str, token: str | None = None, timeout: float = 2.0) -> int | None:
+    """HTTP status of a GET (None when nothing answers)."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when nothing listens on (host, port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
