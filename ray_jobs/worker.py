@@ -312,3 +312,36 @@ def _report(
             checkpoint=ray.train.Checkpoint.from_directory(str(out)),
             checkpoint_dir_name=f"epoch_{epoch:04d}",
         )
+
+
+def eval_loop_per_worker(config: dict) -> dict:
+    """Evaluate given weights on the "eval" dataset: every rank encodes its shard, rank 0 scores all pairs."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from etva.engine import evaluate
+    from etva.model import build_model
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = config_from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("torch_threads", 1))))
+    device = ray.train.torch.get_device()
+    model = build_model(cfg.model, vocab_size=config["vocab_size"])
+    model.load_state_dict(ray.get(config["model_ref"]))
+    model.to(device).eval()
+    tracker = SkipTracker()
+    metrics = evaluate(
+        model,
+        eval_video_batches(ray.train.get_dataset_shard("eval"), cfg, tracker),
+        eval_caption_batches(config["captions"], rank, world, cfg.train.eval_batch_size),
+        device,
+    )
+    skipped, seen, _ = _gather_skips(tracker, world)
+    _check_skips("eval", skipped, seen, config["video_ids"], cfg.data.max_skip_fraction)
+    out = {f"{config['split']}/{k}": float(v) for k, v in metrics.items()}
+    out["data/skipped_eval"] = len(skipped)
+    ray.train.report(out)
+    return {"metrics": out, "skipped": [config["video_ids"][i] for i in skipped]}
