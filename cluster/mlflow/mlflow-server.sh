@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The team's MLflow tracking server: PostgreSQL backend store, S3 artifact store served through the
+# server (clients need no S3 credentials), basic-auth login, bound to a private address.
+#
+# Every setting comes from the environment (systemd EnvironmentFile, a Kubernetes Secret/ConfigMap):
+#   MLFLOW_DB_HOST MLFLOW_DB_PORT(5432) MLFLOW_DB_NAME(mlflow) MLFLOW_DB_USER MLFLOW_DB_PASSWORD
+#   MLFLOW_ARTIFACTS_DESTINATION   s3://<bucket>/mlflow-artifacts (IAM role / instance profile for S3)
+#   MLFLOW_AUTH_ADMIN_PASSWORD     first start only: creates the `admin` user (basic-auth app)
+#   MLFLOW_HOST(127.0.0.1) MLFLOW_PORT(5000) MLFLOW_WORKERS(4)
+#   MLFLOW_SERVER_ALLOWED_HOSTS    Host headers to accept when clients use a DNS name (MLflow >= 3.5
+#                                  otherwise accepts only localhost and private IPs)
+#   MLFLOW_AUTH_DIR                where the generated auth config goes ($RUNTIME_DIRECTORY or /tmp)
+# The database URI (with the password) is handed to MLflow through its environment variable
+# MLFLOW_BACKEND_STORE_URI and a 0600 auth config file, never on the command line (visible in ps).
+set -euo pipefail
+
+: "${MLFLOW_DB_HOST:?set MLFLOW_DB_HOST (PostgreSQL host)}"
+: "${MLFLOW_DB_USER:?set MLFLOW_DB_USER}"
+: "${MLFLOW_DB_PASSWORD:?set MLFLOW_DB_PASSWORD}"
+: "${MLFLOW_ARTIFACTS_DESTINATION:?set MLFLOW_ARTIFACTS_DESTINATION (e.g. s3://bucket/mlflow-artifacts)}"
+MLFLOW="${MLFLOW_BIN:-mlflow}"
+PY="${MLFLOW_PYTHON:-python3}"
+
+# postgresql://user:password@host:port/db, user and password percent-encoded
+BACKEND_URI="$("$PY" -c '
+import os
+from urllib.parse import quote
+e = os.environ
+print("postgresql://{}:{}@{}:{}/{}".format(
+    quote(e["MLFLOW_DB_USER"], safe=""), quote(e["MLFLOW_DB_PASSWORD"], safe=""),
+    e["MLFLOW_DB_HOST"], e.get("MLFLOW_DB_PORT", "5432"), e.get("MLFLOW_DB_NAME", "mlflow")))
+')"
+export MLFLOW_BACKEND_STORE_URI="$BACKEND_URI"
+export MLFLOW_ARTIFACTS_DESTINATION
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
+
+# basic-auth: users and permissions in the same PostgreSQL database (configparser needs %% for %)
+AUTH_DIR="${MLFLOW_AUTH_DIR:-${RUNTIME_DIRECTORY:-$(mktemp -d)}}"
+umask 077
+cat > "$AUTH_DIR/basic_auth.ini" <<INI
+[mlflow]
+default_permission = READ
+database_uri = ${BACKEND_URI//%/%%}
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+export MLFLOW_AUTH_CONFIG_PATH="$AUTH_DIR/basic_auth.ini"
+
+exec "$MLFLOW" server \
+  --app-name basic-auth \
+  --serve-artifacts \
+  --host "${MLFLOW_HOST:-127.0.0.1}" \
+  --port "${MLFLOW_PORT:-5000}" \
+  --workers "${MLFLOW_WORKERS:-4}"
