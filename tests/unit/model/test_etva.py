@@ -110,3 +110,18 @@ def test_disabled_experts_and_config_errors(make_cfg):
     empty.experts = {}
     with pytest.raises(ValueError, match="no expert"):
         build_model(empty, 50)
+
+
+@pytest.mark.parametrize("alignment", ["global", "local", "both"])
+def test_fused_scorer_matches_model_similarity(alignment, make_cfg, make_batch):
+    """The evaluation's one-GEMM scorer gives the model's own fused score (missing audio included)."""
+    from etva.retrieval import FusedScorer
+
+    model = _model(make_cfg, alignment=alignment, alpha=0.3)
+    batch = make_batch(b=5)
+    batch["audio_mask"][2] = False
+    with torch.no_grad():
+        t, v = model(batch)
+        ref = model.similarity(t, v)["fused"]
+        scorer = FusedScorer.from_embeddings(t, v, alpha=model.alpha, normalized=True)
+        torch.testing.assert_close(scorer(slice(0, 5), slice(0, 5)), ref, atol=1e-5, rtol=1e-5)
