@@ -3,7 +3,12 @@
     python -m cluster.local start [--ray] [--mlflow] [--num-cpus N]   # idempotent; prints addresses
     python -m cluster.local stop  [--ray] [--mlflow]                  # kills by process group
     python -m cluster.local status
-    source runs/local/env.sh      # RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, MLFLOW_TRACKING_URI
+    source runs/local/env.sh      # then `ray job submit -- python ...`, `ray status`, ray.init(), mlflow
+
+env.sh exports RAY_API_SERVER_ADDRESS (Jobs API, http://127.0.0.1:8265), RAY_ADDRESS (the GCS address:
+`ray.init()` rejects an http:// RAY_ADDRESS), RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH and
+MLFLOW_TRACKING_URI. The Python API (start_ray_head, start_mlflow, start_all, stop_all, status) returns
+the same addresses as a LocalCluster.
 
 Everything lives in one state directory ($ETVA_STATE_DIR, default <repo>/runs/local): `ray.json` and
 `mlflow.json` (pid/pgid records), logs, `env.sh`, the Ray auth token `ray_auth_token` (mode 0600,
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,7 +216,7 @@ def start_ray_head(s: LocalSettings | None = None) -> LocalCluster:
     s = s or LocalSettings.from_env()
     record, _ = _running(s, "ray", str(s.temp_dir))
     if record is not None:
-        print(f"Ray head already running (pgid {record['pgid']}) at {record['gcs_address']}")
+        print(f"Ray head already running (pgid {record['pgid']}) at {record.get('gcs_address')}")
         return _ray_cluster(s, record)
     _require_free(
         s,
@@ -262,11 +268,12 @@ def _ray_cluster(s: LocalSettings, record: dict) -> LocalCluster:
     return LocalCluster(
         s.state_dir,
         record.get("gcs_address"),
-        s.dashboard_url,
+        record.get("dashboard_url", s.dashboard_url),
         None,
         s.token_file,
         env,
         {"ray": record["pgid"]},
+        s,
     )
 
 
@@ -295,7 +302,7 @@ def start_mlflow(s: LocalSettings | None = None) -> LocalCluster:
     _require_free(s, {"ETVA_MLFLOW_PORT": s.mlflow_port})
     s.state_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # 2 processes instead of ~8
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # 2 processes/~490 MB, not 10/~1.5 GB
     cmd = [
         str(Path(sys.executable).parent / "mlflow"), "server",
         "--backend-store-uri", f"sqlite:///{s.mlflow_db}",
@@ -385,13 +392,14 @@ def start_all(s: LocalSettings | None = None, ray: bool = True, mlflow: bool = T
     """Start the selected services and return one LocalCluster with the merged environment."""
     s = s or LocalSettings.from_env()
     out = LocalCluster(s.state_dir, token_path=s.token_file, env=client_env(s), settings=s)
-    for wanted, start in ((ray, start_ray_head), (mlflow, start_mlflow)):
-        if wanted:
-            part = start(s)
-            out.ray_address = part.ray_address or out.ray_address
-            out.dashboard_url = part.dashboard_url or out.dashboard_url
-            out.mlflow_uri = part.mlflow_uri or out.mlflow_uri
-            out.pgids.update(part.pgids)
+    starters = [start for wanted, start in ((ray, start_ray_head), (mlflow, start_mlflow)) if wanted]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # both mostly wait on subprocesses: start together
+        futures = [pool.submit(start, s) for start in starters]
+    for part in (f.result() for f in futures):  # re-raises a start failure (the other one still ran)
+        out.ray_address = part.ray_address or out.ray_address
+        out.dashboard_url = part.dashboard_url or out.dashboard_url
+        out.mlflow_uri = part.mlflow_uri or out.mlflow_uri
+        out.pgids.update(part.pgids)
     out.env = client_env(s, out.ray_address)
     write_env_file(s, out)
     return out

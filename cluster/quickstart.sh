@@ -31,7 +31,7 @@ PY
 # shellcheck disable=SC2086
 "$VENV/bin/etva" data synth --out "$DATA_ROOT" $SYNTH_ARGS
 
-echo "[quickstart] submitting training ($CONFIG, run $RUN_NAME) to $RAY_ADDRESS"
+echo "[quickstart] submitting training ($CONFIG, run $RUN_NAME) to $RAY_API_SERVER_ADDRESS"
 export ETVA_GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 "$VENV/bin/ray" job submit --working-dir "$ROOT" \
   --runtime-env-json "{\"env_vars\": {\"ETVA_GIT_COMMIT\": \"$ETVA_GIT_COMMIT\", \"HF_HUB_OFFLINE\": \"1\"}}" \
@@ -41,6 +41,6 @@ export ETVA_GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 cat <<MSG
 
 [quickstart] done. Explore the run in the MLflow UI: $MLFLOW_TRACKING_URI
-             Ray dashboard: $RAY_ADDRESS
+             Ray dashboard / Jobs API: $RAY_API_SERVER_ADDRESS
              Stop the servers: bash cluster/stop_local.sh
 MSG
