@@ -1,0 +1,125 @@
+"""The main job end to end: `ray job submit` to a real Ray head, a real MLflow server, real video files.
+
+Covers: a successful run and what it logs to MLflow (params, per-epoch metrics, best/ metrics, tags, the data
+summary, the checkpoint); a worker process killed mid-epoch (fault injection) resumes from the last checkpoint;
+a stopped job re-submitted under the same run name resumes and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from etva.config import load_config
+from etva.data.synth import generate_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(__import__("sys").executable).parent
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    s = load_config(REPO / "ray_jobs/configs/tiny.yaml").data.synth
+    generate_dataset(root, 24, 0, cfg=s, workers=2, progress=False)
+    return root
+
+
+def _submit(cluster, tiny_data, storage, run_name, *overrides, wait=True, timeout=600):
+    cmd = [
+        str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
+        *([] if wait else ["--no-wait"]),
+        "--", "python", "-m", "ray_jobs.train", "--config", "ray_jobs/configs/tiny.yaml", "--run-name", run_name,
+        f"data.root={tiny_data}", f"ray.storage_path={storage}", f"mlflow.tracking_uri={cluster.mlflow_uri}",
+        *overrides,
+    ]  # fmt: skip
+    return subprocess.run(cmd, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _run(cluster, run_name):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cluster.mlflow_uri)
+    exp = client.get_experiment_by_name("etva-tiny")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`etva.run_name` = '{run_name}'")
+    assert len(runs) == 1, f"expected exactly one MLflow run for {run_name}, found {len(runs)}"
+    return client, runs[0]
+
+
+def _epochs_logged(client, run_id, key="val/t2v_R1") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_job_submit_trains_and_logs_everything(local_cluster, tiny_data, tmp_path):
+    proc = _submit(local_cluster, tiny_data, tmp_path / "ray", "submit-ok")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert "text->video" in out and "succeeded" in out
+    client, run = _run(local_cluster, "submit-ok")
+    assert run.info.status == "FINISHED"
+    assert _epochs_logged(client, run.info.run_id) == [0, 1]
+    m, p, t = run.data.metrics, run.data.params, run.data.tags
+    for key in ("best/t2v_R1", "best/t2v_R5", "best/t2v_MdR", "best/v2t_R1", "val/v2t_MdR", "train/loss"):
+        assert key in m, key
+    assert 0.0 <= m["best/t2v_R1"] <= 100.0
+    assert p["model.num_clusters"] == "4" and p["train.epochs"] == "2" and p["data.root"] == str(tiny_data)
+    assert t["dataset"] == "msrvtt" and t["split"] == "1k-A:train->test"
+    assert t["ray_job_submission_id"].startswith("raysubmit_")
+    assert len(t["git_commit"]) >= 7
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "data_summary.json", "checkpoint"} <= arts
+    ckpt = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    assert {"checkpoint/model.pt", "checkpoint/MANIFEST.json", "checkpoint/config.yaml", "checkpoint/tokenizer"} <= ckpt
+    summary = json.loads(Path(client.download_artifacts(run.info.run_id, "data_summary.json", str(tmp_path))).read_text())
+    assert summary["train"]["videos"] + summary["val"]["videos"] == 24
+
+
+def test_killed_worker_resumes_from_last_checkpoint(local_cluster, tiny_data, tmp_path):
+    marker = tmp_path / "failed-once"
+    proc = _submit(local_cluster, tiny_data, tmp_path / "ray", "kill-worker", "train.epochs=3",
+                   "train.fail_at_epoch=1", f"train.fail_once_marker={marker}", "ray.max_failures=2")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert marker.exists(), "the fault was not injected"
+    assert "resumed from checkpoint at epoch 0" in out
+    client, run = _run(local_cluster, "kill-worker")
+    assert _epochs_logged(client, run.info.run_id) == [0, 1, 2]  # every epoch once
+
+
+def test_stopped_job_resubmitted_resumes_same_run(local_cluster, tiny_data, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    storage = tmp_path / "ray"
+    run_name = "stop-resume"
+    # slow epochs down so the stop lands mid-run: more epochs, batch of 4
+    overrides = ("train.epochs=6", "train.batch_size=4")
+    proc = _submit(local_cluster, tiny_data, storage, run_name, *overrides, wait=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    job_id = next(w for w in proc.stdout.split() if w.startswith("raysubmit_"))
+    jobs = JobSubmissionClient(local_cluster.dashboard_url)
+    deadline = time.time() + 300
+    while not (storage / run_name / "epoch_0000").exists():
+        assert time.time() < deadline, jobs.get_job_logs(job_id)[-3000:]
+        assert jobs.get_job_status(job_id) not in (JobStatus.FAILED, JobStatus.SUCCEEDED), jobs.get_job_logs(job_id)
+        time.sleep(0.5)
+    jobs.stop_job(job_id)
+    while jobs.get_job_status(job_id) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+        time.sleep(0.5)
+    assert jobs.get_job_status(job_id) == JobStatus.STOPPED
+    client, run = _run(local_cluster, run_name)
+    done_before = _epochs_logged(client, run.info.run_id)
+    assert len(done_before) < 6
+
+    proc = _submit(local_cluster, tiny_data, storage, run_name, *overrides)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert "resumed from checkpoint" in out
+    client, run2 = _run(local_cluster, run_name)
+    assert run2.info.run_id == run.info.run_id and run2.data.tags.get("etva.resumed") == "true"
+    assert _epochs_logged(client, run.info.run_id) == list(range(6))
+    assert run2.info.status == "FINISHED"
