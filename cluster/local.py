@@ -15,13 +15,22 @@ Everything lives in one state directory ($ETVA_STATE_DIR, default <repo>/runs/lo
 never committed: runs/ is gitignored; $ETVA_RAY_TOKEN_PATH points elsewhere), `mlflow.db` and
 `mlartifacts/`. Ports: $ETVA_RAY_PORT (6380), $ETVA_DASHBOARD_PORT (8265), $ETVA_MLFLOW_PORT (5000).
 
-Ray notes (2.60): `ray start --head` turns token auth on only with RAY_AUTH_MODE=token in its
-environment and a token it can read (RAY_AUTH_TOKEN > RAY_AUTH_TOKEN_PATH > ~/.ray/auth_token); every
-client (`ray job submit`, `ray.init`, JobSubmissionClient) needs the same two variables. `ray start`
-rewrites --node-ip-address=127.0.0.1 to the machine's routable IP (the GCS listens on all interfaces;
-the dashboard stays on 127.0.0.1), so the GCS address is read back from `<temp dir>/ray_current_cluster`.
-`ray stop` kills every Ray process on the machine, other users' too, so `stop` kills only this
-cluster's processes (see cluster/local_procs.py); `--all-ray` adds `ray stop --force` on request.
+Upstream quirks met here (Ray 2.60, MLflow 3.17) and what this module does about them:
+- `ray start --head` turns token auth on only with RAY_AUTH_MODE=token in its environment and a readable
+  token (RAY_AUTH_TOKEN > RAY_AUTH_TOKEN_PATH > ~/.ray/auth_token); every client needs the same two
+  variables. Even /api/version needs the token; /api/gcs_healthz and /api/authentication_mode do not.
+- `--node-ip-address=127.0.0.1` is rewritten to the machine's routable IP and the GCS listens on all
+  interfaces (the dashboard stays on 127.0.0.1): the GCS address is read from <temp>/ray_current_cluster.
+- `ray stop [--force]` kills every Ray process on the machine, other users' too: `stop` kills only this
+  cluster's group, descendants and processes naming its temp dir; `--all-ray` adds `ray stop --force`.
+- Job entrypoints start in new sessions (outside the head's process group): stop follows descendants.
+- Job entrypoints inherit the head's PATH: the venv's bin dir is put first so `python` is this one.
+- Pinned ports inside Ray's worker range 10002-19999 make `ray start` fail; the temp dir must be short
+  (AF_UNIX socket paths < 108 bytes), hence /tmp/etva-ray-<hash> for long state paths.
+- `ray.init()` rejects an http:// RAY_ADDRESS (also for address="auto"): see env.sh above.
+- `mlflow server` runs a job runner (10 processes, ~1.5 GB, a /dev/shm/tmp* folder) unless
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false; uvicorn defaults to 4 workers (7 processes, ~1.25 GB): we use 1.
+  Its multi-threaded parent shows as a zombie before it can be reaped (local_procs retries waitpid).
 """
 
 from __future__ import annotations
