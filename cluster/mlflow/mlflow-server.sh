@@ -21,7 +21,7 @@ set -euo pipefail
 MLFLOW="${MLFLOW_BIN:-mlflow}"
 PY="${MLFLOW_PYTHON:-python3}"
 
-# postgresql://user:password@host:port/db, user and password percent-encoded
+# postgresql://<user>:<password>@<host>:<port>/<db>, user and password percent-encoded
 BACKEND_URI="$("$PY" -c '
 import os
 from urllib.parse import quote
