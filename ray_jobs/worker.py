@@ -61,7 +61,7 @@ def train_batches(shard, cfg, epoch: int, rank: int, world: int, tracker: SkipTr
             batch_size=cfg.train.batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2
         )
     ):
-        if fail and step == 1:
+        if fail and step == 0:  # first batch of the epoch has arrived: die mid-epoch
             _inject_failure(cfg.train.fail_once_marker)
         batch = tracker.filter(raw)
         before = len(batch["video_index"])
@@ -188,6 +188,11 @@ def train_loop_per_worker(config: dict) -> dict:
         cfg, config["vocab_size"], steps_per_epoch * cfg.train.epochs
     )
 
+    mlf = (
+        _MlflowEpochLogger(config.get("mlflow_uri", ""), config.get("mlflow_run_id", ""))
+        if rank == 0
+        else None
+    )
     start_epoch, history = 0, {}
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -200,15 +205,12 @@ def train_loop_per_worker(config: dict) -> dict:
         start_epoch = int(state["meta"]["epoch"]) + 1
         history = state["meta"].get("history", {})
         logger.info("rank %d resumed from checkpoint at epoch %d", rank, start_epoch - 1)
+        if mlf is not None:  # a visible record of every resume: after a worker failure or a resubmission
+            mlf.log({"train/resumed_from_epoch": start_epoch - 1}, step=start_epoch)
 
     model.to(device)
     loss_fn.to(device)
     ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
-    mlf = (
-        _MlflowEpochLogger(config.get("mlflow_uri", ""), config.get("mlflow_run_id", ""))
-        if rank == 0
-        else None
-    )
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     val_names = config["val_video_ids"]

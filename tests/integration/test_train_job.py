@@ -74,20 +74,38 @@ def test_job_submit_trains_and_logs_everything(local_cluster, tiny_data, tmp_pat
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "data_summary.json", "checkpoint"} <= arts
     ckpt = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
-    assert {"checkpoint/model.pt", "checkpoint/MANIFEST.json", "checkpoint/config.yaml", "checkpoint/tokenizer"} <= ckpt
-    summary = json.loads(Path(client.download_artifacts(run.info.run_id, "data_summary.json", str(tmp_path))).read_text())
+    assert {
+        "checkpoint/model.pt",
+        "checkpoint/MANIFEST.json",
+        "checkpoint/config.yaml",
+        "checkpoint/tokenizer",
+    } <= ckpt
+    summary = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "data_summary.json", str(tmp_path))).read_text()
+    )
     assert summary["train"]["videos"] + summary["val"]["videos"] == 24
 
 
 def test_killed_worker_resumes_from_last_checkpoint(local_cluster, tiny_data, tmp_path):
     marker = tmp_path / "failed-once"
-    proc = _submit(local_cluster, tiny_data, tmp_path / "ray", "kill-worker", "train.epochs=3",
-                   "train.fail_at_epoch=1", f"train.fail_once_marker={marker}", "ray.max_failures=2")
+    proc = _submit(
+        local_cluster,
+        tiny_data,
+        tmp_path / "ray",
+        "kill-worker",
+        "train.epochs=3",
+        "train.fail_at_epoch=1",
+        f"train.fail_once_marker={marker}",
+        "ray.max_failures=2",
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     assert marker.exists(), "the fault was not injected"
-    assert "resumed from checkpoint at epoch 0" in out
     client, run = _run(local_cluster, "kill-worker")
+    resumes = client.get_metric_history(run.info.run_id, "train/resumed_from_epoch")
+    assert [(m.step, m.value) for m in resumes] == [(1, 0.0)], (
+        "expected one resume from the epoch-0 checkpoint"
+    )
     assert _epochs_logged(client, run.info.run_id) == [0, 1, 2]  # every epoch once
 
 
@@ -105,7 +123,9 @@ def test_stopped_job_resubmitted_resumes_same_run(local_cluster, tiny_data, tmp_
     deadline = time.time() + 300
     while not (storage / run_name / "epoch_0000").exists():
         assert time.time() < deadline, jobs.get_job_logs(job_id)[-3000:]
-        assert jobs.get_job_status(job_id) not in (JobStatus.FAILED, JobStatus.SUCCEEDED), jobs.get_job_logs(job_id)
+        assert jobs.get_job_status(job_id) not in (JobStatus.FAILED, JobStatus.SUCCEEDED), jobs.get_job_logs(
+            job_id
+        )
         time.sleep(0.5)
     jobs.stop_job(job_id)
     while jobs.get_job_status(job_id) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
@@ -118,8 +138,9 @@ def test_stopped_job_resubmitted_resumes_same_run(local_cluster, tiny_data, tmp_
     proc = _submit(local_cluster, tiny_data, storage, run_name, *overrides)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
-    assert "resumed from checkpoint" in out
     client, run2 = _run(local_cluster, run_name)
+    resumes = client.get_metric_history(run.info.run_id, "train/resumed_from_epoch")
+    assert len(resumes) == 1 and resumes[0].step >= 1, "expected one resume after the stop"
     assert run2.info.run_id == run.info.run_id and run2.data.tags.get("etva.resumed") == "true"
     assert _epochs_logged(client, run.info.run_id) == list(range(6))
     assert run2.info.status == "FINISHED"

