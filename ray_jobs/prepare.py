@@ -118,6 +118,10 @@ def prepare_splits(cfg: Config, tokenizer_dir: Path, splits: dict[str, str]):
 
 def build_datasets(cfg: Config, prepared: dict[str, PreparedSplit]) -> dict:
     """Ray Datasets: train (shuffled, carries caption ids) and the evaluation splits (videos only)."""
+    import ray.data
+
+    # the workers print one progress line per epoch; Ray Data's per-operator bars would flood job logs
+    ray.data.DataContext.get_current().enable_progress_bars = False
     out = {}
     for name, split in prepared.items():
         is_train = name == "train"
