@@ -109,7 +109,7 @@ def test_launcher_auth_dashboard_and_install():
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu" in setup and "setup_env.sh" in setup
     # setup_env.sh installs the pinned torch (from TORCH_INDEX_URL) before the project
     script = (REPO / "cluster" / "setup_env.sh").read_text()
-    assert 0 < script.index('--index-url "$TORCH_INDEX_URL"') < script.index("-e \"$ROOT[dev]\"")
+    assert 0 < script.index('--index-url "$TORCH_INDEX_URL"') < script.index('-e "$ROOT[dev]"')
 
 
 def test_launcher_rsync_excludes_keep_tracked_sources():
@@ -187,7 +187,9 @@ def _check_entrypoint(entrypoint: str, spec: dict) -> None:
     overrides = [a for a in argv[3:] if "=" in a and not a.startswith("-")]
     cfg = load_config(REPO / config, overrides)
     storage = cfg.ray.storage_path
-    shared = [m["mountPath"] for m in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"]]
+    shared = [
+        m["mountPath"] for m in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    ]
     assert storage.startswith("s3://") or any(storage.startswith(m + "/") for m in shared if m != "/dev/shm")
     assert cfg.ray.use_gpu and cfg.mlflow.tracking_uri == "", "MLflow URI must come from the environment"
 
@@ -195,7 +197,9 @@ def _check_entrypoint(entrypoint: str, spec: dict) -> None:
 def test_entrypoint_check_fails_on_a_missing_config():
     (_, cluster), *_ = _by_kind("RayCluster")
     with pytest.raises(AssertionError):
-        _check_entrypoint("python -m ray_jobs.train --config ray_jobs/configs/nope.yaml --run-name x", cluster["spec"])
+        _check_entrypoint(
+            "python -m ray_jobs.train --config ray_jobs/configs/nope.yaml --run-name x", cluster["spec"]
+        )
 
 
 def test_kuberay_referenced_objects_are_defined():

@@ -28,7 +28,9 @@ if str(REPO) not in sys.path:  # `cluster/` is glue, not an installed package
 # A value is a placeholder (allowed) when it is `${VAR}`, `$VAR`, `<...>`, `{...}` or `***`-like.
 PLACEHOLDER = re.compile(r"^(\$\{?\w+\}?|<[^>]*>|\{[^}]*\}|\*+|x+|\.\.\.)$", re.I)
 SECRET_PATTERNS = {
-    "private key": re.compile(r"-{5}BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-{5}"),
+    "private key": re.compile(
+        r"-{5}BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-{5}"
+    ),
     "AWS access key id": re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
     "AWS secret key": re.compile(r"aws_secret_access_key\s*[=:]\s*['\"]?([A-Za-z0-9/+]{40})\b", re.I),
     "GitHub token": re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
@@ -86,7 +88,7 @@ def test_scanner_flags_credentials_and_allows_placeholders():
         "postgresql://user:<password>@host/db",
         "MLFLOW_DB_PASSWORD=",
         "token = ensure_token(s).read_text()",
-        "--from-literal=auth_token=\"$(openssl rand -hex 32)\"",
+        '--from-literal=auth_token="$(openssl rand -hex 32)"',
         "RAY_AUTH_TOKEN: {valueFrom: {secretKeyRef: {name: etva-ray-auth, key: auth_token}}}",
     ]
     for text in allowed:
@@ -231,7 +233,10 @@ def test_local_settings_default_to_loopback():
         ("tests/unit/test_config.py", ["test_yaml_is_read_safely"]),
         (
             "tests/unit/test_checkpoint.py",
-            ["test_tampered_weights_are_refused", "test_pickled_objects_are_refused_even_with_valid_manifest"],
+            [
+                "test_tampered_weights_are_refused",
+                "test_pickled_objects_are_refused_even_with_valid_manifest",
+            ],
         ),
         ("tests/integration/test_local_cluster.py", ["test_job_api_refuses_without_token"]),
     ],
