@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import json
 import os
 import re
@@ -25,8 +26,13 @@ AWS_YAML = REPO / "cluster" / "aws" / "etva-gpu.yaml"
 RAY_VERSION = "2.60.0"
 
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: same rules, faster
+
+
+@functools.cache
 def _docs(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    """The documents of a manifest (cached: treat as read-only)."""
+    return [d for d in yaml.load_all(path.read_text(), Loader=SAFE_LOADER) if d]
 
 
 def _by_kind(kind: str) -> list[tuple[Path, dict]]:
@@ -181,9 +187,13 @@ def _check_entrypoint(entrypoint: str, spec: dict) -> None:
     assert argv[:2] == ["python", "-m"], entrypoint
     module = argv[2]
     assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{module} is not in the repo"
+    for flag in ("--config", "--space"):
+        if flag in argv:
+            path = argv[argv.index(flag) + 1]
+            assert not Path(path).is_absolute() and (REPO / path).is_file(), path
     config = argv[argv.index("--config") + 1]
-    assert not Path(config).is_absolute() and (REPO / config).is_file(), config
-    assert "--run-name" in argv, "a stable run name makes re-applying the job resume it"
+    # a stable run (train) or sweep (tune) name makes re-applying the job resume it
+    assert {"--run-name", "--name"} & set(argv), entrypoint
     overrides = [a for a in argv[3:] if "=" in a and not a.startswith("-")]
     cfg = load_config(REPO / config, overrides)
     storage = cfg.ray.storage_path
