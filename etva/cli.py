@@ -43,7 +43,10 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
 
 
 # top-level commands: name -> function adding its parser; others add "train", "eval", "best", ...
-COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {"data": _add_data}
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "data": _add_data,
+    "best": lambda sub: _load("etva.best_cli:add_parser")(sub),
+}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -1,0 +1,227 @@
+"""MLflow side of a sweep: one parent run per sweep, one nested child run per trial, the summary.
+
+Runs are found again by tags, so a resumed sweep continues its parent run and a restarted trial its
+child run: ``etva.sweep_name`` on both, ``etva.trial_id`` on children, ``mlflow.parentRunId`` nests them.
+Every process talks to the tracking server over HTTP.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from typing import Any
+
+from etva.config import Config, config_to_dict, flatten
+from ray_jobs.tracking import RUN_NAME_TAG, _param, log_text
+
+logger = logging.getLogger(__name__)
+
+SWEEP_TAG = "etva.sweep_name"
+TRIAL_TAG = "etva.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+EARLY_TAG = "etva.early_stopped"
+REASON_TAG = "etva.stop_reason"  # completed | asha | interrupted | error
+SAMPLED_PREFIX = "sampled/"
+SUMMARY_METRICS = ("best/t2v_R1", "best/t2v_R5", "best/t2v_R10", "best/t2v_MdR", "best/v2t_R1")
+
+
+def get_client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def _find(client, exp_id: str, filter_string: str):
+    found = client.search_runs([exp_id], filter_string=filter_string, max_results=2)
+    return found[0] if found else None
+
+
+def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, _param(v)) for k, v in params.items()]
+    for s in range(0, len(items), 90):
+        client.log_batch(run_id, params=items[s : s + 90])
+
+
+def start_or_resume_parent(
+    client, exp_id: str, sweep_name: str, cfg: Config, settings: dict[str, Any], tags: dict[str, str]
+) -> tuple[str, bool]:
+    """The sweep's parent run (created, or found by its sweep-name tag). Returns (run_id, resumed)."""
+    run = _find(client, exp_id, f"tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`etva.role` = 'sweep'")
+    if run is not None:
+        client.update_run(run.info.run_id, status="RUNNING")
+        client.set_tag(run.info.run_id, "etva.resumed", "true")
+        run_id, resumed = run.info.run_id, True
+    else:
+        run = client.create_run(
+            exp_id, run_name=sweep_name, tags={SWEEP_TAG: sweep_name, "etva.role": "sweep"}
+        )
+        run_id, resumed = run.info.run_id, False
+        _log_params(client, run_id, {**flatten(config_to_dict(cfg)), **settings})
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    return run_id, resumed
+
+
+def find_child(client, exp_id: str, sweep_name: str, trial_id: str):
+    return _find(client, exp_id, f"tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`{TRIAL_TAG}` = '{trial_id}'")
+
+
+def start_or_resume_child(
+    client,
+    exp_id: str,
+    parent_id: str,
+    sweep_name: str,
+    trial: tuple[str, str],
+    cfg: Config,
+    sampled: dict[str, Any],
+) -> str:
+    """The trial's child run with the resolved config and sampled values as params; ``trial`` = (id, name)."""
+    trial_id, trial_name = trial
+    run = find_child(client, exp_id, sweep_name, trial_id)
+    if run is not None:
+        client.update_run(run.info.run_id, status="RUNNING")
+        client.set_tag(run.info.run_id, "etva.resumed", "true")
+        return run.info.run_id
+    tags = {
+        PARENT_TAG: parent_id,
+        SWEEP_TAG: sweep_name,
+        TRIAL_TAG: trial_id,
+        RUN_NAME_TAG: cfg.ray.run_name,
+        "etva.role": "trial",
+        "etva.sampled": json.dumps(sampled, sort_keys=True),
+    }
+    run_id = client.create_run(exp_id, run_name=trial_name, tags=tags).info.run_id
+    params = flatten(config_to_dict(cfg))
+    params.update({f"{SAMPLED_PREFIX}{k}": v for k, v in sampled.items()})
+    _log_params(client, run_id, params)
+    return run_id
+
+
+def mark_stopped(client, run_id: str, *, early: bool, reason: str, epochs: int) -> None:
+    client.set_tag(run_id, EARLY_TAG, "true" if early else "false")
+    client.set_tag(run_id, REASON_TAG, reason)
+    client.set_tag(run_id, "etva.epochs_run", str(epochs))
+
+
+def child_runs(client, exp_id: str, parent_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=500, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def summary_rows(runs: list, keys: list[str]) -> list[dict[str, Any]]:
+    """One row per trial: its sampled values, best metrics, epochs run, whether ASHA stopped it."""
+    rows = []
+    for run in runs:
+        sampled = json.loads(run.data.tags.get("etva.sampled", "{}"))
+        m = run.data.metrics
+        row: dict[str, Any] = {"trial": run.info.run_name, "status": run.info.status}
+        row.update({k: sampled.get(k) for k in keys})
+        row.update({k.removeprefix("best/"): m.get(k, math.nan) for k in SUMMARY_METRICS})
+        row["epochs"] = int(run.data.tags.get("etva.epochs_run", "0") or 0)
+        row["stopped_early"] = run.data.tags.get(EARLY_TAG, "false") == "true"
+        row["run_id"] = run.info.run_id
+        rows.append(row)
+    return sorted(rows, key=lambda r: (-_num(r["t2v_R1"]), _num(r["t2v_MdR"], math.inf)))
+
+
+def _num(v: Any, default: float = -math.inf) -> float:
+    return default if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no trials)\n"
+    cols = [c for c in rows[0] if c != "run_id"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(rows: list[dict[str, Any]], keys: list[str], path: str) -> bool:
+    """R@1 against every swept dimension (one panel each); cluster count first. False if nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(keys, key=lambda k: k != "model.num_clusters")
+    rows = [r for r in rows if not math.isnan(_num(r["t2v_R1"], math.nan))]
+    if not keys or not rows:
+        return False
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        xs = [r[key] for r in rows]
+        ys = [r["t2v_R1"] for r in rows]
+        colors = ["tab:red" if r["stopped_early"] else "tab:blue" for r in rows]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
+            ax.scatter(xs, ys, c=colors)
+            if key == "model.num_clusters" or (min(xs) > 0 and max(xs) / min(xs) > 20):
+                ax.set_xscale("log", base=2 if key == "model.num_clusters" else 10)
+        else:
+            cats = sorted({str(x) for x in xs})
+            ax.scatter([cats.index(str(x)) for x in xs], ys, c=colors)
+            ax.set_xticks(range(len(cats)), cats)
+        ax.set_xlabel(key)
+        ax.set_ylabel("best val t2v R@1 (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("R@1 per trial (red: stopped early by ASHA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def log_summary(client, exp_id: str, parent_id: str, keys: list[str]) -> list[dict[str, Any]]:
+    """Log the summary table (CSV + markdown) and plot to the parent run; returns the rows."""
+    import tempfile
+    from pathlib import Path
+
+    rows = summary_rows(child_runs(client, exp_id, parent_id), keys)
+    log_text(client, parent_id, to_csv(rows), "sweep_summary.csv")
+    log_text(client, parent_id, to_markdown(rows), "sweep_summary.md")
+    with tempfile.TemporaryDirectory() as d:
+        png = str(Path(d) / "r1_vs_params.png")
+        if plot_summary(rows, keys, png):
+            client.log_artifact(parent_id, png)
+    finished = [r for r in rows if not math.isnan(_num(r["t2v_R1"], math.nan))]
+    if finished:
+        best = finished[0]
+        # not "best/...": `etva best` ranks runs by best/t2v_R1 and must pick trials, not the parent
+        client.log_metric(parent_id, "sweep/best_t2v_R1", float(best["t2v_R1"]))
+        client.set_tag(parent_id, "etva.best_trial_run_id", best["run_id"])
+    client.log_metric(parent_id, "sweep/trials", len(rows))
+    client.log_metric(parent_id, "sweep/trials_stopped_early", sum(r["stopped_early"] for r in rows))
+    return rows

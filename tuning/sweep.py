@@ -1,0 +1,262 @@
+"""Ray Tune sweep over the training job (NetVLAD cluster count, expert mix, loss weights, lr, ...).
+
+    python -m tuning.sweep --config ray_jobs/configs/shapes.yaml --space tuning/spaces/default.yaml \
+        --name my-sweep data.root=/abs/data/shapes tune.num_samples=8
+    ray job submit --working-dir . -- python -m tuning.sweep --config ... --space ... --name ...
+
+Each trial is a driver function that fits the training job's TorchTrainer (``tuning.trial``). Re-running
+with the same ``--name`` resumes the sweep: finished trials are not run again, unfinished ones continue
+(their Train runs resume from their last checkpoints), and the same MLflow parent run is continued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from etva.config import Config, ConfigError, config_to_dict, load_config
+from tuning.space import SearchSpace, dump_space, load_space, to_tune_space
+
+logger = logging.getLogger("etva.sweep")
+REPO = Path(__file__).resolve().parents[1]
+DRIVER_CPU = 0.1  # the trial driver function's own CPU (0 is rejected by Tune)
+
+
+def disable_mlflow_telemetry() -> None:
+    """mlflow 3.17's telemetry thread sets/unsets an environment variable while HTTP requests iterate
+    ``os.environ``: with many processes starting at once a request failed with KeyError
+    '_MLFLOW_TELEMETRY_SESSION_ID'. There is no network here anyway; call before importing mlflow."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tuning.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(REPO / "ray_jobs/configs/shapes.yaml"), help="base YAML config")
+    p.add_argument(
+        "--space", default="", help="search space YAML (default: tune.space or spaces/default.yaml)"
+    )
+    p.add_argument("--name", default="", help="stable sweep name: re-running with it resumes the sweep")
+    p.add_argument(
+        "--restart-errored", action="store_true", help="on resume, rerun errored trials from scratch"
+    )
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. tune.num_samples=8 data.root=/abs")
+    return p.parse_args(argv)
+
+
+def trial_resources(cfg: Config) -> dict[str, float]:
+    """What one trial holds at peak: its Train workers, its driver and its Ray Data decode tasks."""
+    r = cfg.ray
+    cpu = r.num_workers * r.cpus_per_worker + DRIVER_CPU + r.decode_cpus * max(1, r.decode_concurrency)
+    out = {"CPU": cpu}
+    if r.use_gpu:
+        out["GPU"] = r.num_workers * r.gpus_per_worker
+    return out
+
+
+def max_concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
+    """``tune.max_concurrent_trials``, or as many trials as the cluster holds side by side (>= 1).
+
+    Raises ConfigError when not even one trial fits (it would wait forever).
+    """
+    need = trial_resources(cfg)
+    fits = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
+    if fits < 1:
+        raise ConfigError(
+            f"one trial needs {need} (ray.num_workers x cpus/gpus_per_worker + {DRIVER_CPU} CPU driver + "
+            f"decode_cpus x decode_concurrency) but the cluster has {cluster}"
+        )
+    if cfg.tune.max_concurrent_trials > 0:
+        if cfg.tune.max_concurrent_trials > fits:
+            logger.warning(
+                "tune.max_concurrent_trials=%d > %d trials that fit the cluster: trials will queue",
+                cfg.tune.max_concurrent_trials,
+                fits,
+            )
+        return cfg.tune.max_concurrent_trials
+    return fits
+
+
+def build_search(cfg: Config, space: SearchSpace, concurrency: int):
+    """(search_alg, scheduler, param_space, num_samples) from ``cfg.tune``.
+
+    ``concurrency`` goes into the BasicVariantGenerator itself: Tune ignores ``max_concurrent_trials``
+    for a generator passed as ``search_alg`` (it then started all 16 trials of a test sweep at once on
+    4 CPUs, and their Train runs waited forever for workers). OptunaSearch is limited by TuneConfig.
+    """
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from tuning.callbacks import RecordingASHA
+
+    t = cfg.tune
+    searches = ("random", "grid", "optuna")
+    if t.search not in searches:
+        raise ConfigError(f"tune.search={t.search!r}: expected one of {searches}")
+    if t.scheduler not in ("asha", "fifo"):
+        raise ConfigError(f"tune.scheduler={t.scheduler!r}: expected asha or fifo")
+    param_space = to_tune_space(space, t.search)
+    num_samples = 1 if t.search == "grid" else t.num_samples
+    if t.search == "optuna":
+        from optuna.samplers import TPESampler
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(sampler=TPESampler(seed=cfg.train.seed))
+    else:
+        search_alg = BasicVariantGenerator(random_state=cfg.train.seed, max_concurrent=concurrency)
+    scheduler = None
+    if t.scheduler == "asha":
+        scheduler = RecordingASHA(
+            time_attr="training_iteration",
+            max_t=t.max_epochs,
+            grace_period=min(t.grace_period, t.max_epochs),
+            reduction_factor=t.reduction_factor,
+        )
+    return search_alg, scheduler, param_space, num_samples
+
+
+def _ray_init(cfg: Config) -> None:
+    import ray
+
+    kwargs = {}
+    if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # not under `ray job submit`: our own env
+        env = {
+            # reports take ~2 s each at Train's default controller poll (PLATFORM.md)
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1"),
+            "MLFLOW_DISABLE_TELEMETRY": "true",  # see DISABLE_TELEMETRY below
+        }
+        kwargs["runtime_env"] = {"env_vars": env}
+    ray.init(address=None if cfg.ray.address in ("", "local") else cfg.ray.address, **kwargs)
+
+
+def _space_path(args: argparse.Namespace, cfg: Config) -> str:
+    return args.space or cfg.tune.space or str(REPO / "tuning/spaces/default.yaml")
+
+
+def _tracking(cfg: Config, name: str, space: SearchSpace, args: argparse.Namespace):
+    """(client, uri, exp_id, parent_id) for the sweep; (None, "", "", "") without a tracking server."""
+    from ray_jobs.tracking import git_commit, job_submission_id, log_text, tracking_uri
+    from tuning.mlflow_sweep import experiment_id, get_client, start_or_resume_parent
+
+    uri = tracking_uri(cfg)
+    if not uri:
+        logger.warning("no MLflow tracking URI (mlflow.tracking_uri / $MLFLOW_TRACKING_URI): not tracking")
+        return None, "", "", ""
+    client = get_client(uri)
+    exp_id = experiment_id(client, cfg.mlflow.experiment)
+    settings = {"sweep.space_file": space.source, "sweep.swept": ",".join(space.swept)}
+    tags = {
+        "git_commit": git_commit(),
+        "ray_job_submission_id": job_submission_id(),
+        "config_file": args.config,
+    }
+    parent_id, resumed = start_or_resume_parent(client, exp_id, name, cfg, settings, tags)
+    if not resumed:
+        import yaml
+
+        log_text(client, parent_id, dump_space(space), "search_space.yaml")
+        log_text(client, parent_id, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), "base_config.yaml")
+    logger.info("MLflow parent run %s (%s)", parent_id, "resumed" if resumed else "new")
+    return client, uri, exp_id, parent_id
+
+
+def build_tuner(cfg: Config, space: SearchSpace, name: str, storage: str, tracking, restart_errored: bool):
+    """A new Tuner, or the restored one when ``<storage>/<name>`` holds an interrupted sweep."""
+    import ray
+    from ray import tune
+
+    from tuning.callbacks import SweepMlflowCallback
+    from tuning.trial import SweepContext, run_trial
+
+    _, uri, exp_id, parent_id = tracking
+    t = cfg.tune
+    ctx = SweepContext(
+        base=config_to_dict(cfg),
+        space=space,
+        sweep_name=name,
+        train_storage=f"{storage}/{name}/train",
+        mlflow_uri=uri,
+        exp_id=exp_id,
+        parent_id=parent_id,
+        max_epochs=t.max_epochs,
+    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": DRIVER_CPU})
+    path = f"{storage}/{name}"
+    if tune.Tuner.can_restore(path):
+        logger.info("resuming sweep %s from %s", name, path)
+        return tune.Tuner.restore(
+            path, trainable=trainable, resume_errored=not restart_errored, restart_errored=restart_errored
+        )
+    concurrency = max_concurrent_trials(cfg, ray.cluster_resources())
+    search_alg, scheduler, param_space, num_samples = build_search(cfg, space, concurrency)
+    logger.info("sweep %s: up to %d trials at a time, %s each", name, concurrency, trial_resources(cfg))
+    callback = SweepMlflowCallback(ctx.mlflow_uri, exp_id, name, t.metric, t.max_epochs, scheduler)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=t.metric,
+            mode="max",
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=concurrency if t.search == "optuna" else None,
+            time_budget_s=t.time_budget_s if t.time_budget_s > 0 else None,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=1,
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ray_jobs.prepare import ensure_dataset, resolve_paths
+    from ray_jobs.train import storage_path
+    from tuning.mlflow_sweep import log_summary, to_markdown
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    disable_mlflow_telemetry()
+    args = parse_args(argv)
+    cfg = resolve_paths(load_config(args.config, args.overrides))
+    space = load_space(_space_path(args, cfg), cfg)
+    name = (
+        args.name or cfg.ray.run_name or f"sweep-{Path(space.source).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    storage = storage_path(cfg)
+    ensure_dataset(cfg.data)  # once here: concurrent trials must not race to generate it
+    _ray_init(cfg)
+    tracking = _tracking(cfg, name, space, args)
+    client, _, exp_id, parent_id = tracking
+    t0 = time.time()
+    status = "FAILED"
+    try:
+        tuner = build_tuner(cfg, space, name, storage, tracking, args.restart_errored)
+        results = tuner.fit()
+        done = results.num_terminated + results.num_errors
+        status = "FAILED" if results.num_errors else ("FINISHED" if done == len(results) else "KILLED")
+        logger.info(
+            "sweep %s: %d trials, %d errored, %d unfinished, %.0f s",
+            name,
+            len(results),
+            results.num_errors,
+            len(results) - done,
+            time.time() - t0,
+        )
+    finally:
+        if client is not None:
+            rows = log_summary(client, exp_id, parent_id, space.swept)
+            client.set_terminated(parent_id, status=status)
+            print(f"\nsweep {name} ({time.time() - t0:.0f} s); trials by best val t2v R@1:")
+            print(to_markdown(rows))
+    return 0 if status == "FINISHED" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""One Tune trial = a driver function that builds and fits the training job's TorchTrainer.
+
+The trainer comes from ``ray_jobs.train.build_trainer`` (the same data preparation and worker loop as a
+training run); ``TuneReportCallback`` forwards every epoch's report (``val/t2v_R1``, ..., and the
+checkpoint path) to Tune. Rank 0 of the Train run logs per-epoch metrics to the trial's MLflow child run.
+Re-running a trial (sweep resume) re-uses its Train run name, so Train resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from etva.config import Config, config_from_dict
+from tuning.space import SearchSpace, apply_params, trial_params
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial needs besides its sampled values (passed with ``tune.with_parameters``)."""
+
+    base: dict  # resolved base config (absolute data paths)
+    space: SearchSpace
+    sweep_name: str
+    train_storage: str  # storage_path of the trials' Train runs
+    mlflow_uri: str  # "" = no tracking
+    exp_id: str
+    parent_id: str
+    max_epochs: int
+    torch_threads: int = 1
+
+
+def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> Config:
+    """The trial's resolved config: base + sampled values, epochs = max_epochs, its own Train run."""
+    cfg = apply_params(config_from_dict(ctx.base), params, f"{ctx.space.source} (trial {trial_id})")
+    cfg.train.epochs = ctx.max_epochs
+    cfg.ray.storage_path = ctx.train_storage
+    cfg.ray.run_name = f"{ctx.sweep_name}-{trial_id}"
+    return cfg
+
+
+def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
+    """Tune trainable: fit one TorchTrainer; finish the trial's MLflow child run when it completes.
+
+    A trial that ASHA stops is killed inside ``fit``; ``tuning.callbacks.SweepMlflowCallback`` (in the
+    sweep driver) then finishes its child run instead.
+    """
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ray_jobs.tracking import finish_run
+    from ray_jobs.train import best_of, build_trainer
+    from tuning.mlflow_sweep import get_client, mark_stopped, start_or_resume_child
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see tuning.sweep.disable_mlflow_telemetry
+    tctx = tune.get_context()
+    trial_id = tctx.get_trial_id()
+    params = trial_params(config, ctx.space)
+    cfg = trial_config(ctx, params, trial_id)
+    client = get_client(ctx.mlflow_uri) if ctx.mlflow_uri else None
+    run_id = ""
+    if client is not None:
+        trial = (trial_id, tctx.get_trial_name())
+        run_id = start_or_resume_child(client, ctx.exp_id, ctx.parent_id, ctx.sweep_name, trial, cfg, params)
+    logger.info("trial %s: %s (MLflow run %s)", trial_id, params, run_id or "-")
+    try:
+        trainer, _ = build_trainer(
+            cfg,
+            cfg.ray.run_name,
+            callbacks=[TuneReportCallback()],
+            extra_config={"torch_threads": ctx.torch_threads},
+            mlflow_run=(ctx.mlflow_uri, run_id),
+        )
+        result = trainer.fit()
+        best, best_path = best_of(result)
+        history = (result.return_value or {}).get("history", {}) if hasattr(result, "return_value") else {}
+        epochs = len(history) or int(best.get("epoch", -1)) + 1
+        if client is not None:
+            mark_stopped(client, run_id, early=False, reason="completed", epochs=epochs)
+        finish_run(client, run_id, best, best_path, "FINISHED")
+    except Exception:
+        if client is not None:
+            client.set_tag(run_id, "etva.stop_reason", "error")
+            client.set_terminated(run_id, status="FAILED")
+        raise
