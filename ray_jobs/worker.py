@@ -156,6 +156,15 @@ class _MlflowEpochLogger:
         for s in range(0, len(items), 900):
             self.client.log_batch(self.run_id, metrics=items[s : s + 900])
 
+    def backfill(self, history: dict[str, dict]) -> None:
+        """Log epochs that the checkpoint holds but MLflow lacks (the job stopped between the two)."""
+        if self.client is None:
+            return
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "val/t2v_R1")}
+        for epoch, metrics in sorted(history.items(), key=lambda kv: int(kv[0])):
+            if int(epoch) not in logged:
+                self.log({k: v for k, v in metrics.items() if k != "epoch"}, step=int(epoch))
+
 
 def _build(cfg, vocab_size: int, total_steps: int):
     from etva.engine import build_optimizer, build_scheduler
@@ -206,6 +215,7 @@ def train_loop_per_worker(config: dict) -> dict:
         history = state["meta"].get("history", {})
         logger.info("rank %d resumed from checkpoint at epoch %d", rank, start_epoch - 1)
         if mlf is not None:  # a visible record of every resume: after a worker failure or a resubmission
+            mlf.backfill(history)
             mlf.log({"train/resumed_from_epoch": start_epoch - 1}, step=start_epoch)
 
     model.to(device)
@@ -314,6 +324,9 @@ def _report(
             checkpoint=ray.train.Checkpoint.from_directory(str(out)),
             checkpoint_dir_name=f"epoch_{epoch:04d}",
         )
+    # MLflow gets the epoch only once its checkpoint is committed, so a resumed run never logs an epoch
+    # twice; an epoch committed but not yet logged is back-filled from the checkpoint on resume
+    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
 def eval_loop_per_worker(config: dict) -> dict:

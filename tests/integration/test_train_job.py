@@ -109,28 +109,26 @@ def test_killed_worker_resumes_from_last_checkpoint(local_cluster, tiny_data, tm
     assert _epochs_logged(client, run.info.run_id) == [0, 1, 2]  # every epoch once
 
 
-def test_stopped_job_resubmitted_resumes_same_run(local_cluster, tiny_data, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
+def _job_cli(cluster, *args) -> str:
+    cmd = [str(VENV_BIN / "ray"), "job", *args, "--address", cluster.dashboard_url]
+    proc = subprocess.run(cmd, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=120)
+    return proc.stdout + proc.stderr
 
+
+def test_stopped_job_resubmitted_resumes_same_run(local_cluster, tiny_data, tmp_path):
     storage = tmp_path / "ray"
     run_name = "stop-resume"
     # slow epochs down so the stop lands mid-run: more epochs, batch of 4
     overrides = ("train.epochs=6", "train.batch_size=4")
     proc = _submit(local_cluster, tiny_data, storage, run_name, *overrides, wait=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    job_id = next(w for w in proc.stdout.split() if w.startswith("raysubmit_"))
-    jobs = JobSubmissionClient(local_cluster.dashboard_url)
+    job_id = next(w.strip("'\"") for w in proc.stdout.split() if "raysubmit_" in w)
     deadline = time.time() + 300
     while not (storage / run_name / "epoch_0000").exists():
-        assert time.time() < deadline, jobs.get_job_logs(job_id)[-3000:]
-        assert jobs.get_job_status(job_id) not in (JobStatus.FAILED, JobStatus.SUCCEEDED), jobs.get_job_logs(
-            job_id
-        )
+        assert time.time() < deadline, _job_cli(local_cluster, "logs", job_id)[-3000:]
         time.sleep(0.5)
-    jobs.stop_job(job_id)
-    while jobs.get_job_status(job_id) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
-        time.sleep(0.5)
-    assert jobs.get_job_status(job_id) == JobStatus.STOPPED
+    _job_cli(local_cluster, "stop", job_id)  # waits until the job has stopped
+    assert "was stopped" in _job_cli(local_cluster, "status", job_id)
     client, run = _run(local_cluster, run_name)
     done_before = _epochs_logged(client, run.info.run_id)
     assert len(done_before) < 6
