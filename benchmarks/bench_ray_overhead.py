@@ -45,8 +45,12 @@ class _ClipDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         pick = int(rng.integers(self.count[i]))
         ids = self.ids[i, pick]
-        ex.update(input_ids=ids, attention_mask=(ids != 0).astype(np.int64), video_index=np.int64(i),
-                  caption_index=np.int64(self.first[i] + pick))
+        ex.update(
+            input_ids=ids,
+            attention_mask=(ids != 0).astype(np.int64),
+            video_index=np.int64(i),
+            caption_index=np.int64(self.first[i] + pick),
+        )
         return ex
 
 
@@ -57,11 +61,18 @@ def run_plain(cfg, prepared, epochs: int, decode_procs: int) -> list[dict]:
 
     torch.manual_seed(cfg.train.seed)
     tr = prepared["train"]
-    ds = _ClipDataset(tr.records, tr.captions.per_video(32), tr.captions.first, tr.captions.count, cfg.data,
-                      cfg.train.seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=decode_procs, persistent_workers=decode_procs > 0,
-                                         prefetch_factor=2 if decode_procs else None)
+    ds = _ClipDataset(
+        tr.records, tr.captions.per_video(32), tr.captions.first, tr.captions.count, cfg.data, cfg.train.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=decode_procs,
+        persistent_workers=decode_procs > 0,
+        prefetch_factor=2 if decode_procs else None,
+    )
     model = build_model(cfg.model, vocab_size=prepared["vocab"])
     loss_fn = build_loss(cfg.loss)
     opt = build_optimizer(torch.nn.ModuleList([model, loss_fn]), cfg.optim)
@@ -99,9 +110,16 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "shapes"
-        cfg = load_config(REPO / "ray_jobs/configs/shapes.yaml", [
-            f"data.root={root}", f"train.epochs={args.epochs}", "ray.num_workers=1",
-            f"ray.decode_concurrency={args.decode_procs}", "ray.address=local"])
+        cfg = load_config(
+            REPO / "ray_jobs/configs/shapes.yaml",
+            [
+                f"data.root={root}",
+                f"train.epochs={args.epochs}",
+                "ray.num_workers=1",
+                f"ray.decode_concurrency={args.decode_procs}",
+                "ray.address=local",
+            ],
+        )
         generate_dataset(root, args.num_videos, 0, cfg=cfg.data.synth, progress=False)
         tok, prepared = prepare_splits(cfg, Path(tmp) / "tok", {"train": "train", "val": "test"})
         prepared["vocab"] = len(tok)
@@ -123,7 +141,9 @@ def main() -> None:
     ray1_cps = steady(ray1, "train/global_clips_per_s")
     ray2_cps = steady(ray2, "train/global_clips_per_s")
     res = {
-        "num_videos": args.num_videos, "epochs": args.epochs, "decode_procs": args.decode_procs,
+        "num_videos": args.num_videos,
+        "epochs": args.epochs,
+        "decode_procs": args.decode_procs,
         "plain_clips_per_s": [steady(plain, "clips_per_s"), steady(plain2, "clips_per_s")],
         "ray_1w_clips_per_s": ray1_cps,
         "ray_2w_clips_per_s": ray2_cps,
