@@ -42,12 +42,13 @@ class RecordingASHA(AsyncHyperBandScheduler):
         return action
 
 
-def better(a: dict, b: dict | None, metric: str) -> bool:
-    """Is report ``a`` better than ``b``: higher ``metric``, ties broken by lower t2v MdR."""
+def better(a: dict, b: dict | None) -> bool:
+    """Is report ``a`` better than ``b``: higher val t2v R@1, ties broken by lower t2v MdR (the same rule
+    as the Train runs' checkpoint ranking and ``etva best``, whatever metric the scheduler uses)."""
     if b is None:
         return True
-    key = (a.get(metric, -math.inf), -a.get("val/t2v_MdR", math.inf))
-    return key > (b.get(metric, -math.inf), -b.get("val/t2v_MdR", math.inf))
+    key = (a.get("val/t2v_R1", -math.inf), -a.get("val/t2v_MdR", math.inf))
+    return key > (b.get("val/t2v_R1", -math.inf), -b.get("val/t2v_MdR", math.inf))
 
 
 class SweepMlflowCallback(Callback):
@@ -83,7 +84,7 @@ class SweepMlflowCallback(Callback):
         tid = trial.trial_id
         if "epoch" in result:
             self.epochs[tid] = max(self.epochs.get(tid, 0), int(result["epoch"]) + 1)
-        if self.metric in result and better(result, self.best.get(tid), self.metric):
+        if "val/t2v_R1" in result and better(result, self.best.get(tid)):
             self.best[tid] = {k: v for k, v in result.items() if k.startswith("val/") or k == CHECKPOINT_KEY}
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:

@@ -113,6 +113,18 @@ def mark_stopped(client, run_id: str, *, early: bool, reason: str, epochs: int) 
     client.set_tag(run_id, "etva.epochs_run", str(epochs))
 
 
+def close_unfinished(client, exp_id: str, parent_id: str) -> int:
+    """Mark child runs still RUNNING after the sweep returned (time budget, interrupt) as KILLED."""
+    n = 0
+    for run in child_runs(client, exp_id, parent_id):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, REASON_TAG, "interrupted")
+            client.set_tag(run.info.run_id, EARLY_TAG, "false")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            n += 1
+    return n
+
+
 def child_runs(client, exp_id: str, parent_id: str) -> list:
     runs, token = [], None
     while True:

@@ -81,6 +81,11 @@ def max_concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
     return fits
 
 
+def metric_mode(metric: str) -> str:
+    """ "min" for ranks and losses (``.._MdR``, ``.._MnR``, ``..loss``), else "max" (recalls)."""
+    return "min" if metric.endswith(("MdR", "MnR", "loss")) else "max"
+
+
 def build_search(cfg: Config, space: SearchSpace, concurrency: int):
     """(search_alg, scheduler, param_space, num_samples) from ``cfg.tune``.
 
@@ -104,7 +109,7 @@ def build_search(cfg: Config, space: SearchSpace, concurrency: int):
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(sampler=TPESampler(seed=cfg.train.seed))
+        search_alg = OptunaSearch(sampler=TPESampler(seed=cfg.train.seed))  # metric/mode: TuneConfig
     else:
         search_alg = BasicVariantGenerator(random_state=cfg.train.seed, max_concurrent=concurrency)
     scheduler = None
@@ -199,7 +204,7 @@ def build_tuner(cfg: Config, space: SearchSpace, name: str, storage: str, tracki
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=t.metric,
-            mode="max",
+            mode=metric_mode(t.metric),
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=num_samples,
@@ -219,7 +224,7 @@ def build_tuner(cfg: Config, space: SearchSpace, name: str, storage: str, tracki
 def main(argv: list[str] | None = None) -> int:
     from ray_jobs.prepare import ensure_dataset, resolve_paths
     from ray_jobs.train import storage_path
-    from tuning.mlflow_sweep import log_summary, to_markdown
+    from tuning.mlflow_sweep import close_unfinished, log_summary, to_markdown
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     disable_mlflow_telemetry()
@@ -251,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         if client is not None:
+            if close_unfinished(client, exp_id, parent_id):
+                logger.warning(
+                    "sweep %s stopped before every trial finished (time budget or interrupt)", name
+                )
             rows = log_summary(client, exp_id, parent_id, space.swept)
             client.set_terminated(parent_id, status=status)
             print(f"\nsweep {name} ({time.time() - t0:.0f} s); trials by best val t2v R@1:")

@@ -1,0 +1,286 @@
+"""A real Tune sweep on the private local Ray head + MLflow server: parent/child runs, an ASHA stop,
+resume after the sweep driver is killed, the best pick, `etva best` and loading `models:/...@champion`.
+
+One sweep, four sequential trials of the tiny config (2 epochs, 24 clips): optim.lr in [3e-3, 0] x
+train.seed in [0, 1] -> trials (lr, seed) = (3e-3, 0), (0, 0), (3e-3, 1), (0, 1) in this order.
+
+Why ASHA ranks by ``train/lr`` here: with 16 training clips and one epoch, val R@1 of every trial is
+exactly chance (one "hub" video tops every query), so the comparison ASHA makes at its first rung would
+tie. ``train/lr`` (the learning rate at the end of the epoch) is 0 exactly for the trials that cannot
+learn (optim.lr = 0) and > 0 for the others, so trial 2 is below the median of trials 1-2 at the first
+rung and is stopped, deterministically. (The default metric stays val/t2v_R1.)
+
+The driver is killed (SIGKILL) once the ASHA-stopped trial's MLflow run is closed; re-running the same
+command must resume: trials 1-2 are not run again (no new child runs, their Tune results untouched),
+trials 3-4 run, and the same parent run is continued.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from etva.config import load_config
+from etva.data.synth import generate_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+EXPERIMENT = "etva-tune-it"
+NAME = "it-sweep"
+SPACE = "optim.lr: {grid: [0.003, 0.0]}\ntrain.seed: {grid: [0, 1]}\n"
+SWEEP_TIMEOUT_S = 240  # one run of the sweep command; a hung trial fails the test instead of CI
+
+
+def _sweep_cmd(tmp: Path, cluster, space: Path, name: str = NAME) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tuning.sweep",
+        "--config",
+        str(REPO / "ray_jobs/configs/tiny.yaml"),
+        "--space",
+        str(space),
+        "--name",
+        name,
+        f"data.root={tmp / 'data'}",
+        "data.subset=full",
+        "data.synth.num_videos=24",
+        f"ray.storage_path={tmp / 'runs'}",
+        f"ray.address={cluster.ray_address}",
+        "ray.num_workers=1",
+        "optim.warmup_steps=0",
+        f"mlflow.experiment={EXPERIMENT}",
+        "tune.search=random",
+        "tune.num_samples=1",
+        "tune.scheduler=asha",
+        "tune.metric=train/lr",
+        "tune.grace_period=1",
+        "tune.max_epochs=2",
+        "tune.reduction_factor=2",
+        "tune.max_concurrent_trials=1",
+        f"tune.time_budget_s={SWEEP_TIMEOUT_S - 20}",
+    ]
+
+
+def _env(cluster) -> dict[str, str]:
+    return {**cluster.subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+
+def _children(client, exp_id: str) -> list:
+    return [r for r in client.search_runs([exp_id]) if r.data.tags.get("etva.role") == "trial"]
+
+
+def _wait_for_closed_trials(proc, client, n: int, log: Path, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        assert proc.poll() is None, f"sweep exited early ({proc.returncode}):\n{log.read_text()[-4000:]}"
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        if exp is not None:
+            closed = [r for r in _children(client, exp.experiment_id) if r.info.status != "RUNNING"]
+            if len(closed) >= n:
+                return
+        time.sleep(1.0)
+    proc.kill()
+    raise AssertionError(f"fewer than {n} trials finished in {timeout_s} s:\n{log.read_text()[-4000:]}")
+
+
+def _trial_results(exp_dir: Path) -> dict[str, int]:
+    """Tune trial folder name -> number of results it recorded."""
+    return {p.parent.name: len(p.read_text().splitlines()) for p in exp_dir.glob("*/result.json")}
+
+
+@pytest.fixture(scope="module")
+def sweep(local_cluster, tmp_path_factory):
+    """Run the sweep, kill its driver after two trials, resume it; returns what the tests inspect."""
+    from mlflow.tracking import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("tune")
+    synth = load_config(REPO / "ray_jobs/configs/tiny.yaml").data.synth
+    generate_dataset(tmp / "data", 24, 0, cfg=synth, workers=2, progress=False)
+    space = tmp / "space.yaml"
+    space.write_text(SPACE)
+    client = MlflowClient(local_cluster.mlflow_uri)
+    cmd, env = _sweep_cmd(tmp, local_cluster, space), _env(local_cluster)
+
+    t0 = time.time()
+    log1 = tmp / "sweep1.log"
+    with open(log1, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_closed_trials(proc, client, 2, log1, SWEEP_TIMEOUT_S)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    first_s = time.time() - t0
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    before = {r.data.tags["etva.trial_id"]: r for r in _children(client, exp_id)}
+    results_before = _trial_results(tmp / "runs" / NAME)
+    time.sleep(3)  # let the head notice the dead driver and release its trial's resources
+
+    t0 = time.time()
+    log2 = tmp / "sweep2.log"
+    with open(log2, "w") as out:
+        second = subprocess.run(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=SWEEP_TIMEOUT_S
+        )
+    assert second.returncode == 0, log2.read_text()[-6000:]
+    print(f"sweep: first run (killed after 2 trials) {first_s:.0f} s, resumed run {time.time() - t0:.0f} s")
+    return {
+        "tmp": tmp,
+        "client": client,
+        "exp_id": exp_id,
+        "before": before,
+        "results_before": results_before,
+        "log2": log2.read_text(),
+        "cmd": cmd,
+        "env": env,
+    }
+
+
+def test_parent_and_child_runs(sweep):
+    client, exp_id = sweep["client"], sweep["exp_id"]
+    parents = [r for r in client.search_runs([exp_id]) if r.data.tags.get("etva.role") == "sweep"]
+    assert len(parents) == 1, "the resumed sweep continues its parent run"
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags.get("etva.resumed") == "true"
+    children = _children(client, exp_id)
+    assert len(children) == 4
+    seen = set()
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        p = run.data.params
+        seen.add((float(p["sampled/optim.lr"]), int(p["sampled/train.seed"])))
+        assert float(p["optim.lr"]) == float(p["sampled/optim.lr"])  # resolved config carries the sample
+        assert p["train.epochs"] == "2" and p["model.num_clusters"] == "4"
+        assert run.info.status in ("FINISHED", "KILLED")
+        # per-epoch metrics logged by rank 0 of the trial's Train run
+        hist = client.get_metric_history(run.info.run_id, "val/t2v_R1")
+        # (an ASHA-stopped trial may log one more epoch before its driver is gone)
+        assert len(hist) >= int(run.data.tags["etva.epochs_run"]) >= 1
+        assert "best/t2v_R1" in run.data.metrics
+        assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoint")]
+    assert seen == {(0.003, 0), (0.0, 0), (0.003, 1), (0.0, 1)}
+    names = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_summary.csv", "sweep_summary.md", "r1_vs_params.png", "search_space.yaml"} <= names
+    local = Path(client.download_artifacts(parent.info.run_id, "sweep_summary.csv", str(sweep["tmp"])))
+    rows = local.read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("trial,status,optim.lr,train.seed,t2v_R1")
+
+
+def test_asha_stopped_the_trial_that_cannot_learn(sweep):
+    children = _children(sweep["client"], sweep["exp_id"])
+    stopped = [r for r in children if r.data.tags.get("etva.early_stopped") == "true"]
+    assert stopped, [(r.info.run_name, r.data.tags) for r in children]
+    for run in stopped:
+        assert float(run.data.params["optim.lr"]) == 0.0
+        assert run.info.status == "KILLED" and run.data.tags["etva.stop_reason"] == "asha"
+        assert int(run.data.tags["etva.epochs_run"]) == 1
+    full = [r for r in children if float(r.data.params["optim.lr"]) > 0]
+    assert all(r.data.tags["etva.early_stopped"] == "false" for r in full)
+    assert all(int(r.data.tags["etva.epochs_run"]) == 2 for r in full)
+
+
+def test_resume_did_not_rerun_finished_trials(sweep):
+    client, exp_id, before = sweep["client"], sweep["exp_id"], sweep["before"]
+    after = {r.data.tags["etva.trial_id"]: r for r in _children(client, exp_id)}
+    closed = {t for t, r in before.items() if r.info.status != "RUNNING"}
+    assert len(closed) >= 2
+    for trial_id in closed:  # same MLflow run, not touched again
+        assert after[trial_id].info.run_id == before[trial_id].info.run_id
+        assert "etva.resumed" not in after[trial_id].data.tags
+        assert f"trial {trial_id}:" not in sweep["log2"], "a finished trial ran again"
+    results_after = _trial_results(sweep["tmp"] / "runs" / NAME)
+    for folder, n in sweep["results_before"].items():
+        if any(t in folder for t in closed):
+            assert results_after[folder] == n, f"{folder} recorded new results after the resume"
+    assert len(after) == 4 and all(r.info.status != "RUNNING" for r in after.values())
+
+
+def test_best_pick_registers_and_loads_the_champion(sweep, tmp_path):
+    from etva.checkpoint import load_checkpoint
+    from tuning.best import download_champion, pick_best
+
+    client, exp_id = sweep["client"], sweep["exp_id"]
+    children = _children(client, exp_id)
+    best = max(children, key=lambda r: (r.data.metrics["best/t2v_R1"], -r.data.metrics["best/t2v_MdR"]))
+    uri = sweep["env"]["MLFLOW_TRACKING_URI"]
+    pick = pick_best(EXPERIMENT, "tune-it-model", uri)
+    top = pick.ranked[0]
+    assert (top.data.metrics["best/t2v_R1"], top.data.metrics["best/t2v_MdR"]) == (
+        best.data.metrics["best/t2v_R1"],
+        best.data.metrics["best/t2v_MdR"],
+    )
+    assert len(pick.ranked) == 4  # the parent run has no best/ metrics and is never picked
+    mv = client.get_model_version_by_alias("tune-it-model", "champion")
+    assert mv.run_id == top.info.run_id and mv.version == pick.version
+
+    ckpt = download_champion(pick.uri, tmp_path / "champion", uri)
+    state = load_checkpoint(ckpt, load_optimizer=False)
+    assert state["meta"]["metrics"]["val/t2v_R1"] == top.data.metrics["best/t2v_R1"]
+    # what ray_jobs/evaluate.py does: plain mlflow with $MLFLOW_TRACKING_URI set
+    code = (
+        "import sys, mlflow.artifacts; "
+        "print(mlflow.artifacts.download_artifacts('models:/tune-it-model@champion', dst_path=sys.argv[1]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "plain")],
+        env=sweep["env"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (Path(out.stdout.strip().splitlines()[-1]) / "MANIFEST.json").exists()
+
+
+def test_etva_best_command(sweep):
+    env = sweep["env"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "etva",
+            "best",
+            "--experiment",
+            EXPERIMENT,
+            "--model-name",
+            "cli-model",
+            "--top",
+            "3",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[1].split()[:2] == ["rank", "run"] and len([x for x in lines if x[:1].isdigit()]) == 3
+    assert "models:/cli-model@champion" in out.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "etva", "best", "--experiment", "no-such-experiment"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "no-such-experiment" in bad.stderr
+
+
+def test_bad_space_key_fails_fast_naming_the_file(sweep, tmp_path):
+    space = tmp_path / "bad.yaml"
+    space.write_text("model.num_clustrs: {grid: [8, 16]}\n")
+    cmd = _sweep_cmd(sweep["tmp"], type("C", (), {"ray_address": "127.0.0.1:1"})(), space, name="bad")
+    out = subprocess.run(cmd, cwd=REPO, env=sweep["env"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "unknown key 'model.num_clustrs'" in out.stderr and str(space) in out.stderr
+    assert not (sweep["tmp"] / "runs" / "bad").exists()
