@@ -115,9 +115,12 @@ class SweepMlflowCallback(Callback):
                     reason=reason,
                     epochs=self.epochs.get(trial.trial_id, 0),
                 )
-            if run.info.status != "RUNNING":
+            # the dying driver may have closed it as FAILED (Tune stops the trial after this callback
+            # or before it): Tune's verdict wins, but metrics and checkpoint are logged only once
+            if run.info.status != "RUNNING" and not (run.info.status == "FAILED" and status != "FAILED"):
                 return
-            best = self.best.get(trial.trial_id)
+            done = "best/t2v_R1" in run.data.metrics
+            best = None if done else self.best.get(trial.trial_id)
             ckpt = (best or {}).get(CHECKPOINT_KEY)
             mark_stopped(
                 self.client,

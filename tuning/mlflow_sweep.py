@@ -202,6 +202,8 @@ def plot_summary(rows: list[dict[str, Any]], keys: list[str], path: str) -> bool
             ax.scatter(xs, ys, c=colors)
             if key == "model.num_clusters" or (min(xs) > 0 and max(xs) / min(xs) > 20):
                 ax.set_xscale("log", base=2 if key == "model.num_clusters" else 10)
+            if all(isinstance(x, int) for x in xs) and len(set(xs)) <= 8:  # seeds, counts: exact ticks
+                ax.set_xticks(sorted(set(xs)), [str(x) for x in sorted(set(xs))])
         else:
             cats = sorted({str(x) for x in xs})
             ax.scatter([cats.index(str(x)) for x in xs], ys, c=colors)

@@ -84,7 +84,9 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             mark_stopped(client, run_id, early=False, reason="completed", epochs=epochs)
         finish_run(client, run_id, best, best_path, "FINISHED")
     except Exception:
-        if client is not None:
+        # also reached when Tune stops this trial (ASHA, max_t, time budget): the sweep driver's
+        # SweepMlflowCallback then sets the final status, which wins over this FAILED
+        if client is not None and client.get_run(run_id).info.status == "RUNNING":
             client.set_tag(run_id, "etva.stop_reason", "error")
             client.set_terminated(run_id, status="FAILED")
         raise

@@ -114,6 +114,7 @@ def sweep(local_cluster, tmp_path_factory):
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             _wait_for_closed_trials(proc, client, 2, log1, SWEEP_TIMEOUT_S)
+            time.sleep(4)  # > TUNE_GLOBAL_CHECKPOINT_S (2 s): Tune's state has seen both trials end
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)

@@ -252,3 +252,19 @@ def test_etva_best_command_is_registered_and_lazy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.split() == ["x", "3", "False", "False"], out.stderr
+
+
+def test_optuna_search_suggests_configs_that_load(cfg):
+    pytest.importorskip("optuna")
+    from tuning.sweep import build_search
+
+    c = apply_params(cfg, {"tune.search": "optuna"})
+    space = load_space(REPO / "tuning/spaces/default.yaml", c)
+    alg, _, params, _ = build_search(c, space, 1)
+    assert alg.set_search_properties("val/t2v_R1", "max", params)
+    for i in range(3):
+        suggested = alg.suggest(f"t{i}")
+        assert set(suggested) == set(space.keys)
+        trial_cfg = apply_params(c, suggested)
+        assert trial_cfg.model.num_clusters in (8, 16, 32, 64) and 1e-4 <= trial_cfg.optim.lr <= 3e-3
+        alg.on_trial_complete(f"t{i}", {"val/t2v_R1": float(i)})
