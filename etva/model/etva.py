@@ -121,6 +121,14 @@ class ETVA(nn.Module):
             local = self.local_align.encode_text(feats.tokens, feats.mask)
         return TextEmbedding(experts=experts, logits=logits, local=local)
 
+    def text_cluster_assignments(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """input_ids (B, L), attention_mask (B, L) -> (B, L, K) soft assignment of each text token to
+        the (shared) NetVLAD clusters; padding rows are 0. Needs local alignment ("local"/"both")."""
+        if self.local_align is None:
+            raise ValueError(f"text_cluster_assignments: model.alignment='{self.alignment}' has no NetVLAD")
+        feats = self.text(input_ids, attention_mask)
+        return self.local_align.text_assignments(feats.tokens, feats.mask)
+
     def _fused_tokens(self, batch: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Run every expert, project, embed, fuse; return per-expert fused tokens and masks."""
         toks, masks = [], []

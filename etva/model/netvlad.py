@@ -22,7 +22,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["netvlad", "safe_l2_normalize", "NetVLAD", "AttentionSlots", "LocalAlignment"]
+__all__ = [
+    "netvlad",
+    "soft_assignments",
+    "safe_l2_normalize",
+    "NetVLAD",
+    "AttentionSlots",
+    "LocalAlignment",
+]
 
 VLAD_MODES = ("shared", "separate", "text")
 
@@ -59,6 +66,17 @@ def netvlad(x: Tensor, mask: Tensor, assign_weight: Tensor, assign_bias: Tensor,
     return safe_l2_normalize(v, dim=-1)
 
 
+def soft_assignments(x: Tensor, mask: Tensor, assign_weight: Tensor, assign_bias: Tensor, k: int) -> Tensor:
+    """The soft-assignment weights :func:`netvlad` uses, for inspection (e.g. word -> cluster plots).
+
+    Args: x (B, N, D), mask (B, N) bool, assign_weight (K+G, D), assign_bias (K+G,), k = K.
+    Returns: (B, N, K) softmax over the K+G clusters, ghost columns dropped (a row sums to <= 1),
+    zero rows for masked tokens.
+    """
+    logits = x @ assign_weight.t() + assign_bias  # (B, N, K+G)
+    return logits.softmax(dim=-1)[..., :k] * mask.unsqueeze(-1).to(x.dtype)  # (B, N, K)
+
+
 class NetVLAD(nn.Module):
     """Parameters of one NetVLAD layer: ``K`` clusters plus ``G`` ghost clusters over ``dim``."""
 
@@ -78,6 +96,10 @@ class NetVLAD(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, N, D), mask (B, N) bool -> (B, K, D)."""
         return netvlad(x, mask, self.assign_weight, self.assign_bias, self.centers)
+
+    def assignments(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B, N, D), mask (B, N) bool -> (B, N, K) soft-assignment weights (ghosts dropped)."""
+        return soft_assignments(x, mask, self.assign_weight, self.assign_bias, self.num_clusters)
 
 
 class AttentionSlots(nn.Module):
@@ -128,6 +150,10 @@ class LocalAlignment(nn.Module):
     def encode_text(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """tokens (B, L, H), mask (B, L) bool -> (B, K, d)."""
         return self.text_vlad(self.text_proj(tokens), mask)
+
+    def text_assignments(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """tokens (B, L, H), mask (B, L) bool -> (B, L, K) word -> cluster weights."""
+        return self.text_vlad.assignments(self.text_proj(tokens), mask)
 
     def encode_video(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """tokens (B, N, D_v), mask (B, N) bool -> (B, K, d)."""
