@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
             meta = load_checkpoint(best_path, load_optimizer=False)["meta"]
             log_dict(client, run_id, meta.get("skipped_clips", {}), "data_skipped_clips.json")
+            from ray_jobs.pictures import log_pictures_safely  # never raises: a warning on failure
+
+            log_pictures_safely(client, run_id, best_path, prepared["val"].records)
         status = "FINISHED"
         print(
             f"\nrun {run_name}: best epoch {int(best.get('epoch', -1)) + 1} of {cfg.train.epochs} "
