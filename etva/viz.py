@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from etva.metrics import check_finite_block, check_inputs, rank_outcomes, sim_to_numpy, v2t_best_caption
 
@@ -237,7 +237,10 @@ def recall_curve(ranks: Mapping[str, np.ndarray], num_candidates: Mapping[str, i
         ax.plot(marks, rec[np.asarray(marks) - 1], "o", color=line.get_color())
         ax.plot(ks, 100.0 * ks / n, ":", color=line.get_color(), linewidth=0.8)
     ax.set_xscale("log")
+    n_max = max(int(n) for n in num_candidates.values())
+    ax.set_xticks([k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if k < n_max] + [n_max])
     ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(0, 101)
     ax.set_xlabel("K")
     ax.set_ylabel("R@K (%)")
