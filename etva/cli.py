@@ -19,7 +19,7 @@ from collections.abc import Callable
 __all__ = ["UsageError", "COMMANDS", "DATA_COMMANDS", "build_parser", "main"]
 
 # "module:function" entries; others add e.g. "etva.data.check_cli:add_parser" here
-DATA_COMMANDS: list[str] = ["etva.data.synth_cli:add_parser"]
+DATA_COMMANDS: list[str] = ["etva.data.synth_cli:add_parser", "etva.data.check_cli:add_parser"]
 
 
 class UsageError(Exception):
@@ -45,14 +45,23 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
 # top-level commands: name -> function adding its parser; others add "train", "eval", "best", ...
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "data": _add_data,
+    "train": lambda sub: _load("etva.jobs_cli:add_train_parser")(sub),
+    "tune": lambda sub: _load("etva.jobs_cli:add_tune_parser")(sub),
+    "eval": lambda sub: _load("etva.jobs_cli:add_eval_parser")(sub),
     "best": lambda sub: _load("etva.best_cli:add_parser")(sub),
+    "search": lambda sub: _load("etva.search_cli:add_parser")(sub),
 }
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Error types that mean a user mistake (reported without a traceback)."""
     errors: list[type[BaseException]] = [UsageError]
-    for entry in ("etva.config:ConfigError", "etva.data.synth:SynthError"):
+    for entry in (
+        "etva.config:ConfigError",
+        "etva.data.synth:SynthError",
+        "etva.checkpoint:CheckpointError",
+        "etva.search:SearchError",
+    ):
         module, name = entry.split(":")
         if module in sys.modules:  # only types a handler actually imported
             errors.append(getattr(sys.modules[module], name))

@@ -1,0 +1,140 @@
+"""``etva search "a red circle moves left" --model models:/etva-shapes@champion --videos DIR``.
+
+A light module: torch, the model and PyAV are imported when the command runs; an MLflow model URI is
+downloaded by ``ray_jobs.evaluate.fetch_checkpoint``, imported by name (etva/ never imports mlflow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["add_parser", "run", "resolve_checkpoint"]
+
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+FETCH_IMPL = "ray_jobs.evaluate"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the top-level ``search`` command."""
+    p = subparsers.add_parser(
+        "search",
+        help="find the clips of a video folder that match a text query",
+        description="Encode a folder of videos once with a trained model (cached in "
+        "<videos>/.etva_index/, updated incrementally when files are added, changed or deleted), then "
+        "print the top-k clips and scores for each text query; optionally write an HTML contact sheet.",
+    )
+    p.add_argument("queries", nargs="*", help="text queries (or --queries-file)")
+    p.add_argument(
+        "--model", required=True, help="checkpoint dir, runs:/<id>/checkpoint or models:/<name>@<alias>"
+    )
+    p.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
+    p.add_argument("--queries-file", default="", help="one query per line")
+    p.add_argument("--top-k", type=int, default=5, help="results per query (default 5)")
+    p.add_argument("--index", default="", help="index cache file (default: <videos>/.etva_index/<model>.pt)")
+    p.add_argument("--html", default="", help="write an HTML contact sheet here")
+    p.add_argument("--thumbnails", choices=("inline", "files"), default="inline",
+                   help="contact sheet images as data URIs (default) or PNG files next to the page")  # fmt: skip
+    p.add_argument("--json", default="", help="write the results as JSON here")
+    p.add_argument("--batch-size", type=int, default=8, help="videos per encoder batch (default 8)")
+    p.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
+    p.add_argument(
+        "--tracking-uri", default="", help="MLflow server for models:/ URIs (default: $MLFLOW_TRACKING_URI)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def _queries(args: argparse.Namespace) -> list[str]:
+    from etva.cli import UsageError
+
+    queries = [q for q in args.queries if q.strip()]
+    if args.queries_file:
+        try:
+            lines = Path(args.queries_file).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise UsageError(f"--queries-file {args.queries_file}: {e.strerror}") from e
+        queries += [line.strip() for line in lines if line.strip()]
+    if not queries:
+        raise UsageError("no query given", 'etva search "a red circle moves left" --model ... --videos DIR')
+    if args.top_k < 1:
+        raise UsageError(f"--top-k {args.top_k}: must be >= 1")
+    return queries
+
+
+def resolve_checkpoint(model: str, tmp: Path, tracking_uri: str = "") -> Path:
+    """A local checkpoint directory for a path or an MLflow URI (downloaded into ``tmp``)."""
+    from etva.cli import UsageError
+    from etva.jobs_cli import MLFLOW_HINT, check_url
+
+    if not model.startswith(MLFLOW_SCHEMES):
+        path = Path(model).expanduser()
+        if not (path / "model.pt").is_file():
+            raise UsageError(f"--model {model}: not a checkpoint directory (no model.pt)",
+                             "pass an epoch_NNNN folder of a run or models:/<name>@champion")  # fmt: skip
+        return path
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise UsageError(f"--model {model}: an MLflow URI needs a tracking server",
+                         "set MLFLOW_TRACKING_URI (source runs/local/env.sh) or pass --tracking-uri")  # fmt: skip
+    check_url(f"{uri.rstrip('/')}/health", f"the MLflow server ({uri})", MLFLOW_HINT)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        fetch = importlib.import_module(FETCH_IMPL).fetch_checkpoint
+    except ModuleNotFoundError as e:
+        raise UsageError(
+            f"MLflow URIs need the {FETCH_IMPL} module ({e})", "run it from the repository root"
+        ) from e
+    try:
+        return fetch(model, tmp)
+    except Exception as e:  # MLflow raises its own types (unknown model, alias, run)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--model {model}: cannot download it ({first})",
+                         "list models in the MLflow UI; etva best registers '<name>@champion'") from e  # fmt: skip
+
+
+def format_results(queries: list[str], results: list[list]) -> str:
+    """A plain-text table per query: rank, score, video."""
+    lines = []
+    for q, hits in zip(queries, results):
+        lines += [f"query: {q}", f"{'rank':>4}  {'score':>7}  video"]
+        lines += [f"{h.rank:>4}  {h.score:>7.4f}  {h.path}" for h in hits]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from etva.contact_sheet import write_contact_sheet
+    from etva.search import load_searcher, search, update_index
+
+    queries = _queries(args)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), args.workers)))
+    with tempfile.TemporaryDirectory(prefix="etva-search-") as tmp:
+        searcher = load_searcher(resolve_checkpoint(args.model, Path(tmp), args.tracking_uri))
+    index, stats = update_index(
+        searcher, args.videos, args.index or None,
+        batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+    )  # fmt: skip
+    print(
+        f"index: {len(index.paths)} videos ({stats.reused} cached, {stats.encoded} encoded, "
+        f"{stats.dropped} dropped, {stats.failed} undecodable)",
+        file=sys.stderr,
+    )
+    results = search(searcher, index, queries, args.top_k)
+    sys.stdout.write(format_results(queries, results))
+    if args.html:
+        page = write_contact_sheet(
+            args.html, args.videos, queries, results, inline=args.thumbnails == "inline"
+        )
+        print(f"contact sheet: {page}", file=sys.stderr)
+    if args.json:
+        rows = [{"query": q, "hits": [vars(h) for h in hits]} for q, hits in zip(queries, results)]
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
