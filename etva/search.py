@@ -260,7 +260,10 @@ def update_index(
         stats.encoded = len(done)
     stats.failed = len(new.failed)
     if todo or stats.dropped or not path.is_file():
-        new.save(path)
+        try:
+            new.save(path)
+        except OSError as e:  # e.g. a read-only videos folder: search still works, uncached
+            log.warning("cannot write the index %s (%s); pass --index PATH to cache it elsewhere", path, e)
     log.info("index %s: %d reused, %d encoded, %d dropped, %d undecodable", path, stats.reused,
              stats.encoded, stats.dropped, stats.failed)  # fmt: skip
     return new, stats

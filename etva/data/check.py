@@ -170,7 +170,9 @@ def check_dataset(
     if not Path(root).is_dir():
         raise FileNotFoundError(f"dataset root {root} is not a directory")
     data_cfg = data_cfg or DataConfig(dataset=dataset, root=str(root), subset=subset or "1k-A")
-    report = CheckReport(dataset, str(root), subset)
+    report = CheckReport(
+        dataset, str(root), subset or (data_cfg.subset if dataset in ("msrvtt", "features") else None)
+    )
     records: dict[str, list[ClipRecord]] = {}
     summaries = {}
     for split in splits_of(dataset, subset):
