@@ -251,7 +251,11 @@ def with_spread(trainer, train_fn, extra_loop_config: dict):
 
 
 def recording_train_loop(config: dict) -> dict:
-    """`ray_jobs.worker.train_loop_per_worker`, after writing where this worker runs and what it resumes."""
+    """`ray_jobs.worker.train_loop_per_worker`, after writing where this worker runs and what it resumes.
+
+    With `hold_after_epoch` and `gate_file` in the config, every worker waits after reporting that epoch
+    until the gate file exists (at most `hold_s`), so a test can act between two epochs deterministically.
+    """
     import ray
     import ray.train
 
@@ -268,7 +272,24 @@ def recording_train_loop(config: dict) -> dict:
     }
     out = Path(config["record_dir"]) / f"{time.time_ns()}-rank{record['rank']}-{os.getpid()}.json"
     out.write_text(json.dumps(record))
+    if config.get("gate_file"):
+        _hold_after_report(int(config["hold_after_epoch"]), Path(config["gate_file"]), config["hold_s"])
     return train_loop_per_worker(config)
+
+
+def _hold_after_report(epoch: int, gate: Path, hold_s: float) -> None:
+    """Wrap this worker process's `ray.train.report` (which `ray_jobs.worker` looks up at call time)."""
+    import ray.train
+
+    report = ray.train.report
+
+    def held_report(metrics, *args, **kwargs):
+        report(metrics, *args, **kwargs)
+        deadline = time.time() + hold_s
+        while int(metrics.get("epoch", -1)) == epoch and not gate.exists() and time.time() < deadline:
+            time.sleep(0.1)
+
+    ray.train.report = held_report
 
 
 def report_log(path: Path):
@@ -289,7 +310,7 @@ def report_log(path: Path):
             self._write({"report": epochs, "checkpoint": Path(checkpoint.path).name if checkpoint else None})
 
         def after_exception(self, run_context, worker_exceptions):
-            self._write({"error": {str(r): repr(e)[:300] for r, e in worker_exceptions.items()}})
+            self._write({"error": {str(r): repr(e)[:2000] for r, e in worker_exceptions.items()}})
 
     return _ReportLog(str(path))
 
