@@ -68,7 +68,7 @@ class LocalSettings:
     ray_port: int = 6380  # GCS
     dashboard_port: int = 8265  # dashboard + Jobs API
     mlflow_port: int = 5000
-    num_cpus: int = 4  # logical CPUs: Ray Data stages + 2 Train workers need more than 2 (PLATFORM.md)
+    num_cpus: int = 4  # logical CPUs: Ray Data stages + 2 Train workers need more than 2 (docs/platform.md)
     ray_client_port: int | None = None  # None = Ray's default 10001
     dashboard_agent_port: int | None = None  # None = Ray's default 52365
     token_path: Path | None = None  # None = <state>/ray_auth_token

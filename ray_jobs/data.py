@@ -2,7 +2,7 @@
 
 Captions are tokenized once in the driver (they are small) and travel with the index rows, so workers
 need no tokenizer. The decode stage runs as Ray tasks with a fractional CPU each, sized so that the Data
-stage and the Train workers share a small machine without starving each other (see PLATFORM.md).
+stage and the Train workers share a small machine without starving each other (see docs/platform.md).
 
 A clip that fails to decode is not dropped here: it flows on with ``ok = False`` and zeroed arrays, so
 the training worker can count it, name it and decide (``data.max_skip_fraction``) whether to abort.
@@ -22,7 +22,7 @@ from etva.data.records import ClipRecord
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CaptionTable", "index_rows", "build_video_dataset", "sample_captions"]
+__all__ = ["CaptionTable", "index_rows", "build_video_dataset", "eval_shard_name"]
 
 
 class CaptionTable:
@@ -91,10 +91,7 @@ def decode_stage(batch: dict[str, np.ndarray], data_cfg: dict) -> dict[str, np.n
     for name in ("video_index", "caption_ids", "caption_first", "caption_count"):
         if name in batch:
             out[name] = np.asarray(batch[name])
-    errors = out.pop("error", None)
-    if errors is not None:
-        for i in np.flatnonzero(~np.asarray(out["ok"])):
-            logger.warning("skipping clip %s: %s", batch["video_path"][i], errors[i])
+    out.pop("error", None)  # decode_batch has logged each failed clip once
     # only numeric columns go on (strings cannot become tensors); workers report skips by video_index
     return {k: v for k, v in out.items() if np.asarray(v).dtype.kind in "biuf"}
 
@@ -106,6 +103,7 @@ def build_video_dataset(
     *,
     captions: CaptionTable | None = None,
     shuffle: bool = False,
+    shard: tuple[int, int] | None = None,
 ):
     """A Ray Dataset of decoded clips, one row per video.
 
@@ -114,11 +112,17 @@ def build_video_dataset(
         captions: for training, the tokenized captions; each row carries its video's caption ids so the
             worker samples one per video per epoch.
         shuffle: shuffle the (cheap) index rows before decoding; re-executed, so a new order every epoch.
+        shard: ``(rank, world)``: only the videos with ``video_index % world == rank`` (evaluation
+            shards: every video in exactly one shard, none dropped).
     """
     import ray.data
     from ray.data import TaskPoolStrategy
 
-    ds = ray.data.from_items(index_rows(records, captions), override_num_blocks=_num_blocks(len(records)))
+    rows = index_rows(records, captions)
+    if shard is not None:
+        rank, world = shard
+        rows = rows[rank::world]
+    ds = ray.data.from_items(rows, override_num_blocks=_num_blocks(len(rows)))
     if shuffle:
         ds = ds.random_shuffle()
     cfg = asdict(data_cfg)
@@ -132,13 +136,10 @@ def build_video_dataset(
     )
 
 
+def eval_shard_name(split: str, rank: int) -> str:
+    """The Train dataset name of ``rank``'s shard of an evaluation split (one dataset per rank)."""
+    return f"{split}_shard{rank}"
+
+
 def _num_blocks(n: int) -> int:
     return max(1, min(200, math.ceil(n / 16)))
-
-
-def sample_captions(batch: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Pick one caption per video: returns (input_ids (B, L), caption_index (B,))."""
-    ids = np.asarray(batch["caption_ids"])  # (B, C, L)
-    count = np.asarray(batch["caption_count"])  # (B,)
-    pick = (rng.random(len(count)) * count).astype(np.int64)
-    return ids[np.arange(len(count)), pick], np.asarray(batch["caption_first"]) + pick

@@ -19,9 +19,12 @@ from pathlib import Path
 import yaml
 
 from etva.checkpoint import load_checkpoint
-from etva.config import apply_overrides, config_from_dict, config_to_dict
+from etva.config import apply_overrides, config_from_dict
+from etva.metrics import format_table
+from ray_jobs.driver import add_overrides, init_ray, resolve_paths, setup_logging, storage_path
 
 logger = logging.getLogger("etva.evaluate")
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,34 +34,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--split", default=None, help="split to evaluate (default: the config's data.val_split)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the result to MLflow")
-    p.add_argument(
-        "overrides", nargs="*", help="config overrides, e.g. data.root=/data/msrvtt data.subset=1k-B"
-    )
+    add_overrides(p)
     return p.parse_args(argv)
 
 
 def fetch_checkpoint(uri: str, dst: Path) -> Path:
     """A local checkpoint directory for a path, ``runs:/…`` or ``models:/…`` URI."""
-    if uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-        import mlflow.artifacts
+    if uri.startswith(MLFLOW_SCHEMES):
+        import os
 
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-        return local / "checkpoint" if (local / "checkpoint" / "MANIFEST.json").exists() else local
+        from ray_jobs.tracking import download_checkpoint
+
+        return download_checkpoint(uri, dst, os.environ.get("MLFLOW_TRACKING_URI", ""))
     path = Path(uri).expanduser().resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"--checkpoint {uri}: no such checkpoint directory")
     return path
 
 
-def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> tuple[dict, object]:
-    """Distributed evaluation of one checkpoint. Returns (metrics, resolved config)."""
+def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> tuple[dict, object, list[str]]:
+    """Distributed evaluation of one checkpoint.
+
+    Returns (metrics incl. ``<split>/num_videos`` and ``num_queries`` as scored, resolved config, ids of
+    the split's videos that were not scored: file missing while preparing or failed to decode).
+    """
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
-    from ray_jobs.prepare import build_datasets, prepare_splits, resolve_paths
-    from ray_jobs.train import storage_path
-    from ray_jobs.worker import eval_loop_per_worker
+    from ray_jobs.prepare import build_datasets, dataset_config, prepare_splits, scaling_config
+    from ray_jobs.recipe import eval_loop_per_worker
 
     state = load_checkpoint(ckpt_dir, load_optimizer=False)
     data = yaml.safe_load(state["config_yaml"] or "{}")
@@ -70,75 +75,82 @@ def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> t
         raise FileNotFoundError(f"{ckpt_dir}: checkpoint has no tokenizer/ folder")
     _, prepared = prepare_splits(cfg, state["tokenizer_dir"], {"eval": split})
     ev = prepared["eval"]
-    resources = {
-        "CPU": cfg.ray.cpus_per_worker,
-        **({"GPU": cfg.ray.gpus_per_worker} if cfg.ray.use_gpu else {}),
-    }
     trainer = TorchTrainer(
         eval_loop_per_worker,
         train_loop_config={
-            "cfg": config_to_dict(cfg),
+            "cfg": cfg,
             "vocab_size": int(state["meta"]["vocab_size"]),
             "model_ref": ray.put(state["model"]["model"]),
             "captions": ev.caption_arrays(),
             "video_ids": ev.video_ids,
             "split": split,
         },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources
-        ),
+        scaling_config=scaling_config(cfg.ray),
         run_config=RunConfig(name=f"eval-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path(cfg)),
         datasets=build_datasets(cfg, {"eval": ev}),
+        dataset_config=dataset_config(),
     )
     result = trainer.fit()
+    # the counts are the engine's: what was actually scored, never the annotation file's
     metrics = dict(result.return_value["metrics"])
-    metrics[f"{split}/num_queries"] = float(len(ev.captions))
-    metrics[f"{split}/num_videos"] = float(len(ev.records))
-    return metrics, cfg
+    unscored = sorted(set(ev.dropped) | set(result.return_value["skipped"]))
+    metrics[f"{split}/num_unscored_videos"] = float(len(unscored))
+    return metrics, cfg, unscored
+
+
+def _log_to_mlflow(cfg, split: str, checkpoint: str, metrics: dict) -> None:
+    from ray_jobs.tracking import (
+        git_commit,
+        job_submission_id,
+        log_dict,
+        log_metrics,
+        run_url,
+        start_or_resume_run,
+        tracking_uri,
+    )
+
+    tags = {
+        "etva.kind": "evaluation",
+        "etva.checkpoint": checkpoint,
+        "git_commit": git_commit(),
+        "ray_job_submission_id": job_submission_id(),
+        "dataset": cfg.data.dataset,
+        "split": f"{cfg.data.subset}:{split}",
+    }
+    client, run_id = start_or_resume_run(cfg, f"eval-{split}-{time.strftime('%Y%m%d-%H%M%S')}", tags)
+    log_metrics(client, run_id, metrics)
+    log_dict(client, run_id, metrics, "eval_metrics.json")
+    client.set_terminated(run_id)
+    print(f"MLflow run: {run_url(tracking_uri(cfg), client.get_run(run_id).info.experiment_id, run_id)}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    import ray
+    from ray_jobs.tracking import tracking_uri
 
-    from ray_jobs.tracking import git_commit, job_submission_id, log_dict, start_or_resume_run, tracking_uri
-    from ray_jobs.train import format_table
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt_dir = fetch_checkpoint(args.checkpoint, Path(tmp))
-        ray.init(address=None if _local(args.overrides) else "auto")
-        metrics, cfg = run_evaluation(ckpt_dir, args.split, args.overrides)
+        init_ray("local" if _local(args.overrides) else "auto")
+        metrics, cfg, unscored = run_evaluation(ckpt_dir, args.split, args.overrides)
     split = args.split or cfg.data.val_split
-    print(
-        f"\n{cfg.data.dataset} {cfg.data.subset} split '{split}': {int(metrics[f'{split}/num_queries'])} queries x "
-        f"{int(metrics[f'{split}/num_videos'])} videos (ties=average)\ncheckpoint: {args.checkpoint}"
-    )
+    print(scored_header(cfg, split, metrics, unscored) + f"\ncheckpoint: {args.checkpoint}")
     print(format_table(metrics, prefix=f"{split}/"))
     if not args.no_mlflow and tracking_uri(cfg):
-        run_name = f"eval-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
-        client, run_id = start_or_resume_run(
-            cfg,
-            run_name,
-            {
-                "etva.kind": "evaluation",
-                "etva.checkpoint": args.checkpoint,
-                "git_commit": git_commit(),
-                "ray_job_submission_id": job_submission_id(),
-                "dataset": cfg.data.dataset,
-                "split": f"{cfg.data.subset}:{split}",
-            },
-        )
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in metrics.items()])
-        log_dict(client, run_id, metrics, "eval_metrics.json")
-        client.set_terminated(run_id)
-        print(
-            f"MLflow run: {tracking_uri(cfg)}/#/experiments/{client.get_run(run_id).info.experiment_id}/runs/{run_id}"
-        )
+        _log_to_mlflow(cfg, split, args.checkpoint, metrics)
     return 0
+
+
+def scored_header(cfg, split: str, metrics: dict, unscored: list[str]) -> str:
+    """The table's header: what was actually scored, and what was not."""
+    head = (
+        f"\n{cfg.data.dataset} {cfg.data.subset} split '{split}': {int(metrics[f'{split}/num_queries'])} queries x "
+        f"{int(metrics[f'{split}/num_videos'])} videos scored (ties=average)"
+    )
+    if unscored:
+        listed = ", ".join(unscored[:10]) + (", ..." if len(unscored) > 10 else "")
+        head += f"\nnot scored: {len(unscored)} videos (missing, unreadable or undecodable): {listed}"
+    return head
 
 
 def _local(overrides: list[str]) -> bool:

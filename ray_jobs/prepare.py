@@ -8,23 +8,39 @@ tokenized caption tables -> Ray Datasets.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etva.config import Config, DataConfig
+from etva.config import Config, DataConfig, RayConfig
 from etva.data import load_records
 from etva.data.records import ClipRecord
 from etva.data.tokenizer import build_tokenizer, load_tokenizer, tokenize
-from ray_jobs.data import CaptionTable, build_video_dataset
+from ray_jobs.data import CaptionTable, build_video_dataset, eval_shard_name
 
 logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Too many clips of a split are unusable (found while preparing, before any worker starts)."""
 
 
 @dataclass
 class PreparedSplit:
     records: list[ClipRecord]
     captions: CaptionTable
-    summary: dict = field(default_factory=dict)
+    summary: object = None  # etva.data.records.LoadSummary
+    dropped: list[str] = field(default_factory=list)  # ids of videos dropped while preparing
+
+    def summary_dict(self) -> dict:
+        """What the split holds and what was dropped (for the log and MLflow's data_summary.json)."""
+        base = self.summary.to_dict() if self.summary is not None else {}
+        return {
+            **base,
+            "videos": len(self.records),
+            "captions": len(self.captions),
+            "dropped_video_ids": self.dropped,
+        }
 
     @property
     def video_ids(self) -> list[str]:
@@ -33,15 +49,6 @@ class PreparedSplit:
     def caption_arrays(self) -> dict:
         c = self.captions
         return {"input_ids": c.input_ids, "attention_mask": c.attention_mask, "video_index": c.video_index}
-
-
-def resolve_paths(cfg: Config) -> Config:
-    """Make data paths absolute (workers and jobs run in other folders)."""
-    for name in ("root", "tokenizer_path", "features_dir"):
-        value = getattr(cfg.data, name)
-        if value and "://" not in value:
-            setattr(cfg.data, name, str(Path(value).expanduser().resolve()))
-    return cfg
 
 
 def ensure_dataset(data: DataConfig) -> None:
@@ -66,7 +73,43 @@ def ensure_dataset(data: DataConfig) -> None:
     generate_dataset(root, s.num_videos, s.seed, fmt=data.dataset, cfg=s, progress=False)
 
 
-def _load(data: DataConfig, split: str) -> tuple[list[ClipRecord], dict]:
+def needs_video(cfg: Config) -> bool:
+    """Whether any enabled expert reads the raw clip (features experts read only their store)."""
+    return any(e.enabled and e.kind != "features" for e in cfg.model.experts.values())
+
+
+def _unusable(path: str) -> bool:
+    return not os.path.isfile(path) or not os.access(path, os.R_OK) or os.path.getsize(path) == 0
+
+
+def drop_unusable(
+    records: list[ClipRecord], split: str, data: DataConfig
+) -> tuple[list[ClipRecord], list[str]]:
+    """Drop records whose video file is missing, unreadable or empty; fail when they are too many.
+
+    Raises:
+        DataError: more than ``data.max_skip_fraction`` of the split is unusable (count, first paths,
+            how to override).
+    """
+    bad = [r for r in records if _unusable(r.video_path)]
+    if not bad:
+        return records, []
+    share = len(bad) / len(records)
+    first = ", ".join(r.video_path for r in bad[:5])
+    if share > data.max_skip_fraction:
+        raise DataError(
+            f"{data.dataset} split '{split}' under {data.root}: {len(bad)} of {len(records)} video files are "
+            f"missing or unreadable ({100 * share:.1f}% > data.max_skip_fraction={100 * data.max_skip_fraction:.1f}%); "
+            f"first: {first}. Fix the dataset (etva data check), or accept the loss with "
+            f"data.max_skip_fraction={min(1.0, round(share + 0.005, 3))}"
+        )
+    logger.warning("%s: dropped %d of %d videos whose file is missing or unreadable (first: %s)",
+                   split, len(bad), len(records), first)  # fmt: skip
+    ids = {r.video_id for r in bad}
+    return [r for r in records if r.video_id not in ids], sorted(ids)
+
+
+def _load(data: DataConfig, split: str) -> tuple[list[ClipRecord], object]:
     out = load_records(
         data.dataset,
         data.root,
@@ -99,7 +142,12 @@ def prepare_splits(cfg: Config, tokenizer_dir: Path, splits: dict[str, str]):
 
     Returns (tokenizer, {name: PreparedSplit}).
     """
-    loaded = {name: _load(cfg.data, split) for name, split in splits.items()}
+    loaded, dropped = {}, {}
+    for name, split in splits.items():
+        records, summary = _load(cfg.data, split)
+        if needs_video(cfg):
+            records, dropped[name] = drop_unusable(records, split, cfg.data)
+        loaded[name] = (records, summary)
     train_records = loaded["train"][0] if "train" in loaded else None
     if train_records is not None:
         tok = prepare_tokenizer(cfg.data, train_records, tokenizer_dir)
@@ -110,22 +158,51 @@ def prepare_splits(cfg: Config, tokenizer_dir: Path, splits: dict[str, str]):
         return tokenize(tok, texts, max_len)
 
     out = {
-        name: PreparedSplit(records, CaptionTable(records, tokenize_fn, cfg.data.max_text_len), summary)
+        name: PreparedSplit(
+            records, CaptionTable(records, tokenize_fn, cfg.data.max_text_len), summary, dropped.get(name, [])
+        )
         for name, (records, summary) in loaded.items()
     }
     return tok, out
 
 
+def scaling_config(ray_cfg: RayConfig):
+    """Ray Train's ScalingConfig: ``num_workers`` workers of ``cpus_per_worker`` (+ GPUs when used)."""
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": ray_cfg.cpus_per_worker}
+    if ray_cfg.use_gpu:
+        resources["GPU"] = ray_cfg.gpus_per_worker
+    return ScalingConfig(
+        num_workers=ray_cfg.num_workers, use_gpu=ray_cfg.use_gpu, resources_per_worker=resources
+    )
+
+
 def build_datasets(cfg: Config, prepared: dict[str, PreparedSplit]) -> dict:
-    """Ray Datasets: train (shuffled, carries caption ids) and the evaluation splits (videos only)."""
+    """Ray Datasets: train (shuffled, carries caption ids) and, per evaluation split, one dataset per rank
+    (``eval_shard_name(split, rank)``: videos only)."""
     import ray.data
 
     # the workers print one progress line per epoch; Ray Data's per-operator bars would flood job logs
     ray.data.DataContext.get_current().enable_progress_bars = False
     out = {}
+    world = cfg.ray.num_workers
     for name, split in prepared.items():
-        is_train = name == "train"
-        out[name] = build_video_dataset(
-            split.records, cfg.data, cfg.ray, captions=split.captions if is_train else None, shuffle=is_train
-        )
+        if name == "train":
+            out[name] = build_video_dataset(
+                split.records, cfg.data, cfg.ray, captions=split.captions, shuffle=True
+            )
+            continue
+        for rank in range(world):  # evaluation splits: one exact shard per rank, nothing dropped
+            out[eval_shard_name(name, rank)] = build_video_dataset(
+                split.records, cfg.data, cfg.ray, shard=(rank, world)
+            )
     return out
+
+
+def dataset_config():
+    """Ray Train's DataConfig: only the training set is split (``streaming_split(equal=True)`` may drop
+    up to ``world_size - 1`` rows); evaluation splits come as one exact shard per rank."""
+    from ray.train import DataConfig
+
+    return DataConfig(datasets_to_split=["train"])

@@ -9,189 +9,192 @@ continues the same MLflow run.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from etva.config import Config, config_to_dict, load_config
+import yaml
+
+from etva.config import Config, config_to_dict
+from etva.metrics import format_table, selection_key
+from ray_jobs.driver import add_overrides, init_ray, job_parser, load_job_config, setup_logging, storage_path
 
 logger = logging.getLogger("etva.train")
-REPO = Path(__file__).resolve().parents[1]
+SELECT_METRIC = "val/t2v_R1"  # Train keeps the best checkpoints by it; ties are broken in best_of
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m ray_jobs.train")
-    p.add_argument("--config", default=str(REPO / "ray_jobs/configs/shapes.yaml"), help="YAML config file")
+def parse_args(argv: list[str] | None = None):
+    p = job_parser("python -m ray_jobs.train", __doc__.split("\n\n")[0])
     p.add_argument(
         "--run-name", default=None, help="stable run name (resumes when it exists); default: ray.run_name"
     )
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.num_clusters=32")
+    add_overrides(p)
     return p.parse_args(argv)
-
-
-def storage_path(cfg: Config) -> str:
-    path = cfg.ray.storage_path or os.environ.get("ETVA_STORAGE_PATH") or str(Path.home() / "etva-runs")
-    if "://" in path:
-        return path
-    return str(Path(path).expanduser().resolve())
 
 
 def default_run_name(cfg: Config) -> str:
     return f"{Path(cfg.data.root).name or cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def build_trainer(
-    cfg: Config,
-    run_name: str,
-    *,
-    callbacks=None,
-    extra_config: dict | None = None,
-    mlflow_run: tuple[str, str] = ("", ""),
-):
-    """Prepare data and return (TorchTrainer, prepared splits). Shared by training and Tune trials."""
-    import yaml
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from ray_jobs.prepare import build_datasets, ensure_dataset, prepare_splits, tokenizer_files
-    from ray_jobs.worker import train_loop_per_worker
-
-    storage = storage_path(cfg)
-    ensure_dataset(cfg.data)
-    tok_dir = (
+def _tokenizer_dir(storage: str, run_name: str) -> Path:
+    return (
         Path(storage) / run_name / "tokenizer"
         if "://" not in storage
         else Path("/tmp") / run_name / "tokenizer"
     )
-    tok, prepared = prepare_splits(cfg, tok_dir, {"train": cfg.data.train_split, "val": cfg.data.val_split})
-    datasets = build_datasets(cfg, prepared)
-    loop_config = {
-        "cfg": config_to_dict(cfg),
-        "config_yaml": yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
-        "vocab_size": len(tok),
-        "tokenizer_files": tokenizer_files(tok_dir),
-        "num_train_videos": len(prepared["train"].records),
-        "train_video_ids": prepared["train"].video_ids,
-        "val_video_ids": prepared["val"].video_ids,
-        "val_captions": prepared["val"].caption_arrays(),
-        "mlflow_uri": mlflow_run[0],
-        "mlflow_run_id": mlflow_run[1],
-        **(extra_config or {}),
-    }
-    resources = {"CPU": cfg.ray.cpus_per_worker}
-    if cfg.ray.use_gpu:
-        resources["GPU"] = cfg.ray.gpus_per_worker
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The driver's data preparation: tokenizer folder + size, and the prepared splits."""
+
+    tokenizer_dir: Path
+    vocab_size: int
+    splits: dict  # name -> ray_jobs.prepare.PreparedSplit
+
+
+def prepare_data(cfg: Config, run_name: str) -> PreparedData:
+    """Dataset on disk, records (unusable files dropped: fails fast), tokenizer, tokenized captions.
+
+    Needs no Ray: runs before the cluster is contacted, so bad data fails in the first seconds.
+    """
+    from ray_jobs.prepare import ensure_dataset, prepare_splits
+
+    ensure_dataset(cfg.data)
+    tok_dir = _tokenizer_dir(storage_path(cfg), run_name)
+    tok, splits = prepare_splits(cfg, tok_dir, {"train": cfg.data.train_split, "val": cfg.data.val_split})
+    return PreparedData(tok_dir, len(tok), splits)
+
+
+def build_trainer(
+    cfg: Config,
+    run_name: str,
+    *,
+    data: PreparedData | None = None,
+    callbacks=None,
+    torch_threads: int = 1,
+    mlflow_run: tuple[str, str] = ("", ""),
+    loop_extra: dict | None = None,
+):
+    """Return (TorchTrainer, prepared splits), preparing the data unless ``data`` is given. Shared by
+    training and Tune trials. ``loop_extra`` adds keys to the loop config beside the worker inputs
+    (test hooks only)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from ray_jobs.prepare import build_datasets, dataset_config, scaling_config, tokenizer_files
+    from ray_jobs.recipe import WorkerInputs, train_loop_per_worker
+
+    data = data or prepare_data(cfg, run_name)
+    prepared = data.splits
+    inputs = WorkerInputs(
+        cfg=cfg,
+        config_yaml=yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
+        vocab_size=data.vocab_size,
+        tokenizer_files=tokenizer_files(data.tokenizer_dir),
+        num_train_videos=len(prepared["train"].records),
+        train_video_ids=prepared["train"].video_ids,
+        val_video_ids=prepared["val"].video_ids,
+        val_captions=prepared["val"].caption_arrays(),
+        mlflow_uri=mlflow_run[0],
+        mlflow_run_id=mlflow_run[1],
+        torch_threads=torch_threads,
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources
-        ),
+        train_loop_config=inputs.loop_config(**(loop_extra or {})),
+        scaling_config=scaling_config(cfg.ray),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage,
+            storage_path=storage_path(cfg),
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.ray.num_to_keep,
-                checkpoint_score_attribute="val/t2v_R1",
+                checkpoint_score_attribute=SELECT_METRIC,
                 checkpoint_score_order="max",
             ),
             callbacks=callbacks,
         ),
-        datasets=datasets,
+        datasets=build_datasets(cfg, prepared),
+        dataset_config=dataset_config(),
     )
     return trainer, prepared
 
 
-def format_table(metrics: dict[str, float], prefix: str = "val/") -> str:
-    """Paper-style table: R@1, R@5, R@10, MdR, MnR for both directions."""
-    cols = ("R1", "R5", "R10", "MdR", "MnR")
-    lines = [f"{'direction':<12}" + "".join(f"{c:>9}" for c in ("R@1", "R@5", "R@10", "MdR", "MnR"))]
-    for d, name in (("t2v", "text->video"), ("v2t", "video->text")):
-        vals = [metrics.get(f"{prefix}{d}_{c}", float("nan")) for c in cols]
-        lines.append(f"{name:<12}" + "".join(f"{v:>9.1f}" for v in vals))
-    return "\n".join(lines)
-
-
 def best_of(result) -> tuple[dict, str | None]:
-    """Best reported metrics and checkpoint path by val/t2v_R1 (ties: lower MdR)."""
+    """Best reported metrics and checkpoint path (the project's selection rule, etva.metrics)."""
     best = getattr(result, "best_checkpoints", None) or []
     if not best:
         return (result.metrics or {}), (result.checkpoint.path if result.checkpoint else None)
-    ckpt, metrics = max(best, key=lambda cm: (cm[1].get("val/t2v_R1", -1), -cm[1].get("val/t2v_MdR", 1e9)))
+    ckpt, metrics = max(best, key=lambda cm: selection_key(cm[1]))
     return metrics, ckpt.path
 
 
-def main(argv: list[str] | None = None) -> int:
-    import ray
+def _tags(cfg: Config, config_file: str) -> dict[str, str]:
+    from ray_jobs.tracking import git_commit, job_submission_id
 
-    from ray_jobs.prepare import resolve_paths
-    from ray_jobs.tracking import (
-        finish_run,
-        git_commit,
-        job_submission_id,
-        log_dict,
-        log_text,
-        start_or_resume_run,
-    )
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    cfg = resolve_paths(load_config(args.config, args.overrides))
-    run_name = args.run_name or cfg.ray.run_name or default_run_name(cfg)
-    cfg.ray.run_name = run_name
-    ray.init(address=None if cfg.ray.address in ("", "local") else cfg.ray.address, log_to_driver=True)
-    tags = {
+    return {
         "git_commit": git_commit(),
         "ray_job_submission_id": job_submission_id(),
         "dataset": cfg.data.dataset,
         "split": f"{cfg.data.subset}:{cfg.data.train_split}->{cfg.data.val_split}",
-        "config_file": str(args.config),
+        "config_file": config_file,
     }
-    client, run_id = start_or_resume_run(cfg, run_name, tags)
-    from ray_jobs.tracking import tracking_uri
 
-    status = "FAILED"
+
+def _log_inputs(client, run_id: str, cfg: Config, prepared: dict) -> None:
+    from ray_jobs.tracking import log_dict, log_text
+
+    summary = {name: s.summary_dict() for name, s in prepared.items()}
+    logger.info("data summary: %s", summary)
+    if client is not None:
+        log_text(client, run_id, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), "config.yaml")
+        log_dict(client, run_id, summary, "data_summary.json")
+
+
+def _log_outputs(client, run_id: str, best_path: str | None, prepared: dict) -> None:
+    from etva.checkpoint import load_checkpoint
+    from ray_jobs.pictures import log_pictures_safely  # never raises: a warning on failure
+    from ray_jobs.tracking import log_dict
+
+    if best_path and client is not None:
+        meta = load_checkpoint(best_path, load_optimizer=False)["meta"]
+        log_dict(client, run_id, meta.get("skipped_clips", {}), "data_skipped_clips.json")
+        log_pictures_safely(client, run_id, best_path, prepared["val"].records)
+
+
+def _print_result(cfg: Config, run_name: str, best: dict, best_path: str | None, url: str) -> None:
+    print(
+        f"\nrun {run_name}: best epoch {int(best.get('epoch', -1)) + 1} of {cfg.train.epochs} "
+        f"(validation split '{cfg.data.val_split}', ties=average)"
+    )
+    print(format_table(best))
+    print(f"best checkpoint: {best_path}")
+    if url:
+        print(f"MLflow run: {url}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ray_jobs.tracking import finish_run, run_url, start_or_resume_run, tracking_uri
+
+    setup_logging()
+    args = parse_args(argv)
+    cfg = load_job_config(args.config, args.overrides)
+    run_name = cfg.ray.run_name = args.run_name or cfg.ray.run_name or default_run_name(cfg)
+    data = prepare_data(cfg, run_name)  # before Ray: bad data fails in the first seconds
+    init_ray(cfg.ray.address, log_to_driver=True)
+    client, run_id = start_or_resume_run(cfg, run_name, _tags(cfg, str(args.config)))
+    uri = tracking_uri(cfg) if client is not None else ""
     try:
-        trainer, prepared = build_trainer(
-            cfg, run_name, mlflow_run=(tracking_uri(cfg) if client else "", run_id)
-        )
-        summary = {
-            name: {**s.summary.to_dict(), "videos": len(s.records), "captions": len(s.captions)}
-            for name, s in prepared.items()
-        }
-        logger.info("data summary: %s", summary)
-        if client is not None:
-            import yaml
-
-            log_text(client, run_id, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), "config.yaml")
-            log_dict(client, run_id, summary, "data_summary.json")
-        result = trainer.fit()
-        best, best_path = best_of(result)
-        if best_path and client is not None:
-            from etva.checkpoint import load_checkpoint
-
-            meta = load_checkpoint(best_path, load_optimizer=False)["meta"]
-            log_dict(client, run_id, meta.get("skipped_clips", {}), "data_skipped_clips.json")
-            from ray_jobs.pictures import log_pictures_safely  # never raises: a warning on failure
-
-            log_pictures_safely(client, run_id, best_path, prepared["val"].records)
-        status = "FINISHED"
-        print(
-            f"\nrun {run_name}: best epoch {int(best.get('epoch', -1)) + 1} of {cfg.train.epochs} "
-            f"(validation split '{cfg.data.val_split}', ties=average)"
-        )
-        print(format_table(best))
-        print(f"best checkpoint: {best_path}")
-        if client is not None:
-            print(
-                f"MLflow run: {tracking_uri(cfg)}/#/experiments/{client.get_run(run_id).info.experiment_id}"
-                f"/runs/{run_id}"
-            )
-        finish_run(client, run_id, best, best_path, status)
+        trainer, prepared = build_trainer(cfg, run_name, data=data, mlflow_run=(uri, run_id))
+        _log_inputs(client, run_id, cfg, prepared)
+        best, best_path = best_of(trainer.fit())
+        _log_outputs(client, run_id, best_path, prepared)
+        url = run_url(uri, client.get_run(run_id).info.experiment_id, run_id) if client is not None else ""
+        _print_result(cfg, run_name, best, best_path, url)
+        finish_run(client, run_id, best, best_path, "FINISHED")
     except BaseException:
         if client is not None:
             client.set_terminated(run_id, status="FAILED")

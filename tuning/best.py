@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from etva.metrics import HEADLINE_METRICS, selection_key
+from ray_jobs.tracking import CHECKPOINT_TAG, get_client
+from ray_jobs.tracking import download_checkpoint as _download
+
 logger = logging.getLogger(__name__)
 
 METRIC = "best/t2v_R1"
 TIE_METRIC = "best/t2v_MdR"
 ALIAS = "champion"
-CHECKPOINT_TAG = "etva.checkpoint_artifact"  # set by ray_jobs.tracking.finish_run
-TABLE_METRICS = ("best/t2v_R1", "best/t2v_R5", "best/t2v_R10", "best/t2v_MdR", "best/v2t_R1")
+TABLE_METRICS = tuple(f"best/{k}" for k in HEADLINE_METRICS)
 
 
 class BestError(ValueError):
@@ -39,18 +42,16 @@ class Pick:
 
 
 def _client(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         raise BestError("no MLflow tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
-    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+    return get_client(uri), uri
 
 
 def _sort_key(run) -> tuple[float, float, int]:
-    m = run.data.metrics
-    mdr = m.get(TIE_METRIC, math.inf)
-    return (-m[METRIC], mdr if not math.isnan(mdr) else math.inf, run.info.start_time or 0)
+    """The project's selection rule on the run's ``best/`` metrics; equal runs: the earlier first."""
+    r1, neg_mdr = selection_key(run.data.metrics, prefix="best/")
+    return (-r1, -neg_mdr, run.info.start_time or 0)
 
 
 def rank_runs(client, experiment: str) -> list:
@@ -123,49 +124,14 @@ def format_table(runs: list, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def resolve_model_uri(client, uri: str) -> str:
-    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> the version's artifact location."""
-    from mlflow.exceptions import MlflowException
-
-    body = uri.removeprefix("models:/").strip("/")
-    try:
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, version = body.rsplit("/", 1)
-            mv = client.get_model_version(name, version)
-    except (MlflowException, ValueError) as e:
-        raise BestError(f"{uri}: no such registered model version ({e})") from e
-    return client.get_model_version_download_uri(mv.name, mv.version)
-
-
 def download_champion(uri: str, dst: str | Path, tracking_uri: str = "") -> Path:
-    """Download ``models:/<name>@champion`` (or any artifact URI) into ``dst``; returns the local
-    checkpoint directory (the folder holding the checkpoint's MANIFEST.json), verified.
-
-    ``models:/`` URIs are resolved with a client bound to the tracking server: mlflow 3.17's
-    ``download_artifacts(models:/..., registry_uri=...)`` ignores ``registry_uri`` and asks the global
-    default registry (``$MLFLOW_TRACKING_URI``, else a local ``sqlite:///mlflow.db``).
-    """
-    import mlflow.artifacts
-
-    from etva.checkpoint import MANIFEST, verify_checkpoint
-
-    client, turi = _client(tracking_uri)
-    source = resolve_model_uri(client, uri) if uri.startswith("models:/") else uri
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    local = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=turi)
-    )
-    found = [local] if (local / MANIFEST).exists() else sorted(p.parent for p in local.rglob(MANIFEST))
-    if len(found) != 1:
-        raise BestError(
-            f"{uri}: expected one checkpoint (a folder with {MANIFEST}) in {local}, found {found}"
-        )
-    verify_checkpoint(found[0])
-    return found[0]
+    """Download ``models:/<name>@champion`` (or any artifact URI) into ``dst``: the local, verified
+    checkpoint directory (see ``ray_jobs.tracking.download_checkpoint``)."""
+    _, turi = _client(tracking_uri)
+    try:
+        return _download(uri, dst, turi)
+    except LookupError as e:
+        raise BestError(str(e)) from e
 
 
 def main(experiment: str, model_name: str = "", top: int = 10, tracking_uri: str = "") -> int:

@@ -9,11 +9,12 @@ checkpoint with ``ray_jobs.tracking.finish_run`` and tags why it stopped.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+from etva.metrics import is_better
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +43,6 @@ class RecordingASHA(AsyncHyperBandScheduler):
         return action
 
 
-def better(a: dict, b: dict | None) -> bool:
-    """Is report ``a`` better than ``b``: higher val t2v R@1, ties broken by lower t2v MdR (the same rule
-    as the Train runs' checkpoint ranking and ``etva best``, whatever metric the scheduler uses)."""
-    if b is None:
-        return True
-    key = (a.get("val/t2v_R1", -math.inf), -a.get("val/t2v_MdR", math.inf))
-    return key > (b.get("val/t2v_R1", -math.inf), -b.get("val/t2v_MdR", math.inf))
-
-
 class SweepMlflowCallback(Callback):
     """Finish child runs of trials that did not finish themselves (stopped by ASHA, time budget, errors)."""
 
@@ -75,7 +67,7 @@ class SweepMlflowCallback(Callback):
     @property
     def client(self):
         if self._client is None and self.mlflow_uri:
-            from tuning.mlflow_sweep import get_client
+            from ray_jobs.tracking import get_client
 
             self._client = get_client(self.mlflow_uri)
         return self._client
@@ -84,7 +76,7 @@ class SweepMlflowCallback(Callback):
         tid = trial.trial_id
         if "epoch" in result:
             self.epochs[tid] = max(self.epochs.get(tid, 0), int(result["epoch"]) + 1)
-        if "val/t2v_R1" in result and better(result, self.best.get(tid)):
+        if "val/t2v_R1" in result and is_better(result, self.best.get(tid)):
             self.best[tid] = {k: v for k, v in result.items() if k.startswith("val/") or k == CHECKPOINT_KEY}
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:

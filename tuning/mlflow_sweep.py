@@ -14,8 +14,9 @@ import logging
 import math
 from typing import Any
 
-from etva.config import Config, config_to_dict, flatten
-from ray_jobs.tracking import RUN_NAME_TAG, _param, log_text
+from etva.config import Config
+from etva.metrics import HEADLINE_METRICS, selection_key
+from ray_jobs.tracking import RUN_NAME_TAG, config_params, find_run, log_params, log_text, resume_run
 
 logger = logging.getLogger(__name__)
 
@@ -25,55 +26,31 @@ PARENT_TAG = "mlflow.parentRunId"
 EARLY_TAG = "etva.early_stopped"
 REASON_TAG = "etva.stop_reason"  # completed | asha | interrupted | error
 SAMPLED_PREFIX = "sampled/"
-SUMMARY_METRICS = ("best/t2v_R1", "best/t2v_R5", "best/t2v_R10", "best/t2v_MdR", "best/v2t_R1")
-
-
-def get_client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri)
-
-
-def experiment_id(client, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
-
-
-def _find(client, exp_id: str, filter_string: str):
-    found = client.search_runs([exp_id], filter_string=filter_string, max_results=2)
-    return found[0] if found else None
-
-
-def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
-
-    items = [Param(k, _param(v)) for k, v in params.items()]
-    for s in range(0, len(items), 90):
-        client.log_batch(run_id, params=items[s : s + 90])
 
 
 def start_or_resume_parent(
     client, exp_id: str, sweep_name: str, cfg: Config, settings: dict[str, Any], tags: dict[str, str]
 ) -> tuple[str, bool]:
     """The sweep's parent run (created, or found by its sweep-name tag). Returns (run_id, resumed)."""
-    run = _find(client, exp_id, f"tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`etva.role` = 'sweep'")
+    run = find_run(client, exp_id, f"tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`etva.role` = 'sweep'")
     if run is not None:
-        client.update_run(run.info.run_id, status="RUNNING")
-        client.set_tag(run.info.run_id, "etva.resumed", "true")
+        resume_run(client, run.info.run_id)
         run_id, resumed = run.info.run_id, True
     else:
         run = client.create_run(
             exp_id, run_name=sweep_name, tags={SWEEP_TAG: sweep_name, "etva.role": "sweep"}
         )
         run_id, resumed = run.info.run_id, False
-        _log_params(client, run_id, {**flatten(config_to_dict(cfg)), **settings})
+        log_params(client, run_id, {**config_params(cfg), **settings})
     for k, v in tags.items():
         client.set_tag(run_id, k, v)
     return run_id, resumed
 
 
 def find_child(client, exp_id: str, sweep_name: str, trial_id: str):
-    return _find(client, exp_id, f"tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`{TRIAL_TAG}` = '{trial_id}'")
+    return find_run(
+        client, exp_id, f"tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
+    )
 
 
 def start_or_resume_child(
@@ -89,8 +66,7 @@ def start_or_resume_child(
     trial_id, trial_name = trial
     run = find_child(client, exp_id, sweep_name, trial_id)
     if run is not None:
-        client.update_run(run.info.run_id, status="RUNNING")
-        client.set_tag(run.info.run_id, "etva.resumed", "true")
+        resume_run(client, run.info.run_id)
         return run.info.run_id
     tags = {
         PARENT_TAG: parent_id,
@@ -101,9 +77,9 @@ def start_or_resume_child(
         "etva.sampled": json.dumps(sampled, sort_keys=True),
     }
     run_id = client.create_run(exp_id, run_name=trial_name, tags=tags).info.run_id
-    params = flatten(config_to_dict(cfg))
+    params = config_params(cfg)
     params.update({f"{SAMPLED_PREFIX}{k}": v for k, v in sampled.items()})
-    _log_params(client, run_id, params)
+    log_params(client, run_id, params)
     return run_id
 
 
@@ -145,12 +121,12 @@ def summary_rows(runs: list, keys: list[str]) -> list[dict[str, Any]]:
         m = run.data.metrics
         row: dict[str, Any] = {"trial": run.info.run_name, "status": run.info.status}
         row.update({k: sampled.get(k) for k in keys})
-        row.update({k.removeprefix("best/"): m.get(k, math.nan) for k in SUMMARY_METRICS})
+        row.update({k: m.get(f"best/{k}", math.nan) for k in HEADLINE_METRICS})
         row["epochs"] = int(run.data.tags.get("etva.epochs_run", "0") or 0)
         row["stopped_early"] = run.data.tags.get(EARLY_TAG, "false") == "true"
         row["run_id"] = run.info.run_id
         rows.append(row)
-    return sorted(rows, key=lambda r: (-_num(r["t2v_R1"]), _num(r["t2v_MdR"], math.inf)))
+    return sorted(rows, key=lambda r: selection_key(r, prefix=""), reverse=True)
 
 
 def _num(v: Any, default: float = -math.inf) -> float:

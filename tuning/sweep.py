@@ -19,24 +19,25 @@ import sys
 import time
 from pathlib import Path
 
-from etva.config import Config, ConfigError, config_to_dict, load_config
+from etva.config import Config, ConfigError, config_to_dict
+from ray_jobs.driver import (
+    REPO,
+    add_overrides,
+    disable_mlflow_telemetry,
+    init_ray,
+    job_parser,
+    load_job_config,
+    setup_logging,
+    storage_path,
+)
 from tuning.space import SearchSpace, dump_space, load_space, to_tune_space
 
 logger = logging.getLogger("etva.sweep")
-REPO = Path(__file__).resolve().parents[1]
 DRIVER_CPU = 0.1  # the trial driver function's own CPU (0 is rejected by Tune)
 
 
-def disable_mlflow_telemetry() -> None:
-    """mlflow 3.17's telemetry thread sets/unsets an environment variable while HTTP requests iterate
-    ``os.environ``: with many processes starting at once a request failed with KeyError
-    '_MLFLOW_TELEMETRY_SESSION_ID'. There is no network here anyway; call before importing mlflow."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tuning.sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=str(REPO / "ray_jobs/configs/shapes.yaml"), help="base YAML config")
+    p = job_parser("python -m tuning.sweep", __doc__.split("\n\n")[0])
     p.add_argument(
         "--space", default="", help="search space YAML (default: tune.space or spaces/default.yaml)"
     )
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--restart-errored", action="store_true", help="on resume, rerun errored trials from scratch"
     )
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. tune.num_samples=8 data.root=/abs")
+    add_overrides(p)
     return p.parse_args(argv)
 
 
@@ -123,28 +124,21 @@ def build_search(cfg: Config, space: SearchSpace, concurrency: int):
     return search_alg, scheduler, param_space, num_samples
 
 
-def _ray_init(cfg: Config) -> None:
-    import ray
-
-    kwargs = {}
-    if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # not under `ray job submit`: our own env
-        env = {
-            # reports take ~2 s each at Train's default controller poll (PLATFORM.md)
-            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1"),
-            "MLFLOW_DISABLE_TELEMETRY": "true",  # see DISABLE_TELEMETRY below
-        }
-        kwargs["runtime_env"] = {"env_vars": env}
-    ray.init(address=None if cfg.ray.address in ("", "local") else cfg.ray.address, **kwargs)
-
-
 def _space_path(args: argparse.Namespace, cfg: Config) -> str:
     return args.space or cfg.tune.space or str(REPO / "tuning/spaces/default.yaml")
 
 
 def _tracking(cfg: Config, name: str, space: SearchSpace, args: argparse.Namespace):
     """(client, uri, exp_id, parent_id) for the sweep; (None, "", "", "") without a tracking server."""
-    from ray_jobs.tracking import git_commit, job_submission_id, log_text, tracking_uri
-    from tuning.mlflow_sweep import experiment_id, get_client, start_or_resume_parent
+    from ray_jobs.tracking import (
+        experiment_id,
+        get_client,
+        git_commit,
+        job_submission_id,
+        log_text,
+        tracking_uri,
+    )
+    from tuning.mlflow_sweep import start_or_resume_parent
 
     uri = tracking_uri(cfg)
     if not uri:
@@ -222,24 +216,23 @@ def build_tuner(cfg: Config, space: SearchSpace, name: str, storage: str, tracki
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ray_jobs.prepare import ensure_dataset, resolve_paths
-    from ray_jobs.train import storage_path
+    from ray_jobs.prepare import ensure_dataset
     from tuning.mlflow_sweep import close_unfinished, log_summary, to_markdown
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     disable_mlflow_telemetry()
     # Tune snapshots the sweep state every 10 s by default: a driver killed within 10 s of a trial's
     # end would run that trial again on resume. The state is small; snapshot every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     args = parse_args(argv)
-    cfg = resolve_paths(load_config(args.config, args.overrides))
+    cfg = load_job_config(args.config, args.overrides)
     space = load_space(_space_path(args, cfg), cfg)
     name = (
         args.name or cfg.ray.run_name or f"sweep-{Path(space.source).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     storage = storage_path(cfg)
     ensure_dataset(cfg.data)  # once here: concurrent trials must not race to generate it
-    _ray_init(cfg)
+    init_ray(cfg.ray.address)
     tracking = _tracking(cfg, name, space, args)
     client, _, exp_id, parent_id = tracking
     t0 = time.time()

@@ -9,7 +9,6 @@ Re-running a trial (sweep resume) re-uses its Train run name, so Train resumes f
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,12 +51,13 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ray_jobs.tracking import finish_run
+    from ray_jobs.driver import disable_mlflow_telemetry, setup_logging
+    from ray_jobs.tracking import finish_run, get_client
     from ray_jobs.train import best_of, build_trainer
-    from tuning.mlflow_sweep import get_client, mark_stopped, start_or_resume_child
+    from tuning.mlflow_sweep import mark_stopped, start_or_resume_child
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see tuning.sweep.disable_mlflow_telemetry
+    setup_logging()
+    disable_mlflow_telemetry()
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
     params = trial_params(config, ctx.space)
@@ -73,7 +73,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             cfg,
             cfg.ray.run_name,
             callbacks=[TuneReportCallback()],
-            extra_config={"torch_threads": ctx.torch_threads},
+            torch_threads=ctx.torch_threads,
             mlflow_run=(ctx.mlflow_uri, run_id),
         )
         result = trainer.fit()

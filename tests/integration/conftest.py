@@ -84,7 +84,7 @@ def running_cluster(num_cpus: int, ray: bool = True, mlflow: bool = True) -> Ite
 
 @pytest.fixture(scope="session")
 def local_cluster_num_cpus() -> int:
-    """Logical CPUs of the test head: Ray Data decode + 2 Train workers starve on 2 (PLATFORM.md)."""
+    """Logical CPUs of the test head: Ray Data decode + 2 Train workers starve on 2 (docs/platform.md)."""
     return 4
 
 

@@ -20,7 +20,7 @@ Upstream behaviour worked around here (ray 2.60, seen on a 2-core machine) — t
 - The head's dashboard defaults to port 8265 (+ retries), which a user's head may hold: a free port is
   passed instead. The dashboard is kept: Train V2's placement-group cleaner and the state API need it.
 - `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2`: each `ray.train.report` otherwise waits for the controller's
-  2 s poll (PLATFORM.md); Train propagates the variable to the controller and the workers.
+  2 s poll (docs/platform.md); Train propagates the variable to the controller and the workers.
 - `ScalingConfig` defaults to `placement_strategy="PACK"`: two 0.5-CPU workers then share one 1-CPU
   node. Tests that want workers on different nodes pass `"SPREAD"` (`with_spread`).
 - Ray Data's `random_shuffle` (the train split's first stage) runs its map/reduce tasks with the
@@ -252,7 +252,7 @@ def with_spread(trainer, train_fn, extra_loop_config: dict):
 
 
 def recording_train_loop(config: dict) -> dict:
-    """`ray_jobs.worker.train_loop_per_worker`, after writing where this worker runs and what it resumes.
+    """`ray_jobs.recipe.train_loop_per_worker`, after writing where this worker runs and what it resumes.
 
     With `hold_after_epoch` and `gate_file` in the config, every worker waits after reporting that epoch
     until the gate file exists (at most `hold_s`), so a test can act between two epochs deterministically.
@@ -260,7 +260,7 @@ def recording_train_loop(config: dict) -> dict:
     import ray
     import ray.train
 
-    from ray_jobs.worker import train_loop_per_worker
+    from ray_jobs.recipe import train_loop_per_worker
 
     ctx = ray.train.get_context()
     ckpt = ray.train.get_checkpoint()
@@ -279,7 +279,7 @@ def recording_train_loop(config: dict) -> dict:
 
 
 def _hold_after_report(epoch: int, gate: Path, hold_s: float) -> None:
-    """Wrap this worker process's `ray.train.report` (which `ray_jobs.worker` looks up at call time)."""
+    """Wrap this worker process's `ray.train.report` (which `ray_jobs.recipe` looks up at call time)."""
     import ray.train
 
     report = ray.train.report

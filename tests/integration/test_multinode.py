@@ -56,7 +56,7 @@ def cluster(tiny_data):
 
 
 def _cfg(tiny_data: Path, storage: Path, *overrides: str):
-    from ray_jobs.prepare import resolve_paths
+    from ray_jobs.driver import resolve_paths
 
     return resolve_paths(
         load_config(

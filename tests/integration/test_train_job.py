@@ -16,6 +16,7 @@ import pytest
 
 from etva.config import load_config
 from etva.data.synth import generate_dataset
+from ray_jobs.batches import FAIL_AT_EPOCH_ENV, FAIL_ONCE_MARKER_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(__import__("sys").executable).parent
@@ -30,10 +31,11 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
-def _submit(cluster, tiny_data, storage, run_name, *overrides, wait=True, timeout=600):
+def _submit(cluster, tiny_data, storage, run_name, *overrides, wait=True, timeout=600, env=None):
+    runtime_env = ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
     cmd = [
         str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
-        *([] if wait else ["--no-wait"]),
+        *([] if wait else ["--no-wait"]), *runtime_env,
         "--", "python", "-m", "ray_jobs.train", "--config", "ray_jobs/configs/tiny.yaml", "--run-name", run_name,
         f"data.root={tiny_data}", f"ray.storage_path={storage}", f"mlflow.tracking_uri={cluster.mlflow_uri}",
         *overrides,
@@ -94,9 +96,8 @@ def test_killed_worker_resumes_from_last_checkpoint(local_cluster, tiny_data, tm
         tmp_path / "ray",
         "kill-worker",
         "train.epochs=3",
-        "train.fail_at_epoch=1",
-        f"train.fail_once_marker={marker}",
         "ray.max_failures=2",
+        env={FAIL_AT_EPOCH_ENV: "1", FAIL_ONCE_MARKER_ENV: str(marker)},  # fault injection (ray_jobs.batches)
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]

@@ -1,0 +1,269 @@
+"""The Ray Train worker as a recipe: ``setup`` (build + resume) -> per epoch ``train_epoch``,
+``evaluate``, ``report`` -> return the history. Shared by training runs and Tune trials.
+
+Inputs arrive as one frozen, typed :class:`WorkerInputs` (built by the driver in ``ray_jobs.train``);
+the shards come from Ray Data (``ray_jobs.data``) and become batches in ``ray_jobs.batches``; the math is
+``etva.engine``. Rank 0 writes the checkpoint (atomically) and logs each epoch to MLflow only after Ray
+has committed that checkpoint, so a resumed run never logs an epoch twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from etva.checkpoint import load_checkpoint, save_checkpoint
+from etva.config import Config
+from ray_jobs.batches import (
+    SkipTracker,
+    check_skips,
+    eval_caption_batches,
+    eval_video_batches,
+    gather_skips,
+    train_batches,
+)
+from ray_jobs.data import eval_shard_name
+from ray_jobs.driver import setup_logging
+from ray_jobs.tracking import EpochLogger
+
+__all__ = ["WorkerInputs", "TrainRecipe", "train_loop_per_worker", "eval_loop_per_worker"]
+
+logger = logging.getLogger("etva.worker")
+INPUTS_KEY = "inputs"  # the one key of Ray Train's train_loop_config that the recipe reads
+
+
+@dataclass(frozen=True)
+class WorkerInputs:
+    """Everything a training worker needs besides its dataset shards."""
+
+    cfg: Config
+    config_yaml: str  # the resolved config, saved into every checkpoint
+    vocab_size: int
+    tokenizer_files: dict[str, bytes]
+    num_train_videos: int
+    train_video_ids: list[str]
+    val_video_ids: list[str]
+    val_captions: dict[str, np.ndarray]  # input_ids, attention_mask, video_index of the val split
+    mlflow_uri: str = ""
+    mlflow_run_id: str = ""
+    torch_threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def loop_config(self, **extra: Any) -> dict[str, Any]:
+        """Ray Train's ``train_loop_config`` carrying these inputs (plus test hooks in ``extra``)."""
+        return {INPUTS_KEY: self, **extra}
+
+
+class TrainRecipe:
+    """One worker's training run. ``run()`` = ``setup()`` then, per epoch, train -> evaluate -> report."""
+
+    def __init__(self, inputs: WorkerInputs) -> None:
+        import ray.train
+
+        self.inputs, self.cfg = inputs, inputs.cfg
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.history: dict[str, dict] = {}
+        self.start_epoch = 0
+        self.truncated = 0
+        self.mlflow = EpochLogger(inputs.mlflow_uri, inputs.mlflow_run_id) if self.rank == 0 else None
+
+    def setup(self) -> None:
+        """Build model, loss, optimizer and schedule on the device; resume from the last checkpoint."""
+        import ray.train
+        import ray.train.torch
+
+        from etva.engine import build_optimizer, build_scheduler
+        from etva.losses import build_loss
+        from etva.model import build_model
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.train.seed)
+        torch.set_num_threads(max(1, self.inputs.torch_threads))
+        self.device = ray.train.torch.get_device()
+        steps_per_epoch = max(1, self.inputs.num_train_videos // (cfg.train.batch_size * self.world))
+        self.model = build_model(cfg.model, vocab_size=self.inputs.vocab_size)
+        self.loss_fn = build_loss(cfg.loss)
+        self.optimizer = build_optimizer(torch.nn.ModuleList([self.model, self.loss_fn]), cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, steps_per_epoch * cfg.train.epochs)
+        # on the device first: Optimizer.load_state_dict casts its state to each parameter's device
+        self.model.to(self.device)
+        self.loss_fn.to(self.device)
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                self._resume(load_checkpoint(d))
+        self.ddp_model = ray.train.torch.prepare_model(self.model) if self.world > 1 else self.model
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.val_shard = ray.train.get_dataset_shard(eval_shard_name("val", self.rank))
+
+    def _resume(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"]["model"])
+        self.loss_fn.load_state_dict(state["model"]["loss"])
+        self.optimizer.load_state_dict(state["optimizer"]["optimizer"])
+        self.scheduler.load_state_dict(state["optimizer"]["scheduler"])
+        self.start_epoch = int(state["meta"]["epoch"]) + 1
+        self.history = state["meta"].get("history", {})
+        logger.info("rank %d resumed from checkpoint at epoch %d", self.rank, self.start_epoch - 1)
+        if self.mlflow is not None:  # a visible record of every resume: worker failure or resubmission
+            self.mlflow.backfill(self.history)
+            self.mlflow.log({"train/resumed_from_epoch": self.start_epoch - 1}, step=self.start_epoch)
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], list[int]]:
+        """One pass over the training shard. Returns (engine stats, skipped video indices); the clips
+        dropped to keep batches equal over ranks are in ``self.truncated``."""
+        from etva.engine import train_epoch
+
+        tracker = SkipTracker()
+        batches = train_batches(self.train_shard, self.cfg, epoch, self.rank, self.world, tracker)
+        stats = train_epoch(
+            self.ddp_model, self.loss_fn, self.optimizer, self.scheduler, batches, self.device,
+            epoch=epoch, log_every=self.cfg.train.log_every, grad_clip=self.cfg.optim.grad_clip,
+        )  # fmt: skip
+        skipped, seen, truncated = gather_skips(tracker, self.world)
+        check_skips("train", skipped, seen, self.inputs.train_video_ids, self.cfg.data.max_skip_fraction)
+        self.truncated = truncated
+        return stats, skipped
+
+    def evaluate(self) -> tuple[dict[str, float], list[int]]:
+        """Score the whole validation split. Returns (metrics, skipped video indices)."""
+        from etva.engine import evaluate
+
+        tracker = SkipTracker()
+        batch_size = self.cfg.train.eval_batch_size
+        metrics = evaluate(
+            self.model,
+            eval_video_batches(self.val_shard, batch_size, tracker),
+            eval_caption_batches(self.inputs.val_captions, self.rank, self.world, batch_size),
+            self.device,
+        )
+        skipped, seen, _ = gather_skips(tracker, self.world)
+        check_skips("val", skipped, seen, self.inputs.val_video_ids, self.cfg.data.max_skip_fraction)
+        return metrics, skipped
+
+    def epoch_metrics(self, epoch: int, stats: dict, val: dict, skipped: tuple[list, list], t0: float):
+        metrics = {f"val/{k}": float(v) for k, v in val.items()}
+        metrics.update({f"train/{k}": float(v) for k, v in stats.items() if np.isscalar(v)})
+        metrics.update(
+            {
+                "epoch": epoch,
+                "epoch_time_s": time.time() - t0,
+                "data/skipped_train": len(skipped[0]),
+                "data/skipped_val": len(skipped[1]),
+                "data/truncated_for_equal_batches": self.truncated,
+            }
+        )
+        return metrics
+
+    def report(self, epoch: int, metrics: dict[str, float], skipped: tuple[list[int], list[int]]) -> None:
+        """Report from every rank; rank 0 attaches an atomically written checkpoint, then logs to MLflow."""
+        import ray.train
+
+        self.history[str(epoch)] = metrics
+        if self.rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        names = {
+            "train": [self.inputs.train_video_ids[i] for i in skipped[0]],
+            "val": [self.inputs.val_video_ids[i] for i in skipped[1]],
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            out = self._save(Path(tmp) / "ckpt", epoch, metrics, names)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(str(out)),
+                checkpoint_dir_name=f"epoch_{epoch:04d}",
+            )
+        # MLflow gets the epoch only once its checkpoint is committed; an epoch committed but not yet
+        # logged is back-filled from the checkpoint on resume
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+        self.mlflow.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        self._log_line(epoch, metrics)
+
+    def _save(self, out: Path, epoch: int, metrics: dict, skipped_names: dict) -> Path:
+        return save_checkpoint(
+            out,
+            {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict()},
+            {
+                "epoch": epoch,
+                "metrics": metrics,
+                "history": self.history,
+                "skipped_clips": skipped_names,
+                "vocab_size": self.inputs.vocab_size,
+            },
+            optimizer_state={
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+            },
+            config_yaml=self.inputs.config_yaml,
+            tokenizer_files=self.inputs.tokenizer_files,
+        )
+
+    def _log_line(self, epoch: int, m: dict[str, float]) -> None:
+        eta = (self.cfg.train.epochs - epoch - 1) * m["epoch_time_s"]
+        logger.info(
+            "epoch %d/%d  loss %.4f  val t2v R@1 %.2f R@5 %.2f MdR %.1f  (%.1fs, ETA %.0fs)",
+            epoch + 1, self.cfg.train.epochs, m.get("train/loss", float("nan")), m.get("val/t2v_R1", float("nan")),
+            m.get("val/t2v_R5", float("nan")), m.get("val/t2v_MdR", float("nan")), m["epoch_time_s"], eta,
+        )  # fmt: skip
+
+    def run(self) -> dict:
+        self.setup()
+        for epoch in range(self.start_epoch, self.cfg.train.epochs):
+            t0 = time.time()
+            stats, skipped_train = self.train_epoch(epoch)
+            val, skipped_val = self.evaluate()
+            metrics = self.epoch_metrics(epoch, stats, val, (skipped_train, skipped_val), t0)
+            self.report(epoch, metrics, (skipped_train, skipped_val))
+        return {"history": self.history}
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Ray Train's entry point on every worker: ``config[INPUTS_KEY]`` is a :class:`WorkerInputs`."""
+    setup_logging()
+    return TrainRecipe(config[INPUTS_KEY]).run()
+
+
+def eval_loop_per_worker(config: dict) -> dict:
+    """Evaluate given weights on the "eval" dataset: every rank encodes its shard, rank 0 scores all pairs.
+
+    ``config``: ``cfg`` (Config), ``vocab_size``, ``model_ref`` (object ref of the state dict),
+    ``captions`` (the split's caption arrays), ``video_ids``, ``split``, ``torch_threads``.
+    """
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from etva.engine import evaluate
+    from etva.model import build_model
+
+    setup_logging()
+    cfg: Config = config["cfg"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("torch_threads", 1))))
+    device = ray.train.torch.get_device()
+    model = build_model(cfg.model, vocab_size=config["vocab_size"])
+    model.load_state_dict(ray.get(config["model_ref"]))
+    model.to(device).eval()
+    tracker = SkipTracker()
+    batch_size = cfg.train.eval_batch_size
+    metrics = evaluate(
+        model,
+        eval_video_batches(ray.train.get_dataset_shard(eval_shard_name("eval", rank)), batch_size, tracker),
+        eval_caption_batches(config["captions"], rank, world, batch_size),
+        device,
+    )
+    skipped, seen, _ = gather_skips(tracker, world)
+    check_skips("eval", skipped, seen, config["video_ids"], cfg.data.max_skip_fraction)
+    out = {f"{config['split']}/{k}": float(v) for k, v in metrics.items()}
+    out["data/skipped_eval"] = len(skipped)
+    ray.train.report(out)
+    return {"metrics": out, "skipped": [config["video_ids"][i] for i in skipped]}
