@@ -1,8 +1,9 @@
 """Typed configuration tree, loaded from YAML with ``a.b=c`` command-line overrides.
 
 One dataclass per component; each component is built from its own part only
-(``build_model(cfg.model)``, ``build_loss(cfg.loss)``, ...). Unknown keys and wrong types are
-errors that name the key and the file they came from.
+(``build_model(cfg.model)``, ``build_loss(cfg.loss)``, ...). Unknown keys, wrong types, values outside
+a field's choices (``Literal`` fields) and numbers outside a field's range (:data:`RANGES`) are refused
+at load time, with an error naming the key, the value, what was expected and the file it came from.
 
 A YAML file may start with ``base: other.yaml`` (a path relative to the file) to inherit from another
 file; its keys are merged on top of the base, dict by dict.
@@ -11,13 +12,13 @@ file; its keys are merged on top of the base, dict by dict.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+
+from etva.config_schema import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, ConfigError, Range, Schema
 
 __all__ = [
     "ConfigError",
@@ -38,11 +39,27 @@ __all__ = [
     "config_to_dict",
     "apply_overrides",
     "flatten",
+    "RANGES",
+    "CHOICE_ALIASES",
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration key is unknown, has the wrong type, or a file cannot be read."""
+# choice fields: a value outside the Literal is refused at load time, naming key, value and choices
+Dataset = Literal["msrvtt", "activitynet", "lsmdc", "features"]
+MsrvttSubset = Literal["1k-A", "1k-B", "full", "7k"]
+TextPreset = Literal["tiny", "albert-base-v2"]
+ExpertKind = Literal["appearance", "motion", "audio", "features"]
+VladMode = Literal["shared", "separate", "text"]
+Alignment = Literal["global", "local", "both"]
+LossKind = Literal["infonce", "margin"]
+TuneSearch = Literal["random", "grid", "optuna"]
+TuneScheduler = Literal["asha", "fifo"]
+
+# other accepted spellings (matched case-insensitively), stored as the canonical choice; the MSRVTT
+# ones are those of ``etva.data.sources.msrvtt`` (a unit test keeps the two in step)
+CHOICE_ALIASES: dict[Any, dict[str, str]] = {
+    MsrvttSubset: {"1ka": "1k-A", "jsfusion": "1k-A", "9k": "1k-A", "1kb": "1k-B", "miech": "1k-B"},
+}
 
 
 @dataclass
@@ -60,10 +77,10 @@ class SynthConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "msrvtt"  # msrvtt | activitynet | lsmdc | features
+    dataset: Dataset = "msrvtt"
     root: str = ""  # dataset root (absolute, or relative to the current directory)
     synthesize_if_missing: bool = False  # generate the shapes benchmark under root when it has no data
-    subset: str = "1k-A"  # msrvtt: 1k-A | 1k-B | full | 7k
+    subset: MsrvttSubset = "1k-A"  # msrvtt protocol (aliases such as 1k-a, jsfusion, miech accepted)
     train_split: str = "train"
     val_split: str = "test"
     num_frames: int = 8
@@ -84,7 +101,7 @@ class DataConfig:
 
 @dataclass
 class TextConfig:
-    preset: str = "tiny"  # tiny | albert-base-v2
+    preset: TextPreset = "tiny"
     pretrained_path: str = ""  # local directory with config.json + weights (albert-base-v2)
     hidden_size: int = 128
     embedding_size: int = 64
@@ -97,7 +114,7 @@ class TextConfig:
 
 @dataclass
 class ExpertConfig:
-    kind: str = "appearance"  # appearance | motion | audio | features
+    kind: ExpertKind = "appearance"
     enabled: bool = True
     dim: int = 0  # input feature dim (features experts); 0 = the built-in encoder's own width
     width: int = 64  # internal channel width of built-in encoders
@@ -122,14 +139,14 @@ class ModelConfig:
     dropout: float = 0.1
     num_clusters: int = 16
     ghost_clusters: int = 1
-    vlad_mode: str = "shared"  # shared | separate | text
-    alignment: str = "both"  # global | local | both
+    vlad_mode: VladMode = "shared"
+    alignment: Alignment = "both"
     alpha: float = 0.5  # s = alpha * s_global + (1 - alpha) * s_local
 
 
 @dataclass
 class LossConfig:
-    kind: str = "infonce"  # infonce | margin
+    kind: LossKind = "infonce"
     temperature: float = 0.05  # initial value
     learnable_temperature: bool = True
     margin: float = 0.2
@@ -155,8 +172,6 @@ class TrainConfig:
     eval_batch_size: int = 64
     seed: int = 0
     log_every: int = 10
-    fail_at_epoch: int = -1  # fault injection for tests: a worker dies during this epoch (-1 = never)
-    fail_once_marker: str = ""  # file created at the injected failure so it fires only once
 
 
 @dataclass
@@ -186,8 +201,8 @@ class MlflowConfig:
 class TuneConfig:
     space: str = ""  # YAML search space file
     num_samples: int = 4
-    search: str = "random"  # random | grid | optuna
-    scheduler: str = "asha"  # asha | fifo
+    search: TuneSearch = "random"
+    scheduler: TuneScheduler = "asha"
     metric: str = "val/t2v_R1"
     grace_period: int = 1
     max_epochs: int = 4
@@ -209,75 +224,61 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------------
-# dict <-> dataclass with type checking
+# numeric ranges, per dataclass field (checked after the type)
+RANGES: dict[type, dict[str, Range]] = {
+    SynthConfig: {
+        "num_videos": AT_LEAST_1, "width": AT_LEAST_1, "height": AT_LEAST_1, "fps": AT_LEAST_1,
+        "duration_s": POSITIVE, "captions_per_video": AT_LEAST_1,
+    },
+    DataConfig: {
+        "num_frames": AT_LEAST_1, "frame_size": AT_LEAST_1, "audio_rate": AT_LEAST_1,
+        "num_mel_bins": AT_LEAST_1, "max_audio_s": POSITIVE, "max_text_len": AT_LEAST_1,
+        "vocab_size": AT_LEAST_1, "max_caption_chars": NON_NEGATIVE, "max_skip_fraction": FRACTION,
+        "decode_threads": NON_NEGATIVE, "max_feature_tokens": AT_LEAST_1,
+    },
+    TextConfig: {
+        "hidden_size": AT_LEAST_1, "embedding_size": AT_LEAST_1, "num_layers": AT_LEAST_1,
+        "num_heads": AT_LEAST_1, "intermediate_size": AT_LEAST_1, "max_position": AT_LEAST_1,
+    },
+    ExpertConfig: {"dim": NON_NEGATIVE, "width": AT_LEAST_1, "prior": POSITIVE},
+    ModelConfig: {
+        "d": AT_LEAST_1, "fusion_layers": NON_NEGATIVE, "fusion_heads": AT_LEAST_1,
+        "dropout": Range(0, 1), "num_clusters": AT_LEAST_1, "ghost_clusters": NON_NEGATIVE,
+        "alpha": FRACTION,
+    },
+    LossConfig: {
+        "temperature": POSITIVE, "margin": NON_NEGATIVE, "lambda_global": NON_NEGATIVE,
+        "lambda_local": NON_NEGATIVE, "lambda_fused": NON_NEGATIVE,
+    },
+    OptimConfig: {
+        "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
+        "grad_clip": NON_NEGATIVE, "text_lr_scale": NON_NEGATIVE,
+    },
+    TrainConfig: {
+        "epochs": AT_LEAST_1, "batch_size": AT_LEAST_1, "eval_batch_size": AT_LEAST_1,
+        "log_every": NON_NEGATIVE,
+    },
+    RayConfig: {
+        "num_workers": AT_LEAST_1, "cpus_per_worker": NON_NEGATIVE, "gpus_per_worker": NON_NEGATIVE,
+        "decode_cpus": NON_NEGATIVE, "decode_concurrency": AT_LEAST_1, "max_failures": Range(-1),
+        "num_to_keep": AT_LEAST_1,
+    },
+    TuneConfig: {
+        "num_samples": AT_LEAST_1, "grace_period": AT_LEAST_1, "max_epochs": AT_LEAST_1,
+        "reduction_factor": Range(2), "time_budget_s": POSITIVE, "max_concurrent_trials": NON_NEGATIVE,
+    },
+}  # fmt: skip
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+# --------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type, choice and range checking
 
-
-def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check/convert ``value`` to type ``tp``; raise ConfigError naming ``key`` and ``source``."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: key '{key}' expects a mapping, got {type(value).__name__}")
-        return _build(tp, value, key, source)
-    if origin is dict:
-        _, vtp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: key '{key}' expects a mapping, got {type(value).__name__}")
-        return {str(k): _convert(v, vtp, f"{key}.{k}", source) for k, v in value.items()}
-    if origin is list:
-        (etp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: key '{key}' expects a list, got {type(value).__name__}")
-        return [_convert(v, etp, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key, source)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    else:  # pragma: no cover - every field type is covered above
-        return value
-    raise ConfigError(
-        f"{source}: key '{key}' expects {_type_name(tp)}, got {type(value).__name__} ({value!r})"
-    )
-
-
-def _build(cls: type, data: dict, prefix: str, source: str):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ConfigError(
-                f"{source}: unknown key '{full}' (known keys under '{prefix or '<top>'}': "
-                f"{', '.join(sorted(names))})"
-            )
-        kwargs[key] = _convert(value, hints[key], full, source)
-    return cls(**kwargs)
+_SCHEMA = Schema(RANGES, CHOICE_ALIASES)
 
 
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     """Build a :class:`Config` from a nested dict, checking every key and type."""
-    return _build(Config, data or {}, "", source)
+    return _SCHEMA.build(Config, data or {}, "", source)
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -365,8 +366,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         data = apply_overrides(config_to_dict(cfg), overrides)
         cfg = config_from_dict(data, f"{source} + command-line overrides")
     return cfg
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (loadable by :func:`load_config`)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -2,7 +2,7 @@
 
 Gradient convention (pinned by ``tests/unit/test_distributed.py``)
 -----------------------------------------------------------------
-:func:`gather_with_grad` / :func:`gather_variable` all-gather along dim 0; their backward
+:func:`gather_variable` all-gathers along dim 0 (the first dim may differ between ranks); its backward
 **all-reduces (sums)** the incoming gradient over ranks and returns this rank's slice. With every rank
 computing a loss ``L_r`` on the gathered (global) similarity matrix, rank ``r``'s local embeddings
 ``x_r`` receive ``sum_s dL_s/dx_r``. DDP then averages parameter gradients over the ``W`` ranks::
@@ -11,8 +11,8 @@ computing a loss ``L_r`` on the gathered (global) similarity matrix, rank ``r``'
 
 So the update is the gradient of the mean of the ranks' losses. In the usual case every rank computes
 the SAME global loss ``L`` (e.g. InfoNCE over the full ``(B_global, B_global)`` matrix), and the result
-is exactly ``dL/dtheta`` of one process on the whole global batch: **no loss scaling**
-(:func:`world_batch_loss_scale` returns 1.0). Parameters used outside the gather (e.g. a learnable
+is exactly ``dL/dtheta`` of one process on the whole global batch: **no loss scaling** (the loss is
+used as computed, factor 1). Parameters used outside the gather (e.g. a learnable
 temperature) get ``dL/dtheta`` on every rank, which DDP's average leaves unchanged, so they agree too.
 
 (Contrast: a gather that only keeps the autograd graph of the local slice, without the all-reduce in
@@ -31,11 +31,9 @@ __all__ = [
     "is_distributed",
     "get_rank",
     "get_world_size",
-    "gather_with_grad",
     "gather_variable",
     "gather_sizes",
     "gather_objects",
-    "world_batch_loss_scale",
 ]
 
 
@@ -50,11 +48,6 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
-
-
-def world_batch_loss_scale() -> float:
-    """Factor to multiply the global-batch loss by under DDP with these gathers: 1.0 (module doc)."""
-    return 1.0
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -90,21 +83,8 @@ def gather_sizes(n: int, device: torch.device | str = "cpu") -> tuple[int, ...]:
     return tuple(int(s.item()) for s in sizes)
 
 
-def gather_with_grad(x: Tensor) -> Tensor:
-    """All-gather ``x`` (same shape on every rank) along dim 0, differentiably.
-
-    Args:
-        x: (n, ...) local tensor.
-    Returns:
-        (world_size * n, ...) in rank order; ``x`` itself when not distributed.
-    """
-    if not is_distributed():
-        return x
-    return _AllGatherWithGrad.apply(x, (x.shape[0],) * get_world_size())
-
-
 def gather_variable(x: Tensor) -> Tensor:
-    """Like :func:`gather_with_grad` for a first dim that differs between ranks (padded exchange).
+    """All-gather ``x`` along dim 0, differentiably; the first dim may differ between ranks (padded).
 
     Args:
         x: (n_rank, ...) local tensor; the other dims must agree across ranks.

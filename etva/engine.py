@@ -20,10 +20,9 @@ from torch import Tensor, nn
 
 from etva.config import OptimConfig
 from etva.distributed import gather_objects, gather_variable, get_rank, get_world_size
-from etva.metrics import retrieval_metrics
 from etva.model.etva import ETVA, TextEmbedding, VideoEmbedding
 from etva.model.text import TextEncoder
-from etva.retrieval import FusedScorer, score_all
+from etva.retrieval import FusedScorer, chunked_retrieval_metrics, score_all
 
 __all__ = [
     "move_batch",
@@ -234,8 +233,8 @@ def _rank_zero_metrics(core, video, vid_idx, text, cap_idx, cap_vid, ties, chunk
         )
         text, cap_vid = text[has_video.to(_device_of(text))], cap_vid[has_video]
     q2v = np.array([column[int(v)] for v in cap_vid.tolist()], dtype=np.int64)
-    sim = _score(core, text, video, chunks[0], chunks[1], key)
-    out = retrieval_metrics(sim, q2v, ties=ties)
+    sim = _score(core, text, video, chunks[0], chunks[1], key)  # (Q, V) float32, filled block by block
+    out = chunked_retrieval_metrics(sim, q2v, ties=ties, query_chunk=chunks[0])
     out.update(num_videos=float(len(video)), num_queries=float(len(text)))
     return out
 

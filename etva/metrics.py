@@ -22,21 +22,37 @@ caption (collaborative-experts/VSE convention). Videos without any caption canno
 they are excluded from the v2t averages with a logged warning (``missing="exclude"``, default) or
 raise (``missing="error"``); they stay candidates for t2v.
 
-The per-query counting (h, e, m) is done here on the full matrix and in
-:func:`etva.retrieval.chunked_retrieval_metrics` chunk by chunk; both hand the counts to the same
-:func:`rank_outcomes` / :func:`summarize`, so the two paths give identical numbers.
+The per-query counting (h, e, m) is done in ONE place, :func:`count_ranks`, streaming over query-row
+chunks (one chunk = the whole matrix); :func:`retrieval_metrics`,
+:func:`etva.retrieval.chunked_retrieval_metrics` and :func:`etva.viz.ranks_from_similarity` all use it
+and hand the counts to the same :func:`rank_outcomes` / :func:`summarize`, so their numbers agree.
+
+Model selection (checkpoints, sweep trials, ``etva best``) uses one rule, :func:`selection_key`:
+the highest t2v R@1, ties broken by the lower t2v MdR. :data:`METRIC_NAMES` lists the metric names
+and :func:`format_table` prints them as the paper-style table.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "TIE_POLICIES",
+    "METRIC_NAMES",
+    "SELECTION_METRIC",
+    "TIE_BREAK_METRIC",
+    "RankCounts",
+    "count_ranks",
+    "metrics_from_counts",
+    "selection_key",
+    "is_better",
+    "format_table",
     "retrieval_metrics",
     "rank_outcomes",
     "summarize",
@@ -48,6 +64,12 @@ logger = logging.getLogger(__name__)
 
 TIE_POLICIES = ("average", "optimistic", "pessimistic")
 MISSING_POLICIES = ("exclude", "error")
+
+_COLUMNS = ("R1", "R5", "R10", "MdR", "MnR")
+# every metric name :func:`retrieval_metrics` returns with the default ks, in table order
+METRIC_NAMES: tuple[str, ...] = tuple(f"{d}_{c}" for d in ("t2v", "v2t") for c in _COLUMNS)
+SELECTION_METRIC = "t2v_R1"  # model selection: the highest of this ...
+TIE_BREAK_METRIC = "t2v_MdR"  # ... ties broken by the lowest of this
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -195,14 +217,80 @@ def handle_missing_videos(m: np.ndarray, missing: str) -> np.ndarray:
     return has_caption
 
 
+@dataclass(frozen=True)
+class RankCounts:
+    """Per-query tie counts (module docstring): how many candidates beat / tie the best ground truth."""
+
+    t2v_h: np.ndarray  # (Q,) videos strictly above the caption's ground-truth score
+    t2v_e: np.ndarray  # (Q,) other videos equal to it
+    v2t_h: np.ndarray  # (V,) captions strictly above the video's best caption score s*
+    v2t_e: np.ndarray  # (V,) non-ground-truth captions equal to s*
+    v2t_m: np.ndarray  # (V,) captions of the video scoring s* (0: the video has no caption)
+
+
+def _gt_scores(sim: Any, qv: np.ndarray) -> np.ndarray:
+    """``sim[i, qv[i]]`` for every query as a float numpy array (O(Q), no chunk-sized temporaries)."""
+    if hasattr(sim, "detach"):  # torch.Tensor: index on its own device
+        import torch
+
+        idx = torch.as_tensor(qv, device=sim.device)
+        return sim_to_numpy(sim[torch.arange(sim.shape[0], device=sim.device), idx])
+    s = np.asarray(sim)
+    gt = s[np.arange(s.shape[0]), qv]
+    return gt if gt.dtype.kind == "f" else gt.astype(np.float64)
+
+
+def count_ranks(sim: Any, query_to_video: np.ndarray, query_chunk: int | None = None) -> RankCounts:
+    """The one rank counter: tie counts of both directions, streaming over query-row chunks.
+
+    Args:
+        sim: (Q, V) numpy array (or memmap) or torch tensor; row = caption, column = video.
+        query_to_video: (Q,) int64 video of every caption, already checked (:func:`check_inputs`).
+        query_chunk: rows per chunk (temporaries are ``(query_chunk, V)``); None = all rows at once.
+    Raises:
+        ValueError: a NaN similarity (names its query and video).
+    """
+    num_q, num_v = sim.shape
+    chunk = query_chunk or num_q
+    gt = _gt_scores(sim, query_to_video)  # (Q,)
+    s_star, m = v2t_best_caption(gt, query_to_video, num_v)  # (V,), (V,)
+    h_t, e_t = np.empty(num_q, np.int64), np.empty(num_q, np.int64)
+    h_v, e_v = np.zeros(num_v, np.int64), np.zeros(num_v, np.int64)
+    for q0 in range(0, num_q, chunk):
+        q1 = min(q0 + chunk, num_q)
+        block = sim_to_numpy(sim[q0:q1])  # (c, V)
+        check_finite_block(block, q0)
+        g = gt[q0:q1, None]
+        h_t[q0:q1] = (block > g).sum(axis=1)
+        # t2v: the ground truth itself is one of the candidates equal to its score, hence the -1
+        e_t[q0:q1] = (block == g).sum(axis=1) - 1
+        h_v += (block > s_star[None, :]).sum(axis=0)
+        e_v += (block == s_star[None, :]).sum(axis=0)
+    # v2t: no caption of video j scores above s*_j, and exactly m_j of them equal it
+    return RankCounts(h_t, e_t, h_v, e_v - m, m)
+
+
+def metrics_from_counts(
+    counts: RankCounts, ks: Sequence[int] = (1, 5, 10), ties: str = "average", missing: str = "exclude"
+) -> dict[str, float]:
+    """``t2v_*`` and ``v2t_*`` R@K / MdR / MnR from :func:`count_ranks` (caption-less videos: ``missing``)."""
+    t2v_m = np.ones(counts.t2v_h.shape[0], np.int64)
+    out = summarize("t2v", *rank_outcomes(counts.t2v_h, counts.t2v_e, t2v_m, ks, ties))
+    keep = handle_missing_videos(counts.v2t_m, missing)
+    h, e, m = counts.v2t_h[keep], counts.v2t_e[keep], counts.v2t_m[keep]
+    out.update(summarize("v2t", *rank_outcomes(h, e, m, ks, ties)))
+    return out
+
+
 def retrieval_metrics(
     sim: Any,
     query_to_video: Any = None,
     ks: Sequence[int] = (1, 5, 10),
     ties: str = "average",
     missing: str = "exclude",
+    query_chunk: int | None = None,
 ) -> dict[str, float]:
-    """Text->video and video->text R@K, MdR and MnR of a full similarity matrix.
+    """Text->video and video->text R@K, MdR and MnR of a similarity matrix.
 
     Args:
         sim: (num_queries, num_videos) numpy array or torch tensor; row = caption, column = video.
@@ -210,23 +298,48 @@ def retrieval_metrics(
         ks: the K of R@K.
         ties: "average" | "optimistic" | "pessimistic" (see the module docstring).
         missing: videos without any caption in v2t: "exclude" (logged) or "error".
+        query_chunk: count ranks over this many rows at a time; None = the whole matrix at once.
     Returns:
         ``{"t2v_R1", ..., "t2v_MdR", "t2v_MnR", "v2t_R1", ..., "v2t_MnR"}`` as floats.
     """
-    s = sim_to_numpy(sim)
-    qv = check_inputs(s.shape, query_to_video, ks, ties, missing)
-    check_finite_block(s)
-    num_q, num_v = s.shape
-    gt = s[np.arange(num_q), qv]  # (Q,)
-    # t2v: the ground truth itself is one of the candidates equal to s*, hence the -1
-    h_t = (s > gt[:, None]).sum(axis=1)
-    e_t = (s == gt[:, None]).sum(axis=1) - 1
-    out = summarize("t2v", *rank_outcomes(h_t, e_t, np.ones(num_q, np.int64), ks, ties))
-    # v2t: no caption of video j scores above s*_j, and exactly m_j of them equal it
-    s_star, m = v2t_best_caption(gt, qv, num_v)
-    keep = handle_missing_videos(m, missing)
-    h_v = (s > s_star[None, :]).sum(axis=0)
-    e_v = (s == s_star[None, :]).sum(axis=0) - m
-    rank, p = rank_outcomes(h_v[keep], e_v[keep], m[keep], ks, ties)
-    out.update(summarize("v2t", rank, p))
-    return out
+    qv = check_inputs(tuple(sim.shape), query_to_video, ks, ties, missing)
+    if query_chunk is not None and query_chunk <= 0:
+        raise ValueError(f"query_chunk must be positive, got {query_chunk}")
+    return metrics_from_counts(count_ranks(sim, qv, query_chunk), ks, ties, missing)
+
+
+# --------------------------------------------------------------------------------------------------
+# model selection and the results table
+
+
+def _value(metrics: Mapping[str, float], key: str) -> float | None:
+    v = metrics.get(key)
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def selection_key(metrics: Mapping[str, float], prefix: str = "val/") -> tuple[float, float]:
+    """Sort key of the selection rule, higher is better: ``(R@1, -MdR)`` of ``{prefix}t2v_*``.
+
+    A missing (or NaN) R@1 ranks below every present one; a missing MdR below every present MdR.
+    ``max(results, key=selection_key)`` is the best result; sort with ``reverse=True`` for best first.
+    """
+    r1 = _value(metrics, f"{prefix}{SELECTION_METRIC}")
+    mdr = _value(metrics, f"{prefix}{TIE_BREAK_METRIC}")
+    return (-math.inf if r1 is None else r1, -math.inf if mdr is None else -mdr)
+
+
+def is_better(a: Mapping[str, float], b: Mapping[str, float] | None, prefix: str = "val/") -> bool:
+    """Is ``a`` strictly better than ``b`` by :func:`selection_key` (anything beats ``b=None``)."""
+    return b is None or selection_key(a, prefix) > selection_key(b, prefix)
+
+
+def format_table(metrics: Mapping[str, float], prefix: str = "val/") -> str:
+    """Paper-style table: R@1, R@5, R@10, MdR, MnR for both directions (missing values print nan)."""
+    lines = [f"{'direction':<12}" + "".join(f"{c:>9}" for c in ("R@1", "R@5", "R@10", "MdR", "MnR"))]
+    for d, name in (("t2v", "text->video"), ("v2t", "video->text")):
+        vals = [metrics.get(f"{prefix}{d}_{c}", float("nan")) for c in _COLUMNS]
+        lines.append(f"{name:<12}" + "".join(f"{v:>9.1f}" for v in vals))
+    return "\n".join(lines)

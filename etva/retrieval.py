@@ -5,10 +5,9 @@ matrix itself (MSRVTT Full: 59,800 x 2,990 x 4 B = 715 MB). Everything else is b
 
 - :func:`score_all` fills a preallocated ``(Q, V)`` float32 array by calling a pairwise scorer on
   ``(query_chunk x video_chunk)`` blocks under ``torch.no_grad``;
-- :func:`chunked_retrieval_metrics` streams over query-row chunks: text->video counts per row, and
-  video->text counts per column accumulated over the chunks. It hands the same integer tie counts to
-  :func:`etva.metrics.rank_outcomes` as :func:`etva.metrics.retrieval_metrics`, so the numbers are
-  identical to the full-matrix path;
+- :func:`chunked_retrieval_metrics` streams over query-row chunks through the one rank counter,
+  :func:`etva.metrics.count_ranks` (text->video counts per row, video->text counts per column
+  accumulated over the chunks), so the numbers are identical to the full-matrix path;
 - :class:`FusedScorer` scores ETVA's ``alpha * s_global + (1 - alpha) * s_local`` for a block as ONE
   matmul per expert-availability pattern (see its docstring).
 """
@@ -24,15 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from etva.metrics import (
-    check_finite_block,
-    check_inputs,
-    handle_missing_videos,
-    rank_outcomes,
-    sim_to_numpy,
-    summarize,
-    v2t_best_caption,
-)
+from etva.metrics import retrieval_metrics
 
 __all__ = ["score_all", "chunked_retrieval_metrics", "evaluate_scorer", "FusedScorer"]
 
@@ -83,21 +74,6 @@ def score_all(
     return out
 
 
-def _rows(sim: Any, q0: int, q1: int) -> np.ndarray:
-    """Rows ``q0:q1`` of a numpy array or torch tensor as a float numpy array."""
-    return sim_to_numpy(sim[q0:q1])
-
-
-def _gt_scores(sim: Any, qv: np.ndarray) -> np.ndarray:
-    """``sim[i, qv[i]]`` for every query (O(Q), no chunk-sized temporaries)."""
-    if isinstance(sim, Tensor):
-        idx = torch.as_tensor(qv, device=sim.device)
-        return sim_to_numpy(sim[torch.arange(sim.shape[0], device=sim.device), idx])
-    s = np.asarray(sim)
-    gt = s[np.arange(s.shape[0]), qv]
-    return gt if gt.dtype.kind == "f" else gt.astype(np.float64)
-
-
 def chunked_retrieval_metrics(
     sim: Any,
     query_to_video: Any = None,
@@ -106,35 +82,12 @@ def chunked_retrieval_metrics(
     missing: str = "exclude",
     query_chunk: int = 4096,
 ) -> dict[str, float]:
-    """Same result as :func:`etva.metrics.retrieval_metrics`, streaming over query-row chunks.
+    """:func:`etva.metrics.retrieval_metrics` streaming over ``query_chunk`` rows at a time.
 
     Temporaries are ``(query_chunk, num_videos)``; no full-size boolean/int matrix is built.
     ``sim`` may be a numpy array (e.g. from :func:`score_all`, or a memmap) or a torch tensor.
     """
-    qv = check_inputs(tuple(sim.shape), query_to_video, ks, ties, missing)
-    if query_chunk <= 0:
-        raise ValueError(f"query_chunk must be positive, got {query_chunk}")
-    num_q, num_v = sim.shape
-    gt = _gt_scores(sim, qv)  # (Q,)
-    s_star, m = v2t_best_caption(gt, qv, num_v)  # (V,), (V,)
-    h_t = np.empty(num_q, np.int64)
-    e_t = np.empty(num_q, np.int64)
-    h_v = np.zeros(num_v, np.int64)
-    e_v = np.zeros(num_v, np.int64)
-    for q0 in range(0, num_q, query_chunk):
-        q1 = min(q0 + query_chunk, num_q)
-        block = _rows(sim, q0, q1)  # (c, V)
-        check_finite_block(block, q0)
-        g = gt[q0:q1, None]
-        h_t[q0:q1] = (block > g).sum(axis=1)
-        e_t[q0:q1] = (block == g).sum(axis=1) - 1
-        h_v += (block > s_star[None, :]).sum(axis=0)
-        e_v += (block == s_star[None, :]).sum(axis=0)
-    e_v -= m
-    out = summarize("t2v", *rank_outcomes(h_t, e_t, np.ones(num_q, np.int64), ks, ties))
-    keep = handle_missing_videos(m, missing)
-    out.update(summarize("v2t", *rank_outcomes(h_v[keep], e_v[keep], m[keep], ks, ties)))
-    return out
+    return retrieval_metrics(sim, query_to_video, ks, ties, missing, query_chunk=query_chunk)
 
 
 def evaluate_scorer(

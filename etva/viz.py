@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from etva.metrics import check_finite_block, check_inputs, rank_outcomes, sim_to_numpy, v2t_best_caption
+from etva.metrics import check_inputs, count_ranks, rank_outcomes
 
 __all__ = [
     "GT_COLOUR",
@@ -193,19 +193,11 @@ def ranks_from_similarity(sim, query_to_video) -> dict[str, np.ndarray]:
 
     Returns ``{"t2v": (Q,), "v2t": (V',)}`` (v2t: the best caption of each video with captions).
     """
-    s = sim_to_numpy(sim)
-    qv = check_inputs(s.shape, query_to_video, (1,), "average")
-    check_finite_block(s)
-    num_q, num_v = s.shape
-    gt = s[np.arange(num_q), qv]
-    h_t = (s > gt[:, None]).sum(1)
-    e_t = (s == gt[:, None]).sum(1) - 1
-    t2v, _ = rank_outcomes(h_t, e_t, np.ones(num_q, np.int64), ())
-    s_star, m = v2t_best_caption(gt, qv, num_v)
-    keep = m > 0
-    h_v = (s[:, keep] > s_star[None, keep]).sum(0)
-    e_v = (s[:, keep] == s_star[None, keep]).sum(0) - m[keep]
-    v2t, _ = rank_outcomes(h_v, e_v, m[keep], ())
+    qv = check_inputs(tuple(sim.shape), query_to_video, (1,), "average")
+    c = count_ranks(sim, qv)
+    t2v, _ = rank_outcomes(c.t2v_h, c.t2v_e, np.ones(c.t2v_h.shape[0], np.int64), ())
+    keep = c.v2t_m > 0
+    v2t, _ = rank_outcomes(c.v2t_h[keep], c.v2t_e[keep], c.v2t_m[keep], ())
     return {"t2v": t2v, "v2t": v2t}
 
 

@@ -1,26 +1,23 @@
 """Config loading: every shipped YAML loads; unknown keys and wrong types name the key and the file."""
 
+import typing
 from pathlib import Path
 
 import pytest
 
 from etva.config import (
+    CHOICE_ALIASES,
+    RANGES,
     Config,
     ConfigError,
     config_from_dict,
     config_to_dict,
     flatten,
     load_config,
-    save_config,
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted(
-    p
-    for d in ("ray_jobs/configs", "tuning/configs")
-    for p in (REPO / d).glob("*.yaml")
-    if (REPO / d).exists()
-)
+SHIPPED = sorted((REPO / "ray_jobs/configs").glob("*.yaml"))
 
 
 def test_defaults_build():
@@ -130,11 +127,135 @@ def test_yaml_is_read_safely(tmp_path):
         load_config(f)
 
 
-def test_roundtrip_and_flatten(tmp_path):
+def test_dict_roundtrip_and_flatten():
     cfg = load_config(REPO / "ray_jobs/configs/shapes.yaml")
-    out = tmp_path / "resolved.yaml"
-    save_config(cfg, out)
-    assert load_config(out) == cfg
+    assert config_from_dict(config_to_dict(cfg)) == cfg
     flat = flatten(config_to_dict(cfg))
     assert flat["model.num_clusters"] == cfg.model.num_clusters
     assert flat["model.experts.audio.kind"] == "audio"
+
+
+# --------------------------------------------------------------------------------------------------
+# choices and ranges are refused at load time
+
+CHOICES = [
+    ("data.dataset", "msrvt", "msrvtt, activitynet, lsmdc, features"),
+    ("data.subset", "2k", "1k-A, 1k-B, full, 7k"),
+    ("model.text.preset", "albert-large", "tiny, albert-base-v2"),
+    ("model.experts.audio.kind", "sound", "appearance, motion, audio, features"),
+    ("model.vlad_mode", "joint", "shared, separate, text"),
+    ("model.alignment", "globl", "global, local, both"),
+    ("loss.kind", "triplet", "infonce, margin"),
+    ("tune.search", "bayes", "random, grid, optuna"),
+    ("tune.scheduler", "pbt", "asha, fifo"),
+]
+
+
+@pytest.mark.parametrize(("key", "bad", "allowed"), CHOICES, ids=[c[0] for c in CHOICES])
+def test_choice_field_refuses_other_values(key, bad, allowed):
+    path = REPO / "ray_jobs/configs/shapes.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config(path, [f"{key}={bad}"])
+    assert str(e.value) == (
+        f"{path} + command-line overrides: key '{key}' = '{bad}' is not one of: {allowed}"
+    )
+
+
+def test_choice_in_a_file_names_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model:\n  alignment: globl\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == f"{f}: key 'model.alignment' = 'globl' is not one of: global, local, both"
+
+
+def test_choice_is_case_sensitive_without_aliases():
+    with pytest.raises(ConfigError, match="model.alignment"):
+        load_config(None, ["model.alignment=Global"])
+
+
+@pytest.mark.parametrize(
+    ("spelling", "canonical"),
+    [("1k-A", "1k-A"), ("1k-a", "1k-A"), ("1KA", "1k-A"), ("jsfusion", "1k-A"), ("9k", "1k-A"),
+     ("1k-b", "1k-B"), ("miech", "1k-B"), ("FULL", "full"), ("7k", "7k")],
+)  # fmt: skip
+def test_msrvtt_subset_spellings_map_to_the_canonical_choice(spelling, canonical):
+    assert load_config(None, [f"data.subset={spelling}"]).data.subset == canonical
+
+
+def test_subset_spellings_match_the_msrvtt_loader():
+    from etva.config import MsrvttSubset
+    from etva.data.sources import msrvtt
+
+    accepted = {c.lower() for c in typing.get_args(MsrvttSubset)} | set(CHOICE_ALIASES[MsrvttSubset])
+    assert accepted == set(msrvtt.SUBSETS) | set(msrvtt._ALIASES)
+
+
+def test_choices_match_the_component_registries():
+    from etva.config import Alignment, Dataset, ExpertKind, LossKind, TextPreset, VladMode
+    from etva.data.sources import SOURCES
+    from etva.losses import LOSS_KINDS
+    from etva.model.etva import ALIGNMENTS
+    from etva.model.experts import EXPERT_BUILDERS
+    from etva.model.netvlad import VLAD_MODES
+    from etva.model.text import TEXT_PRESETS
+
+    pairs = [
+        (Dataset, SOURCES), (TextPreset, TEXT_PRESETS), (ExpertKind, EXPERT_BUILDERS),
+        (VladMode, VLAD_MODES), (Alignment, ALIGNMENTS), (LossKind, LOSS_KINDS),
+    ]  # fmt: skip
+    for literal, registry in pairs:
+        assert set(typing.get_args(literal)) == set(registry), literal
+
+
+RANGE_CASES = [
+    ("train.epochs", "0", ">= 1"),
+    ("train.batch_size", "-4", ">= 1"),
+    ("train.eval_batch_size", "0", ">= 1"),
+    ("optim.lr", "0", "> 0"),
+    ("data.num_frames", "0", ">= 1"),
+    ("data.frame_size", "0", ">= 1"),
+    ("data.max_skip_fraction", "1.5", ">= 0 and <= 1"),
+    ("model.num_clusters", "0", ">= 1"),
+    ("model.ghost_clusters", "-1", ">= 0"),
+    ("model.alpha", "-0.1", ">= 0 and <= 1"),
+    ("loss.temperature", "0", "> 0"),
+    ("ray.num_workers", "0", ">= 1"),
+    ("model.experts.motion.prior", "0", "> 0"),
+]
+
+
+@pytest.mark.parametrize(("key", "bad", "expected"), RANGE_CASES, ids=[c[0] for c in RANGE_CASES])
+def test_range_refuses_values_outside(key, bad, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"{key}={bad}"])
+    msg = str(e.value)
+    assert msg.startswith("<defaults> + command-line overrides: ")
+    assert f"key '{key}' = " in msg and f"(expected {expected})" in msg
+    assert str(float(bad)) in msg or bad in msg
+
+
+def test_range_in_a_file_names_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("data:\n  max_skip_fraction: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == f"{f}: key 'data.max_skip_fraction' = 2.0 is out of range (expected >= 0 and <= 1)"
+
+
+def test_range_bounds_are_inclusive_where_stated():
+    cfg = load_config(None, ["model.alpha=0", "data.max_skip_fraction=1", "model.ghost_clusters=0"])
+    assert (cfg.model.alpha, cfg.data.max_skip_fraction, cfg.model.ghost_clusters) == (0.0, 1.0, 0)
+    assert load_config(None, ["model.num_clusters=1", "train.epochs=1"]).model.num_clusters == 1
+
+
+def test_every_range_names_a_numeric_field():
+    for cls, fields in RANGES.items():
+        hints = typing.get_type_hints(cls)
+        for name in fields:
+            assert hints[name] in (int, float), f"{cls.__name__}.{name}"
+
+
+def test_fault_injection_hooks_are_not_config_fields():
+    with pytest.raises(ConfigError, match="unknown key 'train.fail_at_epoch'"):
+        load_config(None, ["train.fail_at_epoch=1"])

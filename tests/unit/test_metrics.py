@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from etva.metrics import rank_outcomes, retrieval_metrics
+from etva.metrics import (
+    METRIC_NAMES,
+    SELECTION_METRIC,
+    TIE_BREAK_METRIC,
+    count_ranks,
+    format_table,
+    is_better,
+    rank_outcomes,
+    retrieval_metrics,
+    selection_key,
+)
 
 KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MdR", "MnR")]
 
@@ -190,3 +200,98 @@ def test_missing_video_excluded_or_error(caplog: pytest.LogCaptureFixture) -> No
 def test_bad_input_errors(sim, qv, kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         retrieval_metrics(sim, qv, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# the one rank counter, the metric names, the selection rule and the table
+
+
+def _naive_counts(sim: np.ndarray, qv: np.ndarray):
+    """h, e (t2v per caption) and h, e, m (v2t per video) by explicit loops over the candidates."""
+    num_q, num_v = sim.shape
+    t2v = [
+        (
+            sum(sim[i, j] > sim[i, qv[i]] for j in range(num_v)),
+            sum(sim[i, j] == sim[i, qv[i]] for j in range(num_v) if j != qv[i]),
+        )
+        for i in range(num_q)
+    ]
+    v2t = []
+    for j in range(num_v):
+        gts = [i for i in range(num_q) if qv[i] == j]
+        if not gts:
+            v2t.append((None, None, 0))
+            continue
+        best = max(sim[i, j] for i in gts)
+        m = sum(sim[i, j] == best for i in gts)
+        h = sum(sim[i, j] > best for i in range(num_q))
+        e = sum(sim[i, j] == best for i in range(num_q) if i not in gts)
+        v2t.append((h, e, m))
+    return t2v, v2t
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 100])
+def test_count_ranks_matches_naive_loops(chunk) -> None:
+    rng = np.random.default_rng(3)
+    qv = np.array([0, 0, 1, 2, 2, 2, 4, 1, 0, 4], dtype=np.int64)  # video 3 has no caption
+    sim = (rng.integers(0, 3, size=(10, 5)) / 3).astype(np.float32)  # many ties
+    c = count_ranks(sim, qv, chunk)
+    t2v, v2t = _naive_counts(sim, qv)
+    assert c.t2v_h.tolist() == [h for h, _ in t2v] and c.t2v_e.tolist() == [e for _, e in t2v]
+    assert c.v2t_m.tolist() == [m for _, _, m in v2t]
+    has = c.v2t_m > 0
+    assert c.v2t_h[has].tolist() == [h for h, _, m in v2t if m]
+    assert c.v2t_e[has].tolist() == [e for _, e, m in v2t if m]
+    torch_c = count_ranks(torch.from_numpy(sim), qv, chunk)
+    for name in ("t2v_h", "t2v_e", "v2t_h", "v2t_e", "v2t_m"):
+        np.testing.assert_array_equal(getattr(torch_c, name), getattr(c, name))
+
+
+def test_metric_names_are_the_retrieval_metrics_keys_in_table_order() -> None:
+    out = retrieval_metrics(np.eye(4))
+    assert list(METRIC_NAMES) == KEYS and set(out) == set(METRIC_NAMES)
+    assert (SELECTION_METRIC, TIE_BREAK_METRIC) == ("t2v_R1", "t2v_MdR")
+
+
+def test_retrieval_metrics_query_chunk_gives_identical_numbers() -> None:
+    rng = np.random.default_rng(4)
+    sim = (rng.integers(0, 4, size=(13, 6)) / 4).astype(np.float32)
+    qv = rng.integers(0, 6, size=13)
+    full = retrieval_metrics(sim, qv, query_chunk=None)
+    for chunk in (1, 5, 13):
+        assert retrieval_metrics(sim, qv, query_chunk=chunk) == full
+    with pytest.raises(ValueError, match="query_chunk"):
+        retrieval_metrics(sim, qv, query_chunk=0)
+
+
+def test_selection_key_max_r1_then_lower_mdr() -> None:
+    a = {"val/t2v_R1": 30.0, "val/t2v_MdR": 4.0}
+    b = {"val/t2v_R1": 30.0, "val/t2v_MdR": 3.0}  # same R@1, lower MdR: better
+    c = {"val/t2v_R1": 31.0, "val/t2v_MdR": 9.0}  # higher R@1 wins whatever the MdR
+    assert selection_key(a) == (30.0, -4.0)
+    assert max([a, b, c], key=selection_key) is c
+    assert max([a, b], key=selection_key) is b
+    assert is_better(b, a) and not is_better(a, b) and not is_better(a, dict(a))
+    assert is_better(a, None)
+
+
+def test_selection_key_missing_values_rank_last_and_prefix() -> None:
+    present = {"best/t2v_R1": 0.0, "best/t2v_MdR": 50.0}
+    assert is_better(present, {}, prefix="best/")
+    assert is_better(present, {"best/t2v_R1": math.nan}, prefix="best/")
+    no_mdr = {"best/t2v_R1": 0.0}
+    assert is_better(present, no_mdr, prefix="best/") and not is_better(no_mdr, present, prefix="best/")
+    assert selection_key({"t2v_R1": 5.0, "t2v_MdR": 2.0}, prefix="") == (5.0, -2.0)
+    assert selection_key(present) == (-math.inf, -math.inf)  # wrong prefix: nothing there
+
+
+def test_format_table() -> None:
+    m = {f"val/{k}": float(i) + 0.25 for i, k in enumerate(METRIC_NAMES)}
+    assert format_table(m) == (
+        "direction         R@1      R@5     R@10      MdR      MnR\n"
+        "text->video       0.2      1.2      2.2      3.2      4.2\n"
+        "video->text       5.2      6.2      7.2      8.2      9.2"
+    )
+    lines = format_table({"t2v_R1": 12.34}, prefix="").splitlines()
+    assert lines[1].split() == ["text->video", "12.3", "nan", "nan", "nan", "nan"]
+    assert lines[2].split() == ["video->text"] + ["nan"] * 5

@@ -1,0 +1,40 @@
+"""Sweep summary rows, table and plot from MLflow runs (tuning.mlflow_sweep)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_summary_rows_table_and_plot(tmp_path, make_run):
+    from tuning.mlflow_sweep import plot_summary, summary_rows, to_csv, to_markdown
+
+    keys = ["model.num_clusters", "model.experts.audio.enabled"]
+    runs = [
+        make_run("a", 40.0, 2.0, {"model.num_clusters": 8, "model.experts.audio.enabled": True}),
+        make_run("b", 60.0, 1.5, {"model.num_clusters": 32, "model.experts.audio.enabled": False}),
+        make_run("c", 60.0, 1.0, {"model.num_clusters": 16, "model.experts.audio.enabled": True}),
+        make_run(
+            "d",
+            10.0,
+            9.0,
+            {"model.num_clusters": 64, "model.experts.audio.enabled": False},
+            early=True,
+            epochs=1,
+        ),
+        make_run(
+            "e", None, None, {"model.num_clusters": 8, "model.experts.audio.enabled": True}, status="FAILED"
+        ),
+    ]
+    rows = summary_rows(runs, keys)
+    assert [r["trial"] for r in rows] == ["c", "b", "a", "d", "e"]  # R@1 desc, ties by MdR, no result last
+    assert rows[3]["stopped_early"] is True and rows[3]["epochs"] == 1
+    assert rows[0]["model.num_clusters"] == 16
+    md = to_markdown(rows)
+    assert md.count("\n") == 2 + len(rows) and "| c | FINISHED | 16 | True | 60 |" in md
+    assert to_csv(rows).splitlines()[0].startswith("trial,status,model.num_clusters")
+    png = tmp_path / "plot.png"
+    assert plot_summary(rows, keys, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plot_summary(rows[-1:], keys, str(tmp_path / "none.png"))  # nothing finished
