@@ -1,6 +1,6 @@
 """Retrieval metrics: pure functions of a (queries x videos) similarity matrix.
 
-Definitions (DESIGN.md section 6): ``rank`` is the 0-based position of the ground truth when the
+Definitions (docs/design.md, Metrics): ``rank`` is the 0-based position of the ground truth when the
 candidates are sorted by descending similarity; ``R@K = 100 * mean(rank < K)``,
 ``MdR = median(rank) + 1``, ``MnR = mean(rank) + 1``.
 
@@ -45,6 +45,7 @@ import numpy as np
 __all__ = [
     "TIE_POLICIES",
     "METRIC_NAMES",
+    "HEADLINE_METRICS",
     "SELECTION_METRIC",
     "TIE_BREAK_METRIC",
     "RankCounts",
@@ -70,6 +71,8 @@ _COLUMNS = ("R1", "R5", "R10", "MdR", "MnR")
 METRIC_NAMES: tuple[str, ...] = tuple(f"{d}_{c}" for d in ("t2v", "v2t") for c in _COLUMNS)
 SELECTION_METRIC = "t2v_R1"  # model selection: the highest of this ...
 TIE_BREAK_METRIC = "t2v_MdR"  # ... ties broken by the lowest of this
+# the slice of METRIC_NAMES shown in run rankings and sweep summaries (one row per run)
+HEADLINE_METRICS: tuple[str, ...] = ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "v2t_R1")
 
 
 def to_numpy(x: Any) -> np.ndarray:
