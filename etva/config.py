@@ -82,7 +82,9 @@ class DataConfig:
     synthesize_if_missing: bool = False  # generate the shapes benchmark under root when it has no data
     subset: MsrvttSubset = "1k-A"  # msrvtt protocol (aliases such as 1k-a, jsfusion, miech accepted)
     train_split: str = "train"
-    val_split: str = "test"
+    val_split: str = "test"  # selects the checkpoint (ignored when val_from_train > 0)
+    val_from_train: int = 0  # > 0: carve this many training videos (deterministic) as the validation split
+    test_split: str = ""  # reported for the selected checkpoint after training ("" = none)
     num_frames: int = 8
     frame_size: int = 64  # square crop, pixels
     audio_rate: int = 16000
@@ -234,6 +236,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "num_frames": AT_LEAST_1, "frame_size": AT_LEAST_1, "audio_rate": AT_LEAST_1,
         "num_mel_bins": AT_LEAST_1, "max_audio_s": POSITIVE, "max_text_len": AT_LEAST_1,
         "vocab_size": AT_LEAST_1, "max_caption_chars": NON_NEGATIVE, "max_skip_fraction": FRACTION,
+        "val_from_train": NON_NEGATIVE,
         "decode_threads": NON_NEGATIVE, "max_feature_tokens": AT_LEAST_1,
     },
     TextConfig: {

@@ -14,6 +14,7 @@ import logging
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import yaml
@@ -86,7 +87,8 @@ def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> t
             "split": split,
         },
         scaling_config=scaling_config(cfg.ray),
-        run_config=RunConfig(name=f"eval-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path(cfg)),
+        # a fresh name every time: re-using a Train run name would resume that run
+        run_config=RunConfig(name=f"eval-{split}-{uuid.uuid4().hex[:12]}", storage_path=storage_path(cfg)),
         datasets=build_datasets(cfg, {"eval": ev}),
         dataset_config=dataset_config(),
     )

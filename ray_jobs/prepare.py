@@ -7,6 +7,7 @@ tokenized caption tables -> Ray Datasets.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -109,6 +110,38 @@ def drop_unusable(
     return [r for r in records if r.video_id not in ids], sorted(ids)
 
 
+def carve_validation(records: list[ClipRecord], n: int) -> tuple[list[ClipRecord], list[ClipRecord]]:
+    """Split ``n`` videos off the training records as a validation split: the ``n`` with the smallest
+    sha1 of their id, so the choice does not depend on file order. Returns (train, val)."""
+    if n >= len(records):
+        raise DataError(f"data.val_from_train={n}: the training split has only {len(records)} videos")
+    order = sorted(records, key=lambda r: hashlib.sha1(r.video_id.encode()).hexdigest())
+    val_ids = {r.video_id for r in order[:n]}
+    return [r for r in records if r.video_id not in val_ids], [r for r in records if r.video_id in val_ids]
+
+
+def training_splits(cfg: Config) -> dict[str, str]:
+    """The splits a training run prepares: {"train": ..., "val": ...} (val carved from train when
+    ``data.val_from_train`` > 0, see :func:`prepare_splits`)."""
+    if cfg.data.val_from_train > 0:
+        return {"train": cfg.data.train_split}
+    return {"train": cfg.data.train_split, "val": cfg.data.val_split}
+
+
+def selection_split(cfg: Config) -> str:
+    """Where the checkpoint is selected, in words (for the printed table and the MLflow run)."""
+    if cfg.data.val_from_train > 0:
+        return f"{cfg.data.val_from_train} videos held out of '{cfg.data.train_split}'"
+    return f"'{cfg.data.val_split}'"
+
+
+def selects_on_test(cfg: Config) -> bool:
+    """True when the checkpoint is chosen on the split that is also reported as the result."""
+    if cfg.data.val_from_train > 0:
+        return False
+    return cfg.data.val_split == (cfg.data.test_split or cfg.data.val_split) and "test" in cfg.data.val_split
+
+
 def _load(data: DataConfig, split: str) -> tuple[list[ClipRecord], object]:
     out = load_records(
         data.dataset,
@@ -148,6 +181,11 @@ def prepare_splits(cfg: Config, tokenizer_dir: Path, splits: dict[str, str]):
         if needs_video(cfg):
             records, dropped[name] = drop_unusable(records, split, cfg.data)
         loaded[name] = (records, summary)
+    if cfg.data.val_from_train > 0 and "train" in loaded and "val" not in loaded:
+        train, summary = loaded["train"]
+        train, val = carve_validation(train, cfg.data.val_from_train)
+        loaded["train"], loaded["val"] = (train, summary), (val, None)
+        dropped["val"] = []
     train_records = loaded["train"][0] if "train" in loaded else None
     if train_records is not None:
         tok = prepare_tokenizer(cfg.data, train_records, tokenizer_dir)

@@ -126,11 +126,26 @@ class TrainRecipe:
         stats = train_epoch(
             self.ddp_model, self.loss_fn, self.optimizer, self.scheduler, batches, self.device,
             epoch=epoch, log_every=self.cfg.train.log_every, grad_clip=self.cfg.optim.grad_clip,
+            report=self._step_report(epoch),
         )  # fmt: skip
         skipped, seen, truncated = gather_skips(tracker, self.world)
         check_skips("train", skipped, seen, self.inputs.train_video_ids, self.cfg.data.max_skip_fraction)
         self.truncated = truncated
         return stats, skipped
+
+    def _step_report(self, epoch: int):
+        """Rank 0: running loss, lr, temperature and data-stall share to MLflow every ``log_every`` steps
+        (``step/...`` keys, x = global step), so the UI shows curves within an epoch."""
+        if self.mlflow is None or self.mlflow.client is None:
+            return None
+        steps_per_epoch = max(1, self.inputs.num_train_videos // (self.cfg.train.batch_size * self.world))
+
+        def report(running: dict) -> None:
+            step = epoch * steps_per_epoch + int(running["step"])
+            keys = ("loss", "lr", "temperature", "data_stall_share")
+            self.mlflow.log({f"step/{k}": running[k] for k in keys if k in running}, step=step)
+
+        return report
 
     def evaluate(self) -> tuple[dict[str, float], list[int]]:
         """Score the whole validation split. Returns (metrics, skipped video indices)."""

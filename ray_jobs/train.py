@@ -60,11 +60,11 @@ def prepare_data(cfg: Config, run_name: str) -> PreparedData:
 
     Needs no Ray: runs before the cluster is contacted, so bad data fails in the first seconds.
     """
-    from ray_jobs.prepare import ensure_dataset, prepare_splits
+    from ray_jobs.prepare import ensure_dataset, prepare_splits, training_splits
 
     ensure_dataset(cfg.data)
     tok_dir = _tokenizer_dir(storage_path(cfg), run_name)
-    tok, splits = prepare_splits(cfg, tok_dir, {"train": cfg.data.train_split, "val": cfg.data.val_split})
+    tok, splits = prepare_splits(cfg, tok_dir, training_splits(cfg))
     return PreparedData(tok_dir, len(tok), splits)
 
 
@@ -141,6 +141,7 @@ def _tags(cfg: Config, config_file: str) -> dict[str, str]:
         "dataset": cfg.data.dataset,
         "split": f"{cfg.data.subset}:{cfg.data.train_split}->{cfg.data.val_split}",
         "config_file": config_file,
+        "etva.selected_on": _selection_line(cfg).split("\n")[0],
     }
 
 
@@ -165,15 +166,41 @@ def _log_outputs(client, run_id: str, best_path: str | None, prepared: dict) -> 
         log_pictures_safely(client, run_id, best_path, prepared["val"].records)
 
 
+def _selection_line(cfg: Config) -> str:
+    from ray_jobs.prepare import selection_split, selects_on_test
+
+    line = f"checkpoint selected on {selection_split(cfg)} by t2v R@1 (ties: lower MdR; ties=average)"
+    if selects_on_test(cfg):
+        line += "\nNOTE: selected on the test split itself (no validation split): an optimistic number"
+    return line
+
+
 def _print_result(cfg: Config, run_name: str, best: dict, best_path: str | None, url: str) -> None:
-    print(
-        f"\nrun {run_name}: best epoch {int(best.get('epoch', -1)) + 1} of {cfg.train.epochs} "
-        f"(validation split '{cfg.data.val_split}', ties=average)"
-    )
+    print(f"\nrun {run_name}: best epoch {int(best.get('epoch', -1)) + 1} of {cfg.train.epochs}")
+    print(_selection_line(cfg))
     print(format_table(best))
     print(f"best checkpoint: {best_path}")
     if url:
         print(f"MLflow run: {url}")
+
+
+def report_test_split(cfg: Config, best: dict, best_path: str | None, client, run_id: str) -> dict:
+    """Evaluate the selected checkpoint on ``data.test_split`` (when set); print and log ``test/...``."""
+    if not (cfg.data.test_split and best_path):
+        return {}
+    from ray_jobs.evaluate import run_evaluation, scored_header
+    from ray_jobs.tracking import log_metrics
+
+    split = cfg.data.test_split
+    metrics, _, unscored = run_evaluation(Path(best_path), split, [])
+    print(
+        scored_header(cfg, split, metrics, unscored)
+        + f" at the selected epoch {int(best.get('epoch', -1)) + 1}"
+    )
+    print(format_table(metrics, prefix=f"{split}/"))
+    if client is not None:
+        log_metrics(client, run_id, metrics, step=int(best.get("epoch", 0)))
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         _log_outputs(client, run_id, best_path, prepared)
         url = run_url(uri, client.get_run(run_id).info.experiment_id, run_id) if client is not None else ""
         _print_result(cfg, run_name, best, best_path, url)
+        report_test_split(cfg, best, best_path, client, run_id)
         finish_run(client, run_id, best, best_path, "FINISHED")
     except BaseException:
         if client is not None:

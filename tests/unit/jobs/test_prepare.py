@@ -48,3 +48,33 @@ def test_nothing_unusable_keeps_every_record(tmp_path):
     records = _records(tmp_path, 5, {})
     kept, dropped = drop_unusable(records, "train", DataConfig(max_skip_fraction=0.0))
     assert kept == records and dropped == []
+
+
+def test_validation_carved_from_train_is_deterministic_and_disjoint(tmp_path):
+    from ray_jobs.prepare import carve_validation
+
+    records = _records(tmp_path, 30, {})
+    train, val = carve_validation(records, 7)
+    assert len(val) == 7 and len(train) == 23
+    assert not {r.video_id for r in train} & {r.video_id for r in val}
+    _, val_again = carve_validation(list(reversed(records)), 7)  # file order does not matter
+    assert sorted(r.video_id for r in val_again) == sorted(r.video_id for r in val)
+    with pytest.raises(DataError, match="val_from_train=30"):
+        carve_validation(records, 30)
+
+
+def test_selection_protocol_of_the_shipped_configs():
+    from pathlib import Path
+
+    from etva.config import load_config
+    from ray_jobs.prepare import selects_on_test, training_splits
+
+    configs = Path(__file__).resolve().parents[3] / "ray_jobs" / "configs"
+    for name in ("msrvtt_1k_a", "msrvtt_1k_b", "msrvtt_full", "lsmdc", "activitynet"):
+        cfg = load_config(configs / f"{name}.yaml")
+        assert not selects_on_test(cfg), name  # real datasets never pick the epoch on their test split
+        assert cfg.data.test_split, name
+    a = load_config(configs / "msrvtt_1k_a.yaml")
+    assert training_splits(a) == {"train": "train"} and a.data.val_from_train == 500
+    shapes = load_config(configs / "shapes.yaml")
+    assert selects_on_test(shapes)  # the synthetic benchmark does, and says so when it prints
