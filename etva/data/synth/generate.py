@@ -26,9 +26,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from etva.config import SynthConfig
-from etva.data.synth_content import vocabulary
-from etva.data.synth_layouts import LAYOUTS, Plan
-from etva.data.synth_render import AUDIO_RATE, ClipJob, write_clips
+from etva.data.synth.content import vocabulary
+from etva.data.synth.layouts import LAYOUTS, Plan
+from etva.data.synth.render import AUDIO_RATE, ClipJob, write_clips
 
 __all__ = ["SynthError", "FORMATS", "MANIFEST_NAME", "generate_dataset"]
 
