@@ -4,7 +4,8 @@ One implementation for every consumer (``etva search``, the MLflow pictures of `
 evaluation): :func:`load_trained` turns a checkpoint directory (``etva.checkpoint`` layout: model.pt,
 meta.json, config.yaml, tokenizer/) into ``(model in eval mode, Config, tokenizer)``;
 :func:`encode_texts` / :func:`encode_tokens` give a :class:`TextEmbedding`; :func:`encode_videos` turns
-decoded examples (``make_video_example`` dicts) into a :class:`VideoEmbedding`, and
+decoded examples (``make_video_example`` dicts) into a :class:`VideoEmbedding`,
+:func:`encode_video_batches` does the same for already stacked batches (``decode_batch`` output), and
 :func:`encode_records` decodes clip records too (clips that cannot be decoded are skipped and reported).
 
 Inputs go to the model's device; the embeddings stay there (call ``.to("cpu")`` to keep them).
@@ -13,9 +14,8 @@ Library code: PyTorch only (no Ray, no MLflow).
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +41,10 @@ __all__ = [
     "encode_texts",
     "stack_examples",
     "encode_videos",
+    "encode_video_batches",
     "decode_example",
     "encode_records",
 ]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,10 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def encode_tokens(
-    model: ETVA, input_ids: np.ndarray, attention_mask: np.ndarray, batch_size: int = 256
+    model: ETVA,
+    input_ids: np.ndarray | torch.Tensor,
+    attention_mask: np.ndarray | torch.Tensor,
+    batch_size: int = 256,
 ) -> TextEmbedding:
     """Encode tokenized captions, (Q, L) int64 ids and mask, ``batch_size`` at a time -> Q embeddings."""
     if len(input_ids) == 0:
@@ -123,26 +125,49 @@ def stack_examples(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, torch
     return {k: torch.from_numpy(np.stack([ex[k] for ex in examples])) for k in examples[0]}
 
 
+def _numeric_tensors(batch: dict[str, Any], dev: torch.device) -> dict[str, torch.Tensor]:
+    """The tensor and numeric-array columns of a batch on ``dev`` (string columns such as ids dropped)."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+            v = torch.from_numpy(v)
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(dev)
+    return out
+
+
 @torch.no_grad()
-def encode_videos(
-    model: ETVA, examples: Iterable[dict[str, np.ndarray]], batch_size: int = 8
+def encode_video_batches(
+    model: ETVA, batches: Iterable[dict[str, np.ndarray | torch.Tensor]]
 ) -> VideoEmbedding:
-    """Encode decoded examples ``batch_size`` at a time -> one :class:`VideoEmbedding` (rows in order)."""
-    dev, parts, batch = _device(model), [], []
+    """Encode already stacked batches ({key: (B, ...)}, e.g. ``decode_batch`` output) -> one embedding.
 
-    def flush() -> None:
-        if batch:
-            parts.append(model.encode_video({k: v.to(dev) for k, v in stack_examples(batch).items()}))
-            batch.clear()
-
-    for ex in examples:
-        batch.append(ex)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
+    Only the video keys are used (frames, audio_mel, audio_mask, feat/*); others (ids, indices) are ignored.
+    """
+    dev, parts = _device(model), []
+    for batch in batches:
+        parts.append(model.encode_video(_numeric_tensors(batch, dev)))
     if not parts:
         raise ValueError("encode_videos: no video to encode")
     return VideoEmbedding.cat(parts)
+
+
+def encode_videos(
+    model: ETVA, examples: Iterable[dict[str, np.ndarray]], batch_size: int = 8
+) -> VideoEmbedding:
+    """Encode decoded examples (``make_video_example`` dicts) ``batch_size`` at a time -> rows in order."""
+
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        batch: list[dict[str, np.ndarray]] = []
+        for ex in examples:
+            batch.append(ex)
+            if len(batch) >= batch_size:
+                yield stack_examples(batch)
+                batch = []
+        if batch:
+            yield stack_examples(batch)
+
+    return encode_video_batches(model, batches())
 
 
 def decode_example(record: ClipRecord, data_cfg: Any) -> dict[str, np.ndarray] | str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -20,6 +21,7 @@ from etva.inference import (
     encode_records,
     encode_texts,
     encode_tokens,
+    encode_video_batches,
     encode_videos,
     load_trained,
     read_trained,
@@ -101,6 +103,11 @@ def test_video_encoding_matches_the_model_and_skips_broken_clips(ckpt, tmp_path)
     torch.testing.assert_close(batched.experts, direct.experts, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(batched.local, direct.local, atol=1e-5, rtol=1e-4)
     assert torch.equal(batched.available, direct.available)
+    arrays = {k: v.numpy() for k, v in stack_examples(examples).items()}
+    ray_batch = arrays | {"video_index": np.arange(5), "video_id": np.array([r.video_id for r in recs])}
+    halves = [{k: v[:3] for k, v in ray_batch.items()}, {k: v[3:] for k, v in ray_batch.items()}]
+    from_batches = encode_video_batches(model, halves)  # string columns ignored
+    torch.testing.assert_close(from_batches.local, direct.local, atol=1e-5, rtol=1e-4)
 
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
