@@ -18,8 +18,8 @@ import numpy as np
 
 from etva.config import SynthConfig
 from etva.data.synth import generate_dataset
-from etva.data.synth_layouts import plan_msrvtt
-from etva.data.synth_render import _encode, render_audio, render_frames
+from etva.data.synth.layouts import plan_msrvtt
+from etva.data.synth.render import _encode, render_audio, render_frames
 
 TARGET = 10.0  # clips/s
 

@@ -1,20 +1,20 @@
 """An HTML contact sheet of search results: per query, a row of the top clips (a strip of frames each).
 
-Thumbnails are PNGs written by a small zlib encoder (no imaging library), embedded as data URIs or
-written as files next to the HTML page.
+Thumbnails are PNGs (encoded with Pillow), embedded as data URIs or written as files next to the HTML
+page.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 import logging
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 __all__ = ["png_bytes", "thumbnail_strip", "write_contact_sheet"]
 
@@ -25,19 +25,9 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     """Encode a uint8 (H, W, 3) RGB image as PNG."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"png_bytes: expected uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))  # filter type 0 per row
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 6))
-        + chunk(b"IEND", b"")
-    )
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb), mode="RGB").save(buf, format="PNG")  # 8-bit RGB, no alpha
+    return buf.getvalue()
 
 
 def thumbnail_strip(path: str | os.PathLike, frames: int = 3, size: int = 96) -> np.ndarray | None:

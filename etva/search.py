@@ -17,16 +17,14 @@ import hashlib
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from etva.data.example import SKIPPABLE_ERRORS, make_video_example
 from etva.data.records import ClipRecord
+from etva.inference import encode_records, encode_texts, load_trained
 from etva.model.etva import ETVA, VideoEmbedding
 
 __all__ = [
@@ -125,25 +123,16 @@ def _checkpoint_key(ckpt_dir: Path) -> str:
 
 
 def load_searcher(ckpt_dir: str | os.PathLike) -> Searcher:
-    """Load a local checkpoint directory (verified) into a :class:`Searcher`."""
-    import yaml
+    """Load a local checkpoint directory (verified) into a :class:`Searcher`.
 
-    from etva.checkpoint import load_checkpoint
-    from etva.config import config_from_dict
-    from etva.data.tokenizer import load_tokenizer
-    from etva.model import build_model
-
+    Raises:
+        SearchError: no model.pt in ``ckpt_dir``.
+        etva.checkpoint.CheckpointError: an incomplete checkpoint (no config.yaml or tokenizer/ folder, ...).
+    """
     root = Path(ckpt_dir)
     if not (root / "model.pt").is_file():
         raise SearchError(f"{root}: not a checkpoint directory (no model.pt)")
-    state = load_checkpoint(root, load_optimizer=False)
-    if not state["config_yaml"] or state["tokenizer_dir"] is None:
-        raise SearchError(f"{root}: the checkpoint has no config.yaml or tokenizer/ folder")
-    cfg = config_from_dict(yaml.safe_load(state["config_yaml"]), f"{root}/config.yaml")
-    model = build_model(cfg.model, int(state["meta"]["vocab_size"]))
-    model.load_state_dict(state["model"]["model"])
-    model.eval()
-    tok = load_tokenizer(state["tokenizer_dir"])
+    model, cfg, tok = load_trained(root)
     return Searcher(model, cfg.data, tok, _checkpoint_key(root))
 
 
@@ -165,15 +154,6 @@ def default_index_path(folder: str | os.PathLike, key: str) -> Path:
     return Path(folder) / INDEX_DIR / f"{key}.pt"
 
 
-def _decode(path: Path, data_cfg) -> dict[str, np.ndarray] | str:
-    """The model inputs of one video, or the error text when it cannot be decoded."""
-    try:
-        return make_video_example(ClipRecord(path.name, str(path), [], ""), data_cfg)
-    except SKIPPABLE_ERRORS as e:
-        return f"{type(e).__name__}: {e}"
-
-
-@torch.no_grad()
 def encode_videos(
     searcher: Searcher,
     folder: Path,
@@ -187,29 +167,19 @@ def encode_videos(
     Returns:
         (encoded paths, {field: (V, ...) tensor}, {failed path: reason}).
     """
-    done: list[str] = []
-    parts: dict[str, list[torch.Tensor]] = {f: [] for f in EMB_FIELDS}
-    failed: dict[str, str] = {}
-    bar = tqdm(total=len(paths), unit="video", desc="encode", file=sys.stderr, disable=not progress)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            examples = list(pool.map(lambda p: _decode(folder / p, searcher.data_cfg), chunk))
-            good = [(p, ex) for p, ex in zip(chunk, examples) if not isinstance(ex, str)]
-            for p, ex in zip(chunk, examples):
-                if isinstance(ex, str):
-                    log.warning("skipping %s: %s", p, ex)
-                    failed[p] = ex
-            if good:
-                batch = {k: torch.from_numpy(np.stack([ex[k] for _, ex in good])) for k in good[0][1]}
-                emb = searcher.model.encode_video(batch)
-                for f in EMB_FIELDS:
-                    if getattr(emb, f) is not None:
-                        parts[f].append(getattr(emb, f).cpu())
-                done += [p for p, _ in good]
-            bar.update(len(chunk))
-    bar.close()
-    return done, {f: torch.cat(v) for f, v in parts.items() if v}, failed
+    records = [ClipRecord(Path(p).name, str(folder / p), [], "") for p in paths]
+    with tqdm(total=len(paths), unit="video", desc="encode", file=sys.stderr, disable=not progress) as bar:
+        enc = encode_records(
+            searcher.model, records, searcher.data_cfg, batch_size=batch_size, workers=max(1, workers),
+            on_batch=bar.update,
+        )  # fmt: skip
+    failed = {paths[i]: reason for i, reason in enc.failed.items()}
+    for p, reason in failed.items():
+        log.warning("skipping %s: %s", p, reason)
+    fields = {}
+    if enc.video is not None:
+        fields = {f: getattr(enc.video, f).cpu() for f in EMB_FIELDS if getattr(enc.video, f) is not None}
+    return [paths[i] for i in enc.kept], fields, failed
 
 
 @dataclass
@@ -274,12 +244,9 @@ def search(
     searcher: Searcher, index: VideoIndex, queries: list[str], top_k: int = 5, video_chunk: int = 4096
 ) -> list[list[Hit]]:
     """The ``top_k`` videos of the index for each query, best first (fused similarity)."""
-    from etva.data.tokenizer import tokenize
-
     if not index.paths:
         raise SearchError("the index holds no decodable video")
-    ids, mask = tokenize(searcher.tokenizer, queries, searcher.data_cfg.max_text_len)
-    text = searcher.model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
+    text = encode_texts(searcher.model, searcher.tokenizer, queries, searcher.data_cfg.max_text_len)
     video = index.embedding()
     scores = torch.cat(
         [

@@ -22,15 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from etva.checkpoint import load_checkpoint
-from etva.config import Config, config_from_dict
+from etva.config import Config
 from etva.data.decode import decode_clip
-from etva.data.example import SKIPPABLE_ERRORS, make_video_example
+from etva.data.example import SKIPPABLE_ERRORS
 from etva.data.records import ClipRecord
-from etva.data.tokenizer import load_tokenizer, tokenize
-from etva.model import ETVA, TextEmbedding, VideoEmbedding, build_model
+from etva.data.tokenizer import tokenize
+from etva.inference import encode_records, encode_tokens, load_trained
+from etva.model import ETVA, TextEmbedding, VideoEmbedding
 from etva.model.alignment import mixture_weights
 from etva.retrieval import score_all
 from etva.viz import (
@@ -66,41 +65,16 @@ class SplitScores:
     sim: np.ndarray  # (Q, V) float32 fused similarity
 
 
-def load_trained(ckpt_dir: str | Path) -> tuple[ETVA, Config, object]:
-    """(model in eval mode, config, tokenizer) from a checkpoint directory."""
-    state = load_checkpoint(ckpt_dir, load_optimizer=False)
-    if state["tokenizer_dir"] is None or not state["config_yaml"]:
-        raise FileNotFoundError(f"{ckpt_dir}: checkpoint lacks tokenizer/ or config.yaml")
-    cfg = config_from_dict(yaml.safe_load(state["config_yaml"]), f"{ckpt_dir}/config.yaml")
-    model = build_model(cfg.model, vocab_size=int(state["meta"]["vocab_size"]))
-    model.load_state_dict(state["model"]["model"])
-    return model.eval(), cfg, load_tokenizer(state["tokenizer_dir"])
-
-
 def _encode_videos(
     model: ETVA, records: list[ClipRecord], cfg: Config
 ) -> tuple[VideoEmbedding, list[ClipRecord]]:
     """Decode + encode every record; clips that fail to decode are skipped (logged)."""
-    kept, parts, batch = [], [], []
-
-    def flush() -> None:
-        if batch:
-            arrays = {k: torch.from_numpy(np.stack([b[k] for b in batch])) for k in batch[0]}
-            parts.append(model.encode_video(arrays))
-            batch.clear()
-
-    for rec in records:
-        try:
-            batch.append(make_video_example(rec, cfg.data))
-            kept.append(rec)
-        except SKIPPABLE_ERRORS as e:
-            logger.warning("pictures: skipping %s: %s", rec.video_path, e)
-        if len(batch) >= cfg.train.eval_batch_size:
-            flush()
-    flush()
-    if not parts:
+    enc = encode_records(model, records, cfg.data, batch_size=cfg.train.eval_batch_size)
+    for i, reason in enc.failed.items():
+        logger.warning("pictures: skipping %s: %s", records[i].video_path, reason)
+    if enc.video is None:
         raise ValueError("pictures: no validation video could be decoded")
-    return VideoEmbedding.cat(parts), kept
+    return enc.video, [records[i] for i in enc.kept]
 
 
 @torch.no_grad()
@@ -110,13 +84,7 @@ def score_split(model: ETVA, cfg: Config, tokenizer, records: list[ClipRecord]) 
     captions = [c for r in kept for c in r.captions]
     qv = np.repeat(np.arange(len(kept)), [len(r.captions) for r in kept]).astype(np.int64)
     ids, mask = tokenize(tokenizer, captions, cfg.data.max_text_len)
-    bs = cfg.train.eval_batch_size
-    text = TextEmbedding.cat(
-        [
-            model.encode_text(torch.from_numpy(ids[i : i + bs]), torch.from_numpy(mask[i : i + bs]))
-            for i in range(0, len(captions), bs)
-        ]
-    )
+    text = encode_tokens(model, ids, mask, cfg.train.eval_batch_size)
 
     def score(qs: slice, vs: slice) -> torch.Tensor:
         return model.similarity(text[qs], video[vs])["fused"]

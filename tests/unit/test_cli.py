@@ -216,3 +216,34 @@ def test_etva_entry_point_runs_as_a_program(env):
     )  # fmt: skip
     assert out.returncode == 2 and "expected the form key.path=value" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_seam_without_the_job_layer_is_a_usage_error(monkeypatch):
+    """ray_jobs/ and tuning/ not importable: every seam function is a UsageError naming what is missing."""
+    from etva.cli import UsageError, seam
+
+    for name in ("tuning", "tuning.space", "tuning.best", "ray_jobs", "ray_jobs.evaluate"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ModuleNotFoundError
+    calls = {
+        "'etva tune' needs the tuning package": lambda: seam.load_space("s.yaml", None),
+        "'etva best' needs the tuning.best module": seam.best_error_type,
+        "'etva best' needs the tuning.best module (": lambda: seam.best_main("x", "", 3, ""),
+        "MLflow URIs need the ray_jobs.evaluate module": lambda: seam.fetch_checkpoint(
+            "models:/m@a", Path(".")
+        ),
+    }
+    for message, call in calls.items():
+        with pytest.raises(UsageError) as e:
+            call()
+        assert str(e.value).startswith(message) and "repository root" in e.value.hint
+
+
+def test_seam_reaches_the_job_layer(tmp_path):
+    from etva.cli import seam
+    from etva.config import load_config
+
+    assert seam.best_error_type().__module__ == "tuning.best"
+    space = seam.load_space(str(REPO / "tuning/spaces/clusters.yaml"), load_config(TINY))
+    assert space.dims and all("." in d.key for d in space.dims)
+    ckpt = _fake_checkpoint(tmp_path / "ckpt")
+    assert seam.fetch_checkpoint(str(ckpt), tmp_path / "dl") == ckpt.resolve()

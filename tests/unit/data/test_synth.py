@@ -16,10 +16,9 @@ import pytest
 
 from etva.cli import main as cli_main
 from etva.config import SynthConfig
-from etva.data import synth_content as content
-from etva.data.synth import MANIFEST_NAME, PARTIAL_NAME, SynthError, generate_dataset
-from etva.data.synth_layouts import plan_msrvtt, split_sizes
-from etva.data.synth_render import AUDIO_RATE, ClipJob, write_clip
+from etva.data.synth import MANIFEST_NAME, PARTIAL_NAME, SynthError, content, generate_dataset
+from etva.data.synth.layouts import plan_msrvtt, split_sizes
+from etva.data.synth.render import AUDIO_RATE, ClipJob, write_clip
 
 REPO = Path(__file__).resolve().parents[3]
 CFG = SynthConfig(width=96, height=64, fps=8, duration_s=1.0, captions_per_video=3)

@@ -1,23 +1,26 @@
 """``etva search "a red circle moves left" --model models:/etva-shapes@champion --videos DIR``.
 
 A light module: torch, the model and PyAV are imported when the command runs; an MLflow model URI is
-downloaded by ``ray_jobs.evaluate.fetch_checkpoint``, imported by name (etva/ never imports mlflow).
+downloaded by ``ray_jobs.evaluate.fetch_checkpoint`` through :mod:`etva.cli.seam` (etva/ never imports
+mlflow).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
+from etva.cli import seam
+from etva.cli.errors import UsageError
+from etva.cli.jobs import MLFLOW_HINT, check_url
+
 __all__ = ["add_parser", "run", "resolve_checkpoint"]
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-FETCH_IMPL = "ray_jobs.evaluate"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,8 +54,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _queries(args: argparse.Namespace) -> list[str]:
-    from etva.cli import UsageError
-
     queries = [q for q in args.queries if q.strip()]
     if args.queries_file:
         try:
@@ -69,9 +70,6 @@ def _queries(args: argparse.Namespace) -> list[str]:
 
 def resolve_checkpoint(model: str, tmp: Path, tracking_uri: str = "") -> Path:
     """A local checkpoint directory for a path or an MLflow URI (downloaded into ``tmp``)."""
-    from etva.cli import UsageError
-    from etva.jobs_cli import MLFLOW_HINT, check_url
-
     if not model.startswith(MLFLOW_SCHEMES):
         path = Path(model).expanduser()
         if not (path / "model.pt").is_file():
@@ -85,13 +83,9 @@ def resolve_checkpoint(model: str, tmp: Path, tracking_uri: str = "") -> Path:
     check_url(f"{uri.rstrip('/')}/health", f"the MLflow server ({uri})", MLFLOW_HINT)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        fetch = importlib.import_module(FETCH_IMPL).fetch_checkpoint
-    except ModuleNotFoundError as e:
-        raise UsageError(
-            f"MLflow URIs need the {FETCH_IMPL} module ({e})", "run it from the repository root"
-        ) from e
-    try:
-        return fetch(model, tmp)
+        return seam.fetch_checkpoint(model, tmp)
+    except UsageError:
+        raise
     except Exception as e:  # MLflow raises its own types (unknown model, alias, run)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"--model {model}: cannot download it ({first})",
@@ -109,6 +103,7 @@ def format_results(queries: list[str], results: list[list]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Handler of ``etva search``: prints the top-k clips per query; 0 on success."""
     import torch
 
     from etva.contact_sheet import write_contact_sheet

@@ -1,17 +1,17 @@
 """``etva best``: pick the best checkpoint of an MLflow experiment and register it as ``champion``.
 
-A light module: etva/ never imports mlflow or ray, so the implementation (``tuning.best``) is imported
-by name only when the command runs.
+A light module: etva/ never imports mlflow or ray, so the implementation (``tuning.best``) is reached
+through :mod:`etva.cli.seam` only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from etva.cli import seam
+from etva.cli.errors import UsageError
 
 __all__ = ["add_parser", "run"]
-
-IMPL = "tuning.best"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,15 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from etva.cli import UsageError
-
+    """Handler of ``etva best``: ``tuning.best.main``'s exit code; its BestError is a UsageError."""
+    best_error = seam.best_error_type()
     try:
-        impl = importlib.import_module(IMPL)
-    except ModuleNotFoundError as e:
-        raise UsageError(
-            f"'etva best' needs the {IMPL} module ({e})", "run it from the repository root"
-        ) from e
-    try:
-        return impl.main(args.experiment, args.model_name, args.top, args.tracking_uri)
-    except impl.BestError as e:
+        return seam.best_main(args.experiment, args.model_name, args.top, args.tracking_uri)
+    except best_error as e:
         raise UsageError(str(e), "check --experiment and --tracking-uri (or $MLFLOW_TRACKING_URI)") from e

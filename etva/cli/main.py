@@ -1,55 +1,33 @@
 """The ``etva`` command line: ``etva <command> [<subcommand>] ...`` (also ``python -m etva``).
 
-Commands are registered, not hard-coded: a command module exposes ``add_parser(subparsers)``, which
-adds its parser and sets ``handler=<function(args) -> int>`` as a default. Top-level commands go in
-``COMMANDS``; subcommands of ``etva data`` go in ``DATA_COMMANDS`` (each entry is
-``"module.path:add_parser"``, imported when the CLI starts; keep those modules light and import heavy
-libraries inside the handler). A handler signals a user mistake by raising :class:`UsageError`
-(or an error type listed in ``USER_ERRORS``): the CLI prints one line plus a hint and exits with 2.
+Commands are registered, not hard-coded: a command module exposes an ``add_parser(subparsers)`` function,
+which adds its parser and sets ``handler=<function(args) -> int>`` as a default; ``COMMANDS`` maps each
+top-level name to that function (subcommands of ``etva data`` are registered in :mod:`etva.cli.data`).
+Command modules are light: heavy libraries are imported inside the handler. A handler signals a user
+mistake by raising :class:`UsageError` (or an error type listed in ``_user_errors``): the CLI prints one
+line plus a hint and exits with 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Callable
 
-__all__ = ["UsageError", "COMMANDS", "DATA_COMMANDS", "build_parser", "main"]
+from etva.cli import best, data, jobs, search
+from etva.cli.errors import UsageError
 
-# "module:function" entries; others add e.g. "etva.data.check_cli:add_parser" here
-DATA_COMMANDS: list[str] = ["etva.data.synth_cli:add_parser", "etva.data.check_cli:add_parser"]
+__all__ = ["UsageError", "COMMANDS", "build_parser", "main"]
 
-
-class UsageError(Exception):
-    """A user mistake (bad argument, bad path): printed as one line + hint, exit code 2."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
-
-
-def _load(entry: str) -> Callable[[argparse._SubParsersAction], None]:
-    module, func = entry.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def _add_data(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("data", help="make and check datasets", description="Make and check datasets.")
-    sub = p.add_subparsers(dest="data_command", metavar="<subcommand>", required=True)
-    for entry in DATA_COMMANDS:
-        _load(entry)(sub)
-
-
-# top-level commands: name -> function adding its parser; others add "train", "eval", "best", ...
+# top-level commands: name -> function adding its parser
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
-    "data": _add_data,
-    "train": lambda sub: _load("etva.jobs_cli:add_train_parser")(sub),
-    "tune": lambda sub: _load("etva.jobs_cli:add_tune_parser")(sub),
-    "eval": lambda sub: _load("etva.jobs_cli:add_eval_parser")(sub),
-    "best": lambda sub: _load("etva.best_cli:add_parser")(sub),
-    "search": lambda sub: _load("etva.search_cli:add_parser")(sub),
+    "data": data.add_parser,
+    "train": jobs.add_train_parser,
+    "tune": jobs.add_tune_parser,
+    "eval": jobs.add_eval_parser,
+    "best": best.add_parser,
+    "search": search.add_parser,
 }
 
 
@@ -69,6 +47,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``etva`` parser with every command of ``COMMANDS``."""
     parser = argparse.ArgumentParser(
         prog="etva", description="ETVA text-video retrieval: data, training, evaluation."
     )
@@ -102,7 +81,3 @@ def main(argv: list[str] | None = None) -> int:
         hint = getattr(e, "hint", "")
         print(f"hint: {hint or 'run with --help for usage'}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -26,9 +26,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from etva.config import SynthConfig
-from etva.data.synth_content import vocabulary
-from etva.data.synth_layouts import LAYOUTS, Plan
-from etva.data.synth_render import AUDIO_RATE, ClipJob, write_clips
+from etva.data.synth.content import vocabulary
+from etva.data.synth.layouts import LAYOUTS, Plan
+from etva.data.synth.render import AUDIO_RATE, ClipJob, write_clips
 
 __all__ = ["SynthError", "FORMATS", "MANIFEST_NAME", "generate_dataset"]
 
@@ -173,6 +173,26 @@ def _missing(root: Path, plan: Plan) -> tuple[list[ClipJob], list[str]]:
     return jobs, files
 
 
+def _write_all(
+    root: Path, params: dict, plan: Plan, jobs: list[ClipJob], workers: int, progress: bool
+) -> None:
+    """Render the missing clips, write the annotation files, then the manifest (last: marks it finished)."""
+    _write_text(root / PARTIAL_NAME, json.dumps({"params": params}))
+    for stale in root.rglob("*.partial"):  # left by an interrupted run
+        stale.unlink()
+    _render_all(root, jobs, workers, progress)
+    for name, text in plan.files.items():
+        _write_text(root / name, text)
+    manifest = {
+        "params": params,
+        "vocabulary": vocabulary(),
+        "splits": plan.splits,
+        "videos": plan.videos,
+    }
+    _write_text(root / MANIFEST_NAME, json.dumps(manifest, indent=1))
+    (root / PARTIAL_NAME).unlink()
+
+
 def generate_dataset(
     out_dir: str | Path,
     num_videos: int,
@@ -206,20 +226,7 @@ def generate_dataset(
     jobs, files = _missing(root, plan)
     finished = (root / MANIFEST_NAME).is_file()
     if jobs or files or not finished:
-        _write_text(root / PARTIAL_NAME, json.dumps({"params": params}))
-        for stale in root.rglob("*.partial"):  # left by an interrupted run
-            stale.unlink()
-        _render_all(root, jobs, min(workers or _cpu_count(), max(1, len(jobs))), progress)
-        for name, text in plan.files.items():
-            _write_text(root / name, text)
-        manifest = {
-            "params": params,
-            "vocabulary": vocabulary(),
-            "splits": plan.splits,
-            "videos": plan.videos,
-        }
-        _write_text(root / MANIFEST_NAME, json.dumps(manifest, indent=1))
-        (root / PARTIAL_NAME).unlink()
+        _write_all(root, params, plan, jobs, min(workers or _cpu_count(), max(1, len(jobs))), progress)
     seconds = time.perf_counter() - t0
     written = bool(jobs or files or not finished)
     summary = {

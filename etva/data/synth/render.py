@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from etva.data.synth_content import BACKGROUNDS, COLOURS, ClipSpec
+from etva.data.synth.content import BACKGROUNDS, COLOURS, ClipSpec
 
 __all__ = ["AUDIO_RATE", "ClipJob", "render_frames", "render_audio", "write_clip", "write_clips"]
 

@@ -16,7 +16,6 @@ else run locally. This module imports neither ray nor mlflow (it runs their CLIs
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -29,11 +28,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from etva.cli import seam
+from etva.cli.errors import UsageError
+
 __all__ = ["add_train_parser", "add_tune_parser", "add_eval_parser", "check_url", "build_job", "run"]
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 START_HINT = "start one with: bash cluster/start_local.sh && source runs/local/env.sh (or pass --local)"
 MLFLOW_HINT = (
     "start one with: bash cluster/start_local.sh && source runs/local/env.sh, or unset MLFLOW_TRACKING_URI"
@@ -71,8 +73,6 @@ JOBS: dict[str, JobSpec] = {
 
 
 def _usage_error(message: str, hint: str = "") -> Exception:
-    from etva.cli import UsageError
-
     return UsageError(message, hint)
 
 
@@ -223,11 +223,7 @@ def _validate_space(space: str, cfg) -> None:
     from etva.config import ConfigError
 
     try:
-        importlib.import_module("tuning.space").load_space(space, cfg)
-    except ModuleNotFoundError as e:
-        raise _usage_error(
-            f"'etva tune' needs the tuning package ({e})", "run it from the repository root"
-        ) from e
+        seam.load_space(space, cfg)
     except ConfigError as e:
         raise _usage_error(str(e), "every key of a search space must be a config key") from e
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from etva.config import SynthConfig
-from etva.data.synth_content import ClipSpec, caption, make_captions, sample_group, sample_spec
-from etva.data.synth_render import ClipJob
+from etva.data.synth.content import ClipSpec, caption, make_captions, sample_group, sample_spec
+from etva.data.synth.render import ClipJob
 
 __all__ = ["Plan", "LAYOUTS", "split_sizes"]
 

@@ -1,0 +1,78 @@
+"""The one place where the ``etva`` command reaches the job layer (``ray_jobs``, ``tuning``).
+
+etva/ is the pure library: it never imports ray, mlflow, ``ray_jobs`` or ``tuning`` — except here. Every
+function imports its job-layer module lazily (inside the function), so ``etva --help`` and the data
+commands start without Ray or MLflow, and a missing job layer (etva installed without the repository's
+``ray_jobs``/``tuning`` packages) is a one-line :class:`~etva.cli.errors.UsageError`, not a traceback.
+tests/unit/test_layering.py enforces that no other etva module imports these packages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from etva.cli.errors import UsageError
+
+__all__ = ["load_space", "best_main", "best_error_type", "fetch_checkpoint"]
+
+_HINT = "run it from the repository root"  # where the ray_jobs/ and tuning/ packages live
+
+
+def _missing(what: str, e: ImportError) -> UsageError:
+    return UsageError(f"{what} ({e})", _HINT)
+
+
+def load_space(path: str | Path, cfg: Any) -> Any:
+    """``tuning.space.load_space(path, cfg)``: the ``tuning.space.SearchSpace`` of a YAML file, validated
+    against the resolved config ``cfg`` (an :class:`etva.config.Config`).
+
+    Raises:
+        UsageError: the ``tuning`` package cannot be imported.
+        etva.config.ConfigError: a key of the space is not a config key (from ``tuning.space``).
+    """
+    try:
+        from tuning.space import load_space as _load_space
+    except ModuleNotFoundError as e:
+        raise _missing("'etva tune' needs the tuning package", e) from e
+    return _load_space(path, cfg)
+
+
+def best_error_type() -> type[Exception]:
+    """``tuning.best.BestError``: the user-facing error of ``best_main`` (no experiment, no runs, ...).
+
+    Raises:
+        UsageError: the ``tuning`` package cannot be imported.
+    """
+    try:
+        from tuning.best import BestError
+    except ModuleNotFoundError as e:
+        raise _missing("'etva best' needs the tuning.best module", e) from e
+    return BestError
+
+
+def best_main(experiment: str, model_name: str, top: int, tracking_uri: str) -> int:
+    """``tuning.best.main(...)``: register the best run of ``experiment`` as '<model_name>@champion'.
+
+    Returns the exit code. Raises :func:`best_error_type` errors for user mistakes, and
+    UsageError when the ``tuning`` package cannot be imported.
+    """
+    try:
+        from tuning.best import main
+    except ModuleNotFoundError as e:
+        raise _missing("'etva best' needs the tuning.best module", e) from e
+    return main(experiment, model_name, top, tracking_uri)
+
+
+def fetch_checkpoint(uri: str, dst: Path) -> Path:
+    """``ray_jobs.evaluate.fetch_checkpoint``: a local checkpoint dir for a path or an MLflow URI.
+
+    An MLflow URI (``models:/``, ``runs:/``, ``mlflow-artifacts:/``) is downloaded into ``dst`` (needs
+    ``MLFLOW_TRACKING_URI``). MLflow's own errors pass through; UsageError when ``ray_jobs`` cannot be
+    imported.
+    """
+    try:
+        from ray_jobs.evaluate import fetch_checkpoint as _fetch
+    except ModuleNotFoundError as e:
+        raise _missing("MLflow URIs need the ray_jobs.evaluate module", e) from e
+    return _fetch(uri, dst)
