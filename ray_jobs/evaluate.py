@@ -17,10 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-import yaml
-
-from etva.checkpoint import load_checkpoint
-from etva.config import apply_overrides, config_from_dict
+from etva.inference import read_trained
 from etva.metrics import format_table
 from ray_jobs.driver import add_overrides, init_ray, resolve_paths, setup_logging, storage_path
 
@@ -66,22 +63,17 @@ def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> t
     from ray_jobs.prepare import build_datasets, dataset_config, prepare_splits, scaling_config
     from ray_jobs.recipe import eval_loop_per_worker
 
-    state = load_checkpoint(ckpt_dir, load_optimizer=False)
-    data = yaml.safe_load(state["config_yaml"] or "{}")
-    cfg = resolve_paths(
-        config_from_dict(apply_overrides(data, overrides), f"{ckpt_dir}/config.yaml + overrides")
-    )
+    trained = read_trained(ckpt_dir, overrides)
+    cfg = resolve_paths(trained.cfg)
     split = split or cfg.data.val_split
-    if state["tokenizer_dir"] is None:
-        raise FileNotFoundError(f"{ckpt_dir}: checkpoint has no tokenizer/ folder")
-    _, prepared = prepare_splits(cfg, state["tokenizer_dir"], {"eval": split})
+    _, prepared = prepare_splits(cfg, trained.tokenizer_dir, {"eval": split})
     ev = prepared["eval"]
     trainer = TorchTrainer(
         eval_loop_per_worker,
         train_loop_config={
             "cfg": cfg,
-            "vocab_size": int(state["meta"]["vocab_size"]),
-            "model_ref": ray.put(state["model"]["model"]),
+            "vocab_size": trained.vocab_size,
+            "model_ref": ray.put(trained.weights),
             "captions": ev.caption_arrays(),
             "video_ids": ev.video_ids,
             "split": split,
