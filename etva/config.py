@@ -54,6 +54,7 @@ Alignment = Literal["global", "local", "both"]
 LossKind = Literal["infonce", "margin"]
 TuneSearch = Literal["random", "grid", "optuna"]
 TuneScheduler = Literal["asha", "fifo"]
+DecodeCache = Literal["none", "memory", "disk"]
 
 # other accepted spellings (matched case-insensitively), stored as the canonical choice; the MSRVTT
 # ones are those of ``etva.data.sources.msrvtt`` (a unit test keeps the two in step)
@@ -96,6 +97,7 @@ class DataConfig:
     max_caption_chars: int = 1000  # longer captions are truncated (counted)
     max_skip_fraction: float = 0.01  # abort when more clips than this fail to decode
     decode_threads: int = 1
+    cache: DecodeCache = "none"  # none | memory (object store) | disk (Parquet under ray.storage_path)
     features_dir: str = ""  # pre-extracted expert features (dataset=features or extra experts)
     max_feature_tokens: int = 32  # N: pre-extracted features sampled/padded to N tokens per expert
     synth: SynthConfig = field(default_factory=SynthConfig)

@@ -86,8 +86,12 @@ def train_batches(
     """Model-ready training batches: one sampled caption per video, failed clips removed."""
     rng = np.random.default_rng([cfg.train.seed, epoch, rank])
     fail = _fail_at_epoch() == epoch and rank == world - 1
+    shuffle = {}
+    if cfg.data.cache != "none":  # cached rows come in block order: mix them within a local buffer
+        seed = int(np.random.SeedSequence([cfg.train.seed, epoch, rank]).generate_state(1)[0])
+        shuffle = {"local_shuffle_buffer_size": 4 * cfg.train.batch_size, "local_shuffle_seed": seed}
     rows = shard.iter_batches(
-        batch_size=cfg.train.batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2
+        batch_size=cfg.train.batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2, **shuffle
     )
     for step, raw in enumerate(rows):
         if fail and step == 0:  # first batch of the epoch has arrived: die mid-epoch

@@ -19,6 +19,7 @@ import numpy as np
 from etva.config import DataConfig, RayConfig
 from etva.data.example import decode_batch
 from etva.data.records import ClipRecord
+from ray_jobs.cache import cached
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ def build_video_dataset(
     captions: CaptionTable | None = None,
     shuffle: bool = False,
     shard: tuple[int, int] | None = None,
+    storage: str = "",
+    name: str = "",
 ):
     """A Ray Dataset of decoded clips, one row per video.
 
@@ -114,6 +117,7 @@ def build_video_dataset(
         shuffle: shuffle the (cheap) index rows before decoding; re-executed, so a new order every epoch.
         shard: ``(rank, world)``: only the videos with ``video_index % world == rank`` (evaluation
             shards: every video in exactly one shard, none dropped).
+        storage, name: where ``data.cache=disk`` keeps decoded shards, and the dataset's name in logs.
     """
     import ray.data
     from ray.data import TaskPoolStrategy
@@ -123,17 +127,21 @@ def build_video_dataset(
         rank, world = shard
         rows = rows[rank::world]
     ds = ray.data.from_items(rows, override_num_blocks=_num_blocks(len(rows)))
-    if shuffle:
-        ds = ds.random_shuffle()
-    cfg = asdict(data_cfg)
-    return ds.map_batches(
+    streaming = data_cfg.cache == "none"
+    if shuffle and streaming:
+        ds = ds.random_shuffle()  # cheap index rows, re-executed: a new order every epoch
+    decoded = ds.map_batches(
         decode_stage,
-        fn_kwargs={"data_cfg": cfg},
+        fn_kwargs={"data_cfg": asdict(data_cfg)},
         batch_size=8,
         batch_format="numpy",
         num_cpus=ray_cfg.decode_cpus,
         compute=TaskPoolStrategy(size=max(1, ray_cfg.decode_concurrency)),
     )
+    if streaming:
+        return decoded
+    decoded = cached(decoded, rows, data_cfg, storage, name)
+    return decoded.randomize_block_order() if shuffle else decoded
 
 
 def eval_shard_name(split: str, rank: int) -> str:

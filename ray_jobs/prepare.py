@@ -223,17 +223,25 @@ def build_datasets(cfg: Config, prepared: dict[str, PreparedSplit]) -> dict:
 
     # the workers print one progress line per epoch; Ray Data's per-operator bars would flood job logs
     ray.data.DataContext.get_current().enable_progress_bars = False
-    out = {}
-    world = cfg.ray.num_workers
+    from ray_jobs.driver import storage_path
+
+    out, world, storage = {}, cfg.ray.num_workers, storage_path(cfg)
     for name, split in prepared.items():
         if name == "train":
             out[name] = build_video_dataset(
-                split.records, cfg.data, cfg.ray, captions=split.captions, shuffle=True
+                split.records,
+                cfg.data,
+                cfg.ray,
+                captions=split.captions,
+                shuffle=True,
+                storage=storage,
+                name=name,
             )
             continue
         for rank in range(world):  # evaluation splits: one exact shard per rank, nothing dropped
-            out[eval_shard_name(name, rank)] = build_video_dataset(
-                split.records, cfg.data, cfg.ray, shard=(rank, world)
+            shard = eval_shard_name(name, rank)
+            out[shard] = build_video_dataset(
+                split.records, cfg.data, cfg.ray, shard=(rank, world), storage=storage, name=shard
             )
     return out
 

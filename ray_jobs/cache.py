@@ -1,0 +1,97 @@
+"""Decoded-example cache (``data.cache``): decode every clip once, reuse it for every later epoch.
+
+Without it each epoch decodes every clip again although the sampled frames are the same (the decode
+has no temporal augmentation). Modes:
+
+- ``none``: decode every epoch (the streaming pipeline of ``ray_jobs.data``).
+- ``memory``: decode once into Ray's object store (``Dataset.materialize``) when the job starts; every
+  epoch reads the blocks from there.
+- ``disk``: decode once into Parquet shards under ``<ray.storage_path>/decoded-cache/<key>/``; later
+  epochs, the trials of a sweep and resumed runs read them. ``<key>`` hashes the decode settings, the
+  video files (path, size, mtime) and the caption ids, so a change to any of them is a new cache; the
+  folder is renamed into place only when complete (a killed writer leaves no half cache behind).
+
+A cached training split is re-ordered every epoch by block order plus a local shuffle buffer in the
+worker (``ray_jobs.batches``), instead of the full shuffle of the index rows that the streaming path does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from etva.config import DataConfig
+
+__all__ = ["DECODE_FIELDS", "cache_key", "cached"]
+
+logger = logging.getLogger(__name__)
+
+# the DataConfig fields that change what decode_stage produces
+DECODE_FIELDS = (
+    "dataset", "num_frames", "frame_size", "audio_rate", "num_mel_bins", "max_audio_s",
+    "features_dir", "max_feature_tokens",
+)  # fmt: skip
+
+
+def _file_id(path: str) -> list:
+    try:
+        st = os.stat(path)
+        return [path, st.st_size, int(st.st_mtime)]
+    except OSError:
+        return [path, -1, -1]
+
+
+def cache_key(rows: list[dict], data_cfg: DataConfig) -> str:
+    """A digest of what the decoded rows depend on: decode settings, video files, row contents."""
+    h = hashlib.sha256()
+    settings = {k: v for k, v in asdict(data_cfg).items() if k in DECODE_FIELDS}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    for row in rows:
+        h.update(json.dumps(_file_id(row["video_path"])).encode())
+        for key in sorted(row):
+            value = row[key]
+            h.update(key.encode())
+            h.update(value.tobytes() if hasattr(value, "tobytes") else repr(value).encode())
+    return h.hexdigest()[:24]
+
+
+def cached(decoded, rows: list[dict], data_cfg: DataConfig, storage: str, name: str):
+    """``decoded`` (a lazy Dataset of decoded rows) cached as ``data_cfg.cache`` says."""
+    if data_cfg.cache == "none":
+        return decoded
+    if data_cfg.cache == "memory":
+        logger.info("%s: decoding %d clips once into the object store (data.cache=memory)", name, len(rows))
+        return decoded.materialize()
+    return _disk(decoded, rows, data_cfg, storage, name)
+
+
+def _disk(decoded, rows: list[dict], data_cfg: DataConfig, storage: str, name: str):
+    import ray.data
+
+    if "://" in storage:
+        raise ValueError(
+            f"data.cache=disk needs a local or shared-filesystem ray.storage_path, got {storage}"
+        )
+    folder = Path(storage) / "decoded-cache" / cache_key(rows, data_cfg)
+    if not (folder / "_COMPLETE").is_file():
+        tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+        logger.info("%s: decoding %d clips once into %s (data.cache=disk)", name, len(rows), folder)
+        try:
+            decoded.write_parquet(str(tmp))
+            (tmp / "_COMPLETE").write_text(json.dumps({"rows": len(rows)}))
+            if folder.exists():  # another writer finished first: keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    else:
+        logger.info("%s: reusing the decoded cache %s", name, folder)
+    return ray.data.read_parquet(str(folder), file_extensions=["parquet"])
