@@ -54,6 +54,7 @@ Alignment = Literal["global", "local", "both"]
 LossKind = Literal["infonce", "margin"]
 TuneSearch = Literal["random", "grid", "optuna"]
 TuneScheduler = Literal["asha", "fifo"]
+Precision = Literal["fp32", "bf16", "fp16"]  # train.precision: autocast dtype (etva.precision)
 
 # other accepted spellings (matched case-insensitively), stored as the canonical choice; the MSRVTT
 # ones are those of ``etva.data.sources.msrvtt`` (a unit test keeps the two in step)
@@ -172,6 +173,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     seed: int = 0
     log_every: int = 10
+    precision: Precision = "fp32"  # bf16/fp16: encoders under autocast; scores and loss in fp32
 
 
 @dataclass

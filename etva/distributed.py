@@ -34,6 +34,7 @@ __all__ = [
     "gather_variable",
     "gather_sizes",
     "gather_objects",
+    "gather_to_rank0",
 ]
 
 
@@ -103,3 +104,36 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_to_rank0(x: Tensor) -> Tensor | None:
+    """Concatenate every rank's ``x`` along dim 0 on rank 0 only (not differentiable).
+
+    Other ranks send their slice and get None, so only rank 0 ever holds the whole tensor (an
+    all-gather would put it on every rank). The first dim may differ between ranks (padded for the
+    collective); bool tensors travel as uint8. Identity when not distributed.
+
+    Args:
+        x: (n_rank, ...) local tensor on this rank's communication device; other dims agree over ranks.
+    Returns:
+        (sum of n_rank, ...) in rank order on rank 0 (same device as ``x``), None on the other ranks.
+    """
+    if not is_distributed():
+        return x
+    sizes = gather_sizes(x.shape[0], x.device)
+    is_bool = x.dtype == torch.bool
+    send = (x.to(torch.uint8) if is_bool else x).contiguous()
+    max_n = max(sizes)
+    if send.shape[0] < max_n:
+        send = torch.cat([send, send.new_zeros((max_n - send.shape[0], *send.shape[1:]))], dim=0)
+    if get_rank() != 0:
+        dist.gather(send, None, dst=0)
+        return None
+    buf = send.new_empty((len(sizes) * max_n, *send.shape[1:]))  # one block of max_n rows per rank
+    dist.gather(send, list(buf.split(max_n)), dst=0)
+    del send
+    if all(n == max_n for n in sizes):
+        out = buf
+    else:
+        out = torch.cat([buf[r * max_n : r * max_n + n] for r, n in enumerate(sizes)], dim=0)
+    return out.bool() if is_bool else out
