@@ -85,7 +85,9 @@ def test_large_logit_gap_with_top_expert_unavailable_matches_fused_scorer():
     torch.testing.assert_close(sim.detach(), _naive_global(t, logits.detach(), v, avail))
     # the pairs whose top expert is missing are not 0 (the old exp(logit - max) path underflowed to 0)
     e1, e2 = torch.softmax(torch.tensor([0.0, 1.0]), 0)
-    assert sim[0, 0].item() == pytest.approx((e1 * t[0, 1] @ v[0, 1] + e2 * t[0, 2] @ v[0, 2]).item(), abs=1e-6)
+    assert sim[0, 0].item() == pytest.approx(
+        (e1 * t[0, 1] @ v[0, 1] + e2 * t[0, 2] @ v[0, 2]).item(), abs=1e-6
+    )
     assert sim[0, 0].abs().item() > 1e-3
     assert sim[:, 2].abs().max().item() == 0.0  # a video with no available expert scores 0
     sim.sum().backward()
