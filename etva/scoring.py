@@ -10,8 +10,10 @@ memory: the split's embeddings + the score matrix + one block's temporaries.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,20 +39,52 @@ class EncodedStream:
     cols: list[list[Tensor]] = field(default_factory=list)
 
 
+_TRIM_EVERY = 256 * 2**20  # bytes of freed CPU chunks between two heap trims
+
+
+def _trim_heap() -> None:
+    """Hand freed CPU heap pages back to the OS (glibc ``malloc_trim``); a no-op elsewhere.
+
+    Encoded chunks are small allocations that glibc keeps in its heap after they are freed, so without
+    this the resident set would hold the chunks AND their concatenation (twice the split's size).
+    """
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc: Any = None
+
+
 def _cat_consuming(parts: list):
-    """Concatenate embedding chunks, releasing each chunk once copied (peak: result + one chunk)."""
+    """Concatenate embedding chunks, releasing each chunk once copied (peak: result + one trim period)."""
     if len(parts) == 1:
         return parts.pop()
     total = sum(len(p) for p in parts)
     out = parts[0].map(lambda t: t.new_empty((total, *t.shape[1:])))
     names = [f.name for f in dataclasses.fields(out) if getattr(out, f.name) is not None]
-    offset = 0
+    on_cpu = all(getattr(out, n).device.type == "cpu" for n in names)
+    offset = freed = 0
     for i in range(len(parts)):
         chunk, parts[i] = parts[i], None
         for name in names:
-            getattr(out, name)[offset : offset + len(chunk)] = getattr(chunk, name)
+            src = getattr(chunk, name)
+            getattr(out, name)[offset : offset + len(chunk)] = src
+            freed += src.numel() * src.element_size()
         offset += len(chunk)
+        del chunk, src
+        if on_cpu and freed >= _TRIM_EVERY:
+            _trim_heap()
+            freed = 0
     parts.clear()
+    if on_cpu:
+        _trim_heap()
     return out
 
 
@@ -120,11 +154,14 @@ def score_streams(
     video_chunk: int | None = None,
     ties: str = "average",
     score_key: str = "fused",
+    timings: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Gather every rank's encoded videos (cols: video_index) and captions (cols: caption_index,
     video_index) to rank 0, dedupe and order them by index, score all pairs in fp32 blocks and compute
     the metrics with the chunked path. Consumes the streams' chunks. Every rank returns rank 0's numbers.
+    ``timings`` (if given) receives rank 0's seconds per phase: ``gather_s``, ``score_s``, ``metrics_s``.
     """
+    t0 = time.perf_counter()
     video, vcols = _gather_stream(videos, device, "video")
     text, ccols = _gather_stream(captions, device, "caption")
     if get_rank() != 0:
@@ -140,9 +177,13 @@ def score_streams(
         )
         text, (cap_vid,) = _select(text, [cap_vid], has_video.nonzero(as_tuple=True)[0])
     q2v = np.array([column[int(v)] for v in cap_vid.tolist()], dtype=np.int64)
+    t1 = time.perf_counter()
     with torch.no_grad():
         sim = _score(core, text, video, query_chunk, video_chunk, score_key)  # (Q, V) float32
+        t2 = time.perf_counter()
         metrics = chunked_retrieval_metrics(sim, q2v, ties=ties, query_chunk=query_chunk)
+    if timings is not None:
+        timings.update(gather_s=t1 - t0, score_s=t2 - t1, metrics_s=time.perf_counter() - t2)
     metrics.update(num_videos=float(len(video)), num_queries=float(len(text)))
     if get_world_size() > 1:
         gather_objects(metrics)
