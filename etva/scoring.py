@@ -98,7 +98,8 @@ def _gather_stream(stream: EncodedStream, device, what: str) -> tuple[Any, list[
     idx = [torch.cat(col) if col else torch.zeros(0, dtype=torch.int64) for col in stream.cols]
     world = get_world_size()
     # a rank with nothing to encode still joins the collectives with empty tensors of the right shape
-    spec = None if local is None else local.map(lambda t: t[:0].cpu())
+    # (an empty copy, not a view: pickling a view of 0 rows would send its whole storage)
+    spec = None if local is None else local.map(lambda t: torch.empty((0, *t.shape[1:]), dtype=t.dtype))
     templates = [s for s in gather_objects(spec) if s is not None] if world > 1 else [spec]
     if templates[0] is None:
         raise ValueError(f"evaluate: nothing to score (no {what} was encoded on any rank)")
