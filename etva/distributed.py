@@ -109,9 +109,10 @@ def gather_objects(obj: Any) -> list[Any]:
 def gather_to_rank0(x: Tensor) -> Tensor | None:
     """Concatenate every rank's ``x`` along dim 0 on rank 0 only (not differentiable).
 
-    Other ranks send their slice and get None, so only rank 0 ever holds the whole tensor (an
-    all-gather would put it on every rank). The first dim may differ between ranks (padded for the
-    collective); bool tensors travel as uint8. Identity when not distributed.
+    Other ranks send their slice (point to point) and get None, so only rank 0 ever holds the whole
+    tensor (an all-gather would put it on every rank), and it receives each slice straight into its
+    place in the result (no padded or flat staging buffer). The first dim may differ between ranks;
+    bool tensors travel as uint8. Identity when not distributed.
 
     Args:
         x: (n_rank, ...) local tensor on this rank's communication device; other dims agree over ranks.
@@ -123,17 +124,15 @@ def gather_to_rank0(x: Tensor) -> Tensor | None:
     sizes = gather_sizes(x.shape[0], x.device)
     is_bool = x.dtype == torch.bool
     send = (x.to(torch.uint8) if is_bool else x).contiguous()
-    max_n = max(sizes)
-    if send.shape[0] < max_n:
-        send = torch.cat([send, send.new_zeros((max_n - send.shape[0], *send.shape[1:]))], dim=0)
     if get_rank() != 0:
-        dist.gather(send, None, dst=0)
+        if send.shape[0] > 0:
+            dist.send(send, dst=0)
         return None
-    buf = send.new_empty((len(sizes) * max_n, *send.shape[1:]))  # one block of max_n rows per rank
-    dist.gather(send, list(buf.split(max_n)), dst=0)
-    del send
-    if all(n == max_n for n in sizes):
-        out = buf
-    else:
-        out = torch.cat([buf[r * max_n : r * max_n + n] for r, n in enumerate(sizes)], dim=0)
+    out = send.new_empty((sum(sizes), *send.shape[1:]))
+    out[: sizes[0]] = send
+    offset = sizes[0]
+    for src, n in enumerate(sizes[1:], start=1):
+        if n > 0:
+            dist.recv(out[offset : offset + n], src=src)  # a contiguous row block of ``out``
+        offset += n
     return out.bool() if is_bool else out
