@@ -13,7 +13,16 @@ Measured side by side in one run:
 FLOPs counted: 2 * Q * V * (E + K) * d (the multiply-adds of all cosines and cluster products).
 Peak memory: the process's high-water RSS (VmHWM), reset before each stage where Linux allows.
 
-Usage: python benchmarks/bench_eval.py [--queries 59800 --videos 2990 --threads 2]
+``--engine``: instead, the evaluation's real rank-0 path, ``etva.scoring.score_streams`` (what
+``etva.engine.evaluate`` runs after encoding): every rank holds its share of the split as float32
+``TextEmbedding``/``VideoEmbedding`` chunks of ``--eval-batch`` rows (as the encoders return them), the
+chunks are concatenated, gathered to rank 0 (``--world 2``: real gloo processes), deduplicated and
+scored with ``FusedScorer`` + ``score_all`` + ``chunked_retrieval_metrics``. Reported per rank: peak
+RSS (the embeddings included) and wall time; rank 0: GFLOP/s of the whole call vs a float32 GEMM
+measured in the same process just before and after.
+
+Usage: python -m benchmarks.bench_eval [--queries 59800 --videos 2990 --threads 2]
+       python -m benchmarks.bench_eval --engine --d 512 [--world 2]
 """
 
 from __future__ import annotations
@@ -50,6 +59,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--skip-model", action="store_true", help="skip the model-similarity baseline")
+    p.add_argument("--engine", action="store_true", help="run etva.scoring.score_streams instead")
+    p.add_argument("--world", type=int, default=1, help="--engine: gloo processes (ranks)")
+    p.add_argument("--eval-batch", type=int, default=64, help="--engine: rows per encoded chunk")
     return p.parse_args()
 
 
@@ -133,6 +145,11 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.engine:
+        from benchmarks.bench_eval_engine import run_engine
+
+        run_engine(args)
+        return
     q, v = args.queries, args.videos
     flops = 2.0 * q * v * (args.experts + args.clusters) * args.d
     qv = np.repeat(np.arange(v), -(-q // v))[:q]  # ~Q/V captions per video

@@ -55,6 +55,7 @@ LossKind = Literal["infonce", "margin"]
 TuneSearch = Literal["random", "grid", "optuna"]
 TuneScheduler = Literal["asha", "fifo"]
 DecodeCache = Literal["none", "memory", "disk"]
+Precision = Literal["fp32", "bf16", "fp16"]  # train.precision: autocast dtype (etva.precision)
 
 # other accepted spellings (matched case-insensitively), stored as the canonical choice; the MSRVTT
 # ones are those of ``etva.data.sources.msrvtt`` (a unit test keeps the two in step)
@@ -176,6 +177,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     seed: int = 0
     log_every: int = 10
+    precision: Precision = "fp32"  # bf16/fp16: encoders under autocast; scores and loss in fp32
 
 
 @dataclass

@@ -34,6 +34,7 @@ __all__ = [
     "gather_variable",
     "gather_sizes",
     "gather_objects",
+    "gather_to_rank0",
 ]
 
 
@@ -103,3 +104,35 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_to_rank0(x: Tensor) -> Tensor | None:
+    """Concatenate every rank's ``x`` along dim 0 on rank 0 only (not differentiable).
+
+    Other ranks send their slice (point to point) and get None, so only rank 0 ever holds the whole
+    tensor (an all-gather would put it on every rank), and it receives each slice straight into its
+    place in the result (no padded or flat staging buffer). The first dim may differ between ranks;
+    bool tensors travel as uint8. Identity when not distributed.
+
+    Args:
+        x: (n_rank, ...) local tensor on this rank's communication device; other dims agree over ranks.
+    Returns:
+        (sum of n_rank, ...) in rank order on rank 0 (same device as ``x``), None on the other ranks.
+    """
+    if not is_distributed():
+        return x
+    sizes = gather_sizes(x.shape[0], x.device)
+    is_bool = x.dtype == torch.bool
+    send = (x.to(torch.uint8) if is_bool else x).contiguous()
+    if get_rank() != 0:
+        if send.shape[0] > 0:
+            dist.send(send, dst=0)
+        return None
+    out = send.new_empty((sum(sizes), *send.shape[1:]))
+    out[: sizes[0]] = send
+    offset = sizes[0]
+    for src, n in enumerate(sizes[1:], start=1):
+        if n > 0:
+            dist.recv(out[offset : offset + n], src=src)  # a contiguous row block of ``out``
+        offset += n
+    return out.bool() if is_bool else out

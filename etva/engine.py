@@ -19,10 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from etva.config import OptimConfig
-from etva.distributed import gather_objects, gather_variable, get_rank, get_world_size
+from etva.distributed import gather_variable, get_world_size
 from etva.model.etva import ETVA, TextEmbedding, VideoEmbedding
 from etva.model.text import TextEncoder
-from etva.retrieval import FusedScorer, chunked_retrieval_metrics, score_all
+from etva.precision import autocast, float32_fields
+from etva.scoring import EncodedStream, score_streams
 
 __all__ = [
     "move_batch",
@@ -30,6 +31,8 @@ __all__ = [
     "train_step",
     "train_epoch",
     "evaluate",
+    "EncodedStream",
+    "score_streams",
     "build_optimizer",
     "build_scheduler",
 ]
@@ -68,10 +71,16 @@ def gather_embedding(emb: TextEmbedding | VideoEmbedding):
     return emb.map(one)
 
 
-def train_step(model: nn.Module, loss_fn: nn.Module, batch: dict[str, Tensor]):
-    """Forward + global-batch loss (no backward). Returns ``(total, parts)``."""
+def train_step(model: nn.Module, loss_fn: nn.Module, batch: dict[str, Tensor], precision: str = "fp32"):
+    """Forward + global-batch loss (no backward). Returns ``(total, parts)``.
+
+    The encoders run under autocast for ``bf16``/``fp16``; their embeddings are cast to float32 before
+    the gather, the similarity and the loss, which therefore stay in fp32.
+    """
     core = _unwrap(model)
-    text, video = model(batch)  # through DDP's forward
+    with autocast(batch["input_ids"].device, precision):
+        text, video = model(batch)  # through DDP's forward
+    text, video = float32_fields(text), float32_fields(video)
     text, video = gather_embedding(text), gather_embedding(video)
     sims = core.similarity(text, video)  # (B_global, B_global) each
     return loss_fn({k: sims[k] for k in core.loss_keys})
@@ -89,6 +98,54 @@ def _timed(batches: Iterable[dict]) -> Iterator[tuple[dict, float]]:
         yield batch, time.perf_counter() - t0
 
 
+def _optimizer_step(total: Tensor, optimizer, scheduler, params: list, grad_clip: float, scaler) -> None:
+    """Backward, clip, step (through the GradScaler when given), then advance the schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        total.backward()
+        if grad_clip and grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+    else:
+        scaler.scale(total).backward()
+        if grad_clip and grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        scaler.update()
+    if scheduler is not None:
+        scheduler.step()
+
+
+class _Progress:
+    """Running sums of one epoch: loss parts, steps, clips, data-wait and step time."""
+
+    def __init__(self, start_step: int) -> None:
+        self.start_step, self.sums = start_step, {}
+        self.steps = self.clips = 0
+        self.wait_s = self.step_s = 0.0
+
+    def add(self, total: Tensor, parts: dict, clips: int, waited: float, step_s: float) -> None:
+        self.steps, self.clips = self.steps + 1, self.clips + clips
+        self.wait_s, self.step_s = self.wait_s + waited, self.step_s + step_s
+        for k, v in {"loss": total.detach(), **parts}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+    def averages(self, optimizer, loss_fn: nn.Module) -> dict[str, float]:
+        """Mean loss parts so far, current lr and temperature, data-stall share, global step."""
+        out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        busy = self.wait_s + self.step_s
+        out.update(
+            step=self.start_step + self.steps,
+            epoch_step=self.steps,
+            lr=optimizer.param_groups[0]["lr"],
+            data_stall_share=self.wait_s / busy if busy > 0 else 0.0,
+        )
+        if isinstance(getattr(loss_fn, "temperature", None), Tensor):
+            out["temperature"] = float(loss_fn.temperature.detach())
+        return out
+
+
 def train_epoch(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -101,142 +158,68 @@ def train_epoch(
     log_every: int = 10,
     report: Report | None = None,
     grad_clip: float = 1.0,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    start_step: int | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``. Returns averaged loss parts and throughput/data-stall figures.
 
-    ``report`` (if given) receives running averages every ``log_every`` steps.
+    ``report`` (if given) receives, every ``log_every`` steps: the running mean of ``loss`` and its
+    parts, the current ``lr`` and ``temperature``, ``data_stall_share`` so far, ``epoch``, the global
+    ``step`` (``start_step`` + steps of this epoch; ``start_step`` defaults to the scheduler's step
+    count, which a resumed scheduler restores) and ``epoch_step``. ``precision`` ``fp16`` needs
+    ``scaler`` (:func:`etva.precision.make_grad_scaler`).
     """
+    if precision == "fp16" and scaler is None:
+        raise ValueError("train_epoch: precision 'fp16' needs a GradScaler (etva.precision.make_grad_scaler)")
     model.train()
     loss_fn.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    sums: dict[str, float] = {}
-    steps = clips = 0
-    wait_s = step_s = 0.0
+    if start_step is None:
+        start_step = int(getattr(scheduler, "last_epoch", 0)) if scheduler is not None else 0
+    prog = _Progress(start_step)
     t_epoch = time.perf_counter()
     for batch, waited in _timed(batches):
         t0 = time.perf_counter()
         batch = move_batch(batch, device)
-        total, parts = train_step(model, loss_fn, batch)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if grad_clip and grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        steps += 1
-        clips += int(batch["input_ids"].shape[0])
-        wait_s += waited
-        step_s += time.perf_counter() - t0
-        for k, v in {"loss": total.detach(), **parts}.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        if log_every and steps % log_every == 0:
-            running = {f"{k}": v / steps for k, v in sums.items()}
-            running.update(epoch=epoch, step=steps, lr=optimizer.param_groups[0]["lr"])
-            log.info("epoch %d step %d loss %.4f", epoch, steps, running["loss"])
+        total, parts = train_step(model, loss_fn, batch, precision)
+        _optimizer_step(total, optimizer, scheduler, params, grad_clip, scaler)
+        prog.add(total, parts, int(batch["input_ids"].shape[0]), waited, time.perf_counter() - t0)
+        if log_every and prog.steps % log_every == 0:
+            running = {**prog.averages(optimizer, loss_fn), "epoch": epoch}
+            log.info("epoch %d step %d loss %.4f", epoch, running["step"], running["loss"])
             if report is not None:
                 report(running)
     elapsed = time.perf_counter() - t_epoch
-    if steps == 0:
+    if prog.steps == 0:
         log.warning("train_epoch %d: no batches", epoch)
-    out = {k: v / max(steps, 1) for k, v in sums.items()}
+    out = prog.averages(optimizer, loss_fn)
     out.update(
-        steps=steps,
-        clips=clips,
-        clips_per_s=clips / elapsed if elapsed > 0 else 0.0,
-        global_clips_per_s=clips * get_world_size() / elapsed if elapsed > 0 else 0.0,
-        step_time_s=step_s / max(steps, 1),
-        data_wait_s=wait_s,
-        data_stall_share=wait_s / (wait_s + step_s) if wait_s + step_s > 0 else 0.0,
+        steps=prog.steps,
+        clips=prog.clips,
+        clips_per_s=prog.clips / elapsed if elapsed > 0 else 0.0,
+        global_clips_per_s=prog.clips * get_world_size() / elapsed if elapsed > 0 else 0.0,
+        step_time_s=prog.step_s / max(prog.steps, 1),
+        data_wait_s=prog.wait_s,
         epoch_time_s=elapsed,
-        lr=optimizer.param_groups[0]["lr"],
     )
     return out
 
 
-def _gather_stream(parts: list, cls, indices: list[list[Tensor]], device) -> tuple[Any, list[Tensor]]:
-    """Concatenate this rank's encoded chunks and gather them (and their index columns) from all ranks.
-
-    Returns ``(embedding or None, [index tensors])``; ``None`` only when no rank encoded anything.
-    """
-    local = cls.cat(parts) if parts else None
-    idx = [torch.cat(col) if col else torch.zeros(0, dtype=torch.int64) for col in indices]
-    if get_world_size() == 1:
-        return local, idx
-    # a rank with nothing to encode still joins the collectives with empty tensors of the right shape
-    spec = None if local is None else local.map(lambda t: t[:0].cpu())
-    templates = [s for s in gather_objects(spec) if s is not None]
-    if not templates:
-        return None, idx
-    if local is None:
-        local = templates[0].to(device)
-    return gather_embedding(local), [gather_variable(i.to(device)).cpu() for i in idx]
-
-
-def _device_of(emb) -> torch.device:
-    return next(t for t in vars(emb).values() if t is not None).device
-
-
-def _first_per_index(idx: Tensor) -> Tensor:
-    """Positions keeping the first occurrence of every index value, ordered by that value."""
-    order = torch.argsort(idx, stable=True)
-    keep = torch.ones_like(order, dtype=torch.bool)
-    keep[1:] = idx[order][1:] != idx[order][:-1]
-    return order[keep]
-
-
 @torch.no_grad()
-def _encode_streams(core: ETVA, video_batches, caption_batches, device):
-    vids, vidx, caps, cidx, cvid = [], [], [], [], []
-    for batch in video_batches:
-        b = move_batch(batch, device)
-        vids.append(core.encode_video(b))
-        vidx.append(b["video_index"].long().cpu())
-    for batch in caption_batches:
-        b = move_batch(batch, device)
-        caps.append(core.encode_text(b["input_ids"], b["attention_mask"]))
-        cidx.append(b["caption_index"].long().cpu())
-        cvid.append(b["video_index"].long().cpu())
-    return (vids, [vidx]), (caps, [cidx, cvid])
-
-
-def _score(core: ETVA, text, video, query_chunk, video_chunk, score_key) -> np.ndarray:
-    """All-pairs scores in blocks: ``fused`` through one GEMM per block (FusedScorer, same values
-    as ``core.similarity(...)["fused"]``), any other key through ``core.similarity``."""
-    if score_key == "fused":
-        score_fn = FusedScorer.from_embeddings(text, video, alpha=core.alpha, normalized=True)
-    else:
-
-        def score_fn(qs: slice, vs: slice) -> Tensor:
-            return core.similarity(text[qs], video[vs])[score_key]
-
-    return score_all(score_fn, len(text), len(video), query_chunk, video_chunk)
-
-
-def _rank_zero_metrics(core, video, vid_idx, text, cap_idx, cap_vid, ties, chunks, key):
-    """Dedupe, order by index, map captions to columns, score and rank (rank 0 only)."""
-    if video is None or text is None or len(video) == 0 or len(text) == 0:
-        raise ValueError(
-            f"evaluate: nothing to score ({0 if video is None else len(video)} videos, "
-            f"{0 if text is None else len(text)} captions)"
-        )
-    sel_v = _first_per_index(vid_idx)
-    video, vid_idx = video[sel_v.to(_device_of(video))], vid_idx[sel_v]
-    sel_c = _first_per_index(cap_idx)
-    text, cap_vid = text[sel_c.to(_device_of(text))], cap_vid[sel_c]
-    column = {int(v): j for j, v in enumerate(vid_idx.tolist())}
-    has_video = torch.tensor([int(v) in column for v in cap_vid.tolist()], dtype=torch.bool)
-    if not bool(has_video.all()):
-        log.warning(
-            "evaluate: %d captions whose video was not encoded (skipped clip) are dropped",
-            int((~has_video).sum()),
-        )
-        text, cap_vid = text[has_video.to(_device_of(text))], cap_vid[has_video]
-    q2v = np.array([column[int(v)] for v in cap_vid.tolist()], dtype=np.int64)
-    sim = _score(core, text, video, chunks[0], chunks[1], key)  # (Q, V) float32, filled block by block
-    out = chunked_retrieval_metrics(sim, q2v, ties=ties, query_chunk=chunks[0])
-    out.update(num_videos=float(len(video)), num_queries=float(len(text)))
-    return out
+def _encode_streams(core: ETVA, video_batches, caption_batches, device, precision: str):
+    videos, captions = EncodedStream(cols=[[]]), EncodedStream(cols=[[], []])
+    with autocast(device, precision):
+        for batch in video_batches:
+            b = move_batch(batch, device)
+            videos.parts.append(float32_fields(core.encode_video(b)))
+            videos.cols[0].append(b["video_index"].long().cpu())
+        for batch in caption_batches:
+            b = move_batch(batch, device)
+            captions.parts.append(float32_fields(core.encode_text(b["input_ids"], b["attention_mask"])))
+            captions.cols[0].append(b["caption_index"].long().cpu())
+            captions.cols[1].append(b["video_index"].long().cpu())
+    return videos, captions
 
 
 def evaluate(
@@ -249,31 +232,27 @@ def evaluate(
     video_chunk: int | None = None,
     ties: str = "average",
     score_key: str = "fused",
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """Encode every video and caption once, gather across ranks, score all pairs, compute metrics.
+    """Encode every video and caption once, gather them to rank 0, score all pairs, compute metrics.
 
-    Videos are deduplicated by ``video_index`` (a padding sampler may repeat some) and ordered by it;
-    captions likewise by ``caption_index``; a caption's ground truth is its ``video_index``.
-    Returns the ``etva.metrics.retrieval_metrics`` keys (t2v_R1 ... v2t_MnR) plus ``num_videos`` and
-    ``num_queries``; every rank returns rank 0's numbers.
+    Encoding runs under autocast for ``bf16``/``fp16``; embeddings are cast to float32, so scores and
+    metrics are computed in fp32. Videos are deduplicated by ``video_index`` (a padding sampler may
+    repeat some) and ordered by it; captions likewise by ``caption_index``; a caption's ground truth is
+    its ``video_index``. Returns the ``etva.metrics.retrieval_metrics`` keys (t2v_R1 ... v2t_MnR) plus
+    ``num_videos`` and ``num_queries``; every rank returns rank 0's numbers.
     """
     core = _unwrap(model)
     was_training = core.training
     core.eval()
-    (vids, vcols), (caps, ccols) = _encode_streams(core, video_batches, caption_batches, device)
-    if was_training:
-        core.train()
-    video, (vid_idx,) = _gather_stream(vids, VideoEmbedding, vcols, device)
-    text, (cap_idx, cap_vid) = _gather_stream(caps, TextEmbedding, ccols, device)
-    if get_rank() != 0:
-        return gather_objects(None)[0]
-    with torch.no_grad():
-        metrics = _rank_zero_metrics(
-            core, video, vid_idx, text, cap_idx, cap_vid, ties, (query_chunk, video_chunk), score_key
-        )
-    if get_world_size() > 1:
-        gather_objects(metrics)
-    return metrics
+    try:
+        videos, captions = _encode_streams(core, video_batches, caption_batches, device, precision)
+    finally:
+        core.train(was_training)
+    return score_streams(
+        core, videos, captions, device,
+        query_chunk=query_chunk, video_chunk=video_chunk, ties=ties, score_key=score_key,
+    )  # fmt: skip
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:

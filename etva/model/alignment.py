@@ -41,6 +41,22 @@ class GatedEmbeddingUnit(nn.Module):
         return safe_l2_normalize(y * torch.sigmoid(self.gate(y)), dim=-1)
 
 
+def _pattern_weights(logits: Tensor, available: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax of the text logits over each availability pattern, masked in logit space.
+
+    Args: logits (Bt, E), available (Bv, E) bool.
+    Returns: ``(w (Bt, P, E), pattern_of (Bv,))`` for the P distinct patterns of the videos. Unavailable
+    experts get ``-inf`` before the softmax (exactly 0 weight, no underflow of the others whatever the
+    logit gap); a pattern with no available expert gets all-zero weights (and finite gradients).
+    """
+    patterns, pattern_of = torch.unique(available.bool(), dim=0, return_inverse=True)  # (P, E), (Bv,)
+    any_avail = patterns.any(-1)  # (P,)
+    keep = patterns | ~any_avail[:, None]  # all-unavailable rows keep finite logits, zeroed below
+    masked = logits[:, None, :].masked_fill(~keep[None], float("-inf"))  # (Bt, P, E)
+    w = torch.softmax(masked, dim=-1) * any_avail[None, :, None].to(logits.dtype)
+    return w, pattern_of
+
+
 def mixture_weights(logits: Tensor, available: Tensor) -> Tensor:
     """Per-pair weights: softmax of text logits over the video's available experts.
 
@@ -48,9 +64,8 @@ def mixture_weights(logits: Tensor, available: Tensor) -> Tensor:
     (0 everywhere for a video with no available expert). For inspection/tests; the score itself
     is computed without this 3-D tensor.
     """
-    w = (logits - logits.amax(-1, keepdim=True)).exp()  # (Bt, E)
-    pair = w[:, None, :] * available[None].to(w.dtype)  # (Bt, Bv, E)
-    return pair / pair.sum(-1, keepdim=True).clamp_min(1e-12)
+    w, pattern_of = _pattern_weights(logits, available)
+    return w[:, pattern_of]  # (Bt, Bv, E)
 
 
 class GlobalAlignment(nn.Module):
@@ -81,13 +96,12 @@ class GlobalAlignment(nn.Module):
     def similarity(text: Tensor, logits: Tensor, video: Tensor, available: Tensor) -> Tensor:
         """text (Bt, E, d), logits (Bt, E), video (Bv, E, d), available (Bv, E) -> (Bt, Bv).
 
-        One (Bt, Bv) matmul per expert; never materialises (Bt, Bv, E, d).
+        One (Bt, Bv) matmul per expert; never materialises (Bt, Bv, E, d). The mixture is masked in
+        logit space per availability pattern (same values as ``etva.retrieval.FusedScorer``).
         """
-        w = (logits - logits.amax(-1, keepdim=True)).exp()  # (Bt, E)
-        av = available.to(w.dtype)  # (Bv, E)
-        denom = (w @ av.t()).clamp_min(1e-12)  # (Bt, Bv)
-        num = torch.zeros_like(denom)
+        w, pattern_of = _pattern_weights(logits, available)  # (Bt, P, E), (Bv,)
+        out = text.new_zeros((text.shape[0], video.shape[0]))
         for e in range(text.shape[1]):
             cos = text[:, e] @ video[:, e].t()  # (Bt, Bv), unit vectors
-            num = num + w[:, e : e + 1] * av[:, e][None] * cos
-        return num / denom
+            out = out + w[:, pattern_of, e] * cos
+        return out

@@ -148,6 +148,7 @@ CHOICES = [
     ("loss.kind", "triplet", "infonce, margin"),
     ("tune.search", "bayes", "random, grid, optuna"),
     ("tune.scheduler", "pbt", "asha, fifo"),
+    ("train.precision", "fp8", "fp32, bf16, fp16"),
 ]
 
 

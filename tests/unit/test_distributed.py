@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from etva.distributed import (
     gather_objects,
+    gather_to_rank0,
     gather_variable,
     get_rank,
     get_world_size,
@@ -90,6 +91,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             "objects": gather_objects({"rank": rank, "name": f"w{rank}"}),
             # rank 0 sends 0 rows: padding and empty slices
             "variable": gather_variable(torch.full((rank * 2, 3), float(rank + 1))),
+            # rank 0 only: uneven sizes (padding), bool travels as uint8
+            "to_rank0": gather_to_rank0(torch.arange(3 * (rank + 1), dtype=torch.float32).view(-1, 3) + rank),
+            "to_rank0_bool": gather_to_rank0(torch.tensor([rank == 0, True, rank == 1])[: rank + 2]),
         }
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
@@ -124,6 +128,10 @@ def test_gather_objects_and_variable(rank_results: list[dict]) -> None:
         assert (res["rank"], res["world"]) == (r, WORLD)
         assert res["objects"] == [{"rank": 0, "name": "w0"}, {"rank": 1, "name": "w1"}]
         torch.testing.assert_close(res["variable"], torch.full((2, 3), 2.0))
+    assert rank_results[1]["to_rank0"] is None and rank_results[1]["to_rank0_bool"] is None
+    expected = torch.tensor([[0.0, 1, 2], [1, 2, 3], [4, 5, 6]])
+    torch.testing.assert_close(rank_results[0]["to_rank0"], expected)
+    assert rank_results[0]["to_rank0_bool"].tolist() == [True, True, False, True, True]
 
 
 def test_single_process_is_identity() -> None:
@@ -131,3 +139,4 @@ def test_single_process_is_identity() -> None:
     x = torch.randn(3, 2, requires_grad=True)
     assert gather_variable(x) is x
     assert gather_objects("a") == ["a"]
+    assert gather_to_rank0(x) is x

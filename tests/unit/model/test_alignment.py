@@ -68,3 +68,28 @@ def test_global_similarity_matches_naive_and_priors_shift_weights():
 def test_prior_must_be_positive():
     with pytest.raises(ValueError, match="prior"):
         GlobalAlignment(["a"], [0.0], 4, 4)
+
+
+def test_large_logit_gap_with_top_expert_unavailable_matches_fused_scorer():
+    """Gap 200 (exp underflows in fp32): masking in logit space keeps the other experts' weights."""
+    from etva.retrieval import FusedScorer
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.nn.functional.normalize(torch.randn(2, 3, 4, generator=g), dim=-1)
+    v = torch.nn.functional.normalize(torch.randn(3, 3, 4, generator=g), dim=-1)
+    logits = torch.tensor([[200.0, 0.0, 1.0], [0.0, 0.5, 200.0]], requires_grad=True)
+    avail = torch.tensor([[False, True, True], [True, True, False], [False, False, False]])
+    sim = GlobalAlignment.similarity(t, logits, v, avail)
+    fused = FusedScorer(t, logits.detach(), v, avail, None, None, normalized=True)(slice(0, 2), slice(0, 3))
+    torch.testing.assert_close(sim.detach(), fused)
+    torch.testing.assert_close(sim.detach(), _naive_global(t, logits.detach(), v, avail))
+    # the pairs whose top expert is missing are not 0 (the old exp(logit - max) path underflowed to 0)
+    e1, e2 = torch.softmax(torch.tensor([0.0, 1.0]), 0)
+    assert sim[0, 0].item() == pytest.approx(
+        (e1 * t[0, 1] @ v[0, 1] + e2 * t[0, 2] @ v[0, 2]).item(), abs=1e-6
+    )
+    assert sim[0, 0].abs().item() > 1e-3
+    assert sim[:, 2].abs().max().item() == 0.0  # a video with no available expert scores 0
+    sim.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    torch.testing.assert_close(mixture_weights(logits.detach(), avail)[0, 0], torch.stack([0 * e1, e1, e2]))

@@ -1,0 +1,191 @@
+"""Rank-0 scoring of an encoded evaluation split: gather, dedupe, score all pairs, chunked metrics.
+
+Every rank encodes its shard (:func:`etva.engine.evaluate`) into an :class:`EncodedStream` of float32
+embedding chunks; :func:`score_streams` concatenates them (releasing each chunk as it is copied),
+gathers them to rank 0 only (:func:`etva.distributed.gather_to_rank0`: the other ranks never hold the
+whole split), and rank 0 scores all pairs in blocks (``etva.retrieval.score_all`` +
+``FusedScorer``) into one float32 ``(Q, V)`` matrix and ranks it with the chunked metrics. Rank 0's
+memory: the split's embeddings + the score matrix + one block's temporaries.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from etva.distributed import gather_objects, gather_to_rank0, get_rank, get_world_size
+from etva.model.etva import ETVA
+from etva.retrieval import FusedScorer, chunked_retrieval_metrics, score_all
+
+__all__ = ["EncodedStream", "score_streams"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedStream:
+    """One rank's encoded chunks of a split: ``parts`` (Text/VideoEmbedding, float32) and the index
+    columns of every chunk (``cols[c][i]``: int64 CPU tensor of column ``c`` for chunk ``i``)."""
+
+    parts: list = field(default_factory=list)
+    cols: list[list[Tensor]] = field(default_factory=list)
+
+
+_TRIM_EVERY = 256 * 2**20  # bytes of freed CPU chunks between two heap trims
+
+
+def _trim_heap() -> None:
+    """Hand freed CPU heap pages back to the OS (glibc ``malloc_trim``); a no-op elsewhere.
+
+    Encoded chunks are small allocations that glibc keeps in its heap after they are freed, so without
+    this the resident set would hold the chunks AND their concatenation (twice the split's size).
+    """
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc: Any = None
+
+
+def _cat_consuming(parts: list):
+    """Concatenate embedding chunks, releasing each chunk once copied (peak: result + one trim period)."""
+    if len(parts) == 1:
+        return parts.pop()
+    total = sum(len(p) for p in parts)
+    out = parts[0].map(lambda t: t.new_empty((total, *t.shape[1:])))
+    names = [f.name for f in dataclasses.fields(out) if getattr(out, f.name) is not None]
+    on_cpu = all(getattr(out, n).device.type == "cpu" for n in names)
+    offset = freed = 0
+    for i in range(len(parts)):
+        chunk, parts[i] = parts[i], None
+        for name in names:
+            src = getattr(chunk, name)
+            getattr(out, name)[offset : offset + len(chunk)] = src
+            freed += src.numel() * src.element_size()
+        offset += len(chunk)
+        del chunk, src
+        if on_cpu and freed >= _TRIM_EVERY:
+            _trim_heap()
+            freed = 0
+    parts.clear()
+    if on_cpu:
+        _trim_heap()
+    return out
+
+
+def _gather_stream(stream: EncodedStream, device, what: str) -> tuple[Any, list[Tensor]]:
+    """This rank's chunks, concatenated and gathered to rank 0 (with their index columns).
+
+    Returns ``(embedding, [index tensors])`` on rank 0 and ``(None, [])`` on the others. Every rank
+    raises when no rank encoded anything.
+    """
+    local = _cat_consuming(stream.parts) if stream.parts else None
+    idx = [torch.cat(col) if col else torch.zeros(0, dtype=torch.int64) for col in stream.cols]
+    world = get_world_size()
+    # a rank with nothing to encode still joins the collectives with empty tensors of the right shape
+    # (an empty copy, not a view: pickling a view of 0 rows would send its whole storage)
+    spec = None if local is None else local.map(lambda t: torch.empty((0, *t.shape[1:]), dtype=t.dtype))
+    templates = [s for s in gather_objects(spec) if s is not None] if world > 1 else [spec]
+    if templates[0] is None:
+        raise ValueError(f"evaluate: nothing to score (no {what} was encoded on any rank)")
+    if world == 1:
+        return local, idx
+    if local is None:
+        local = templates[0].to(device)
+    gathered = local.map(gather_to_rank0)  # fields are None on ranks other than 0
+    del local
+    cols = [gather_to_rank0(i.to(device)) for i in idx]
+    return (gathered, [c.cpu() for c in cols]) if get_rank() == 0 else (None, [])
+
+
+def _device_of(emb) -> torch.device:
+    return next(t for t in vars(emb).values() if t is not None).device
+
+
+def _first_per_index(idx: Tensor) -> Tensor:
+    """Positions keeping the first occurrence of every index value, ordered by that value."""
+    order = torch.argsort(idx, stable=True)
+    keep = torch.ones_like(order, dtype=torch.bool)
+    keep[1:] = idx[order][1:] != idx[order][:-1]
+    return order[keep]
+
+
+def _select(emb, cols: list[Tensor], sel: Tensor):
+    """Rows ``sel`` of an embedding and its index columns; no copy when ``sel`` keeps every row in order."""
+    if len(sel) == len(cols[0]) and torch.equal(sel, torch.arange(len(sel))):
+        return emb, cols
+    return emb[sel.to(_device_of(emb))], [c[sel] for c in cols]
+
+
+def _score(core: ETVA, text, video, query_chunk, video_chunk, score_key) -> np.ndarray:
+    """All-pairs scores in blocks: ``fused`` through one GEMM per block (FusedScorer, same values
+    as ``core.similarity(...)["fused"]``), any other key through ``core.similarity``."""
+    if score_key == "fused":
+        score_fn = FusedScorer.from_embeddings(text, video, alpha=core.alpha, normalized=True)
+    else:
+
+        def score_fn(qs: slice, vs: slice) -> Tensor:
+            return core.similarity(text[qs], video[vs])[score_key]
+
+    return score_all(score_fn, len(text), len(video), query_chunk, video_chunk)
+
+
+def score_streams(
+    core: ETVA,
+    videos: EncodedStream,
+    captions: EncodedStream,
+    device: torch.device | str,
+    *,
+    query_chunk: int = 2048,
+    video_chunk: int | None = None,
+    ties: str = "average",
+    score_key: str = "fused",
+    timings: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Gather every rank's encoded videos (cols: video_index) and captions (cols: caption_index,
+    video_index) to rank 0, dedupe and order them by index, score all pairs in fp32 blocks and compute
+    the metrics with the chunked path. Consumes the streams' chunks. Every rank returns rank 0's numbers.
+    ``timings`` (if given) receives rank 0's seconds per phase: ``gather_s``, ``score_s``, ``metrics_s``.
+    """
+    t0 = time.perf_counter()
+    video, vcols = _gather_stream(videos, device, "video")
+    text, ccols = _gather_stream(captions, device, "caption")
+    if get_rank() != 0:
+        return gather_objects(None)[0]
+    video, (vid_idx,) = _select(video, vcols, _first_per_index(vcols[0]))
+    text, (_, cap_vid) = _select(text, ccols, _first_per_index(ccols[0]))
+    column = {int(v): j for j, v in enumerate(vid_idx.tolist())}
+    has_video = torch.tensor([int(v) in column for v in cap_vid.tolist()], dtype=torch.bool)
+    if not bool(has_video.all()):
+        log.warning(
+            "evaluate: %d captions whose video was not encoded (skipped clip) are dropped",
+            int((~has_video).sum()),
+        )
+        text, (cap_vid,) = _select(text, [cap_vid], has_video.nonzero(as_tuple=True)[0])
+    q2v = np.array([column[int(v)] for v in cap_vid.tolist()], dtype=np.int64)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        sim = _score(core, text, video, query_chunk, video_chunk, score_key)  # (Q, V) float32
+        t2 = time.perf_counter()
+        metrics = chunked_retrieval_metrics(sim, q2v, ties=ties, query_chunk=query_chunk)
+    if timings is not None:
+        timings.update(gather_s=t1 - t0, score_s=t2 - t1, metrics_s=time.perf_counter() - t2)
+    metrics.update(num_videos=float(len(video)), num_queries=float(len(text)))
+    if get_world_size() > 1:
+        gather_objects(metrics)
+    return metrics
