@@ -76,41 +76,32 @@ class TrainRecipe:
         self.mlflow = EpochLogger(inputs.mlflow_uri, inputs.mlflow_run_id) if self.rank == 0 else None
 
     def setup(self) -> None:
-        """Build model, loss, optimizer and schedule on the device; resume from the last checkpoint."""
+        """Build model, loss, optimizer, schedule (and fp16 scaler) on the device; resume from the last
+        checkpoint (``etva.training.build_training`` loads optimizer state after the move to the device)."""
         import ray.train
         import ray.train.torch
 
-        from etva.engine import build_optimizer, build_scheduler
-        from etva.losses import build_loss
-        from etva.model import build_model
+        from etva.training import build_training
 
         cfg = self.cfg
-        torch.manual_seed(cfg.train.seed)
         torch.set_num_threads(max(1, self.inputs.torch_threads))
-        self.device = ray.train.torch.get_device()
+        device = ray.train.torch.get_device()
         steps_per_epoch = max(1, self.inputs.num_train_videos // (cfg.train.batch_size * self.world))
-        self.model = build_model(cfg.model, vocab_size=self.inputs.vocab_size)
-        self.loss_fn = build_loss(cfg.loss)
-        self.optimizer = build_optimizer(torch.nn.ModuleList([self.model, self.loss_fn]), cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, steps_per_epoch * cfg.train.epochs)
-        # on the device first: Optimizer.load_state_dict casts its state to each parameter's device
-        self.model.to(self.device)
-        self.loss_fn.to(self.device)
+        state = None
         ckpt = ray.train.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
-                self._resume(load_checkpoint(d))
+                state = load_checkpoint(d)
+        ts = build_training(cfg, self.inputs.vocab_size, steps_per_epoch * cfg.train.epochs, device, state)
+        self.ts, self.device, self.model = ts, device, ts.model
+        if state is not None:
+            self._resumed(ts)
         self.ddp_model = ray.train.torch.prepare_model(self.model) if self.world > 1 else self.model
         self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = ray.train.get_dataset_shard(eval_shard_name("val", self.rank))
 
-    def _resume(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"]["model"])
-        self.loss_fn.load_state_dict(state["model"]["loss"])
-        self.optimizer.load_state_dict(state["optimizer"]["optimizer"])
-        self.scheduler.load_state_dict(state["optimizer"]["scheduler"])
-        self.start_epoch = int(state["meta"]["epoch"]) + 1
-        self.history = state["meta"].get("history", {})
+    def _resumed(self, ts) -> None:
+        self.start_epoch, self.history = ts.start_epoch, ts.history
         logger.info("rank %d resumed from checkpoint at epoch %d", self.rank, self.start_epoch - 1)
         if self.mlflow is not None:  # a visible record of every resume: worker failure or resubmission
             self.mlflow.backfill(self.history)
@@ -123,27 +114,28 @@ class TrainRecipe:
 
         tracker = SkipTracker()
         batches = train_batches(self.train_shard, self.cfg, epoch, self.rank, self.world, tracker)
+        ts = self.ts
         stats = train_epoch(
-            self.ddp_model, self.loss_fn, self.optimizer, self.scheduler, batches, self.device,
+            self.ddp_model, ts.loss_fn, ts.optimizer, ts.scheduler, batches, self.device,
             epoch=epoch, log_every=self.cfg.train.log_every, grad_clip=self.cfg.optim.grad_clip,
-            report=self._step_report(epoch),
+            report=self._step_report(), precision=ts.precision, scaler=ts.scaler,
         )  # fmt: skip
         skipped, seen, truncated = gather_skips(tracker, self.world)
         check_skips("train", skipped, seen, self.inputs.train_video_ids, self.cfg.data.max_skip_fraction)
         self.truncated = truncated
         return stats, skipped
 
-    def _step_report(self, epoch: int):
+    def _step_report(self):
         """Rank 0: running loss, lr, temperature and data-stall share to MLflow every ``log_every`` steps
         (``step/...`` keys, x = global step), so the UI shows curves within an epoch."""
         if self.mlflow is None or self.mlflow.client is None:
             return None
-        steps_per_epoch = max(1, self.inputs.num_train_videos // (self.cfg.train.batch_size * self.world))
 
         def report(running: dict) -> None:
-            step = epoch * steps_per_epoch + int(running["step"])
             keys = ("loss", "lr", "temperature", "data_stall_share")
-            self.mlflow.log({f"step/{k}": running[k] for k in keys if k in running}, step=step)
+            self.mlflow.log(
+                {f"step/{k}": running[k] for k in keys if k in running}, step=int(running["step"])
+            )
 
         return report
 
@@ -158,6 +150,7 @@ class TrainRecipe:
             eval_video_batches(self.val_shard, batch_size, tracker),
             eval_caption_batches(self.inputs.val_captions, self.rank, self.world, batch_size),
             self.device,
+            precision=self.cfg.train.precision,
         )
         skipped, seen, _ = gather_skips(tracker, self.world)
         check_skips("val", skipped, seen, self.inputs.val_video_ids, self.cfg.data.max_skip_fraction)
@@ -205,7 +198,7 @@ class TrainRecipe:
     def _save(self, out: Path, epoch: int, metrics: dict, skipped_names: dict) -> Path:
         return save_checkpoint(
             out,
-            {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict()},
+            self.ts.model_state(),
             {
                 "epoch": epoch,
                 "metrics": metrics,
@@ -213,10 +206,7 @@ class TrainRecipe:
                 "skipped_clips": skipped_names,
                 "vocab_size": self.inputs.vocab_size,
             },
-            optimizer_state={
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-            },
+            optimizer_state=self.ts.optimizer_state(),
             config_yaml=self.inputs.config_yaml,
             tokenizer_files=self.inputs.tokenizer_files,
         )
@@ -275,6 +265,7 @@ def eval_loop_per_worker(config: dict) -> dict:
         eval_video_batches(ray.train.get_dataset_shard(eval_shard_name("eval", rank)), batch_size, tracker),
         eval_caption_batches(config["captions"], rank, world, batch_size),
         device,
+        precision=cfg.train.precision,
     )
     skipped, seen, _ = gather_skips(tracker, world)
     check_skips("eval", skipped, seen, config["video_ids"], cfg.data.max_skip_fraction)
