@@ -9,7 +9,7 @@ Measured side by side in one run:
   peak     a large float32 torch.matmul (this machine's dense GEMM FLOP/s), before and after;
   fused    ``etva.retrieval.FusedScorer`` through ``score_all`` (one GEMM per pattern and block);
   model    the model's own similarity functions (per-expert matmuls + elementwise mixing), same chunks;
-  metrics  ``chunked_retrieval_metrics`` and the full-matrix ``retrieval_metrics`` on the scores.
+  metrics  ``retrieval_metrics(query_chunk=...)`` and the full-matrix ``retrieval_metrics`` on the scores.
 FLOPs counted: 2 * Q * V * (E + K) * d (the multiply-adds of all cosines and cluster products).
 Peak memory: the process's high-water RSS (VmHWM), reset before each stage where Linux allows.
 
@@ -17,7 +17,7 @@ Peak memory: the process's high-water RSS (VmHWM), reset before each stage where
 ``etva.engine.evaluate`` runs after encoding): every rank holds its share of the split as float32
 ``TextEmbedding``/``VideoEmbedding`` chunks of ``--eval-batch`` rows (as the encoders return them), the
 chunks are concatenated, gathered to rank 0 (``--world 2``: real gloo processes), deduplicated and
-scored with ``FusedScorer`` + ``score_all`` + ``chunked_retrieval_metrics``. Reported per rank: peak
+scored with ``FusedScorer`` + ``score_all`` + ``retrieval_metrics(query_chunk=...)``. Reported per rank: peak
 RSS (the embeddings included) and wall time; rank 0: GFLOP/s of the whole call vs a float32 GEMM
 measured in the same process just before and after.
 
@@ -39,7 +39,7 @@ import torch
 
 from etva.config import ModelConfig
 from etva.metrics import retrieval_metrics
-from etva.retrieval import FusedScorer, chunked_retrieval_metrics, score_all
+from etva.retrieval import FusedScorer, score_all
 
 GIB = 2**30
 
@@ -160,7 +160,7 @@ def main() -> None:
     can_reset = reset_peak_rss()
     scorer = FusedScorer(**emb, alpha=args.alpha, normalized=True)
     sim = score_all(scorer, q, v, query_chunk=args.query_chunk)
-    metrics, t_chunked = timed(lambda: chunked_retrieval_metrics(sim, qv))
+    metrics, t_chunked = timed(lambda: retrieval_metrics(sim, qv, query_chunk=4096))
     rss_eval = peak_rss_gib()
     model_fn = None if args.skip_model else model_score_fn(emb, args.alpha)
     ref = np.empty_like(sim) if model_fn is not None else None
@@ -202,7 +202,7 @@ def report(args, flops, times, t_chunked, t_naive, max_diff) -> None:
             ratio = (flops / t) / (gemm / peak_t)
             runs = " ".join(f"{x:.2f}" for x in times[name])
             print(f"{label:44s} {t:8.2f} {flops / t / 1e9:9.1f} {ratio:8.1%}  {runs}")
-    print(f"{'chunked_retrieval_metrics':44s} {t_chunked:8.2f}")
+    print(f"{'retrieval_metrics chunked':44s} {t_chunked:8.2f}")
     print(f"{'retrieval_metrics (full-matrix reference)':44s} {t_naive:8.2f}")
     if times["model"]:
         speed = min(times["model"]) / min(times["fused"])

@@ -5,7 +5,7 @@ matrix itself (MSRVTT Full: 59,800 x 2,990 x 4 B = 715 MB). Everything else is b
 
 - :func:`score_all` fills a preallocated ``(Q, V)`` float32 array by calling a pairwise scorer on
   ``(query_chunk x video_chunk)`` blocks under ``torch.no_grad``;
-- :func:`chunked_retrieval_metrics` streams over query-row chunks through the one rank counter,
+- :func:`etva.metrics.retrieval_metrics` with ``query_chunk`` streams over query-row chunks through the one rank counter,
   :func:`etva.metrics.count_ranks` (text->video counts per row, video->text counts per column
   accumulated over the chunks), so the numbers are identical to the full-matrix path;
 - :class:`FusedScorer` scores ETVA's ``alpha * s_global + (1 - alpha) * s_local`` for a block as ONE
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from etva.metrics import retrieval_metrics
 
-__all__ = ["score_all", "chunked_retrieval_metrics", "evaluate_scorer", "FusedScorer"]
+__all__ = ["score_all", "evaluate_scorer", "FusedScorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,22 +74,6 @@ def score_all(
     return out
 
 
-def chunked_retrieval_metrics(
-    sim: Any,
-    query_to_video: Any = None,
-    ks: Sequence[int] = (1, 5, 10),
-    ties: str = "average",
-    missing: str = "exclude",
-    query_chunk: int = 4096,
-) -> dict[str, float]:
-    """:func:`etva.metrics.retrieval_metrics` streaming over ``query_chunk`` rows at a time.
-
-    Temporaries are ``(query_chunk, num_videos)``; no full-size boolean/int matrix is built.
-    ``sim`` may be a numpy array (e.g. from :func:`score_all`, or a memmap) or a torch tensor.
-    """
-    return retrieval_metrics(sim, query_to_video, ks, ties, missing, query_chunk=query_chunk)
-
-
 def evaluate_scorer(
     score_fn: ScoreFn,
     query_to_video: Any,
@@ -99,10 +83,10 @@ def evaluate_scorer(
     query_chunk: int = 2048,
     video_chunk: int | None = None,
 ) -> dict[str, float]:
-    """Score all pairs with :func:`score_all`, then :func:`chunked_retrieval_metrics`."""
+    """Score all pairs with :func:`score_all`, then chunked :func:`etva.metrics.retrieval_metrics`."""
     num_q = len(query_to_video)
     sim = score_all(score_fn, num_q, num_videos, query_chunk, video_chunk)
-    return chunked_retrieval_metrics(sim, query_to_video, ks, ties, query_chunk=query_chunk)
+    return retrieval_metrics(sim, query_to_video, ks, ties, query_chunk=query_chunk)
 
 
 class FusedScorer:

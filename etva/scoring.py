@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from etva.distributed import gather_objects, gather_to_rank0, get_rank, get_world_size
+from etva.metrics import retrieval_metrics
 from etva.model.etva import ETVA
-from etva.retrieval import FusedScorer, chunked_retrieval_metrics, score_all
+from etva.retrieval import FusedScorer, score_all
 
 __all__ = ["EncodedStream", "score_streams"]
 
@@ -182,7 +183,7 @@ def score_streams(
     with torch.no_grad():
         sim = _score(core, text, video, query_chunk, video_chunk, score_key)  # (Q, V) float32
         t2 = time.perf_counter()
-        metrics = chunked_retrieval_metrics(sim, q2v, ties=ties, query_chunk=query_chunk)
+        metrics = retrieval_metrics(sim, q2v, ties=ties, query_chunk=query_chunk)
     if timings is not None:
         timings.update(gather_s=t1 - t0, score_s=t2 - t1, metrics_s=time.perf_counter() - t2)
     metrics.update(num_videos=float(len(video)), num_queries=float(len(text)))

@@ -41,6 +41,7 @@ MLFLOW_HINT = (
     "start one with: bash cluster/start_local.sh && source runs/local/env.sh, or unset MLFLOW_TRACKING_URI"
 )
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+DEFAULT_CONFIG = "ray_jobs/configs/shapes.yaml"  # relative to --working-dir (the job runs it from there)
 
 
 @dataclass(frozen=True)
@@ -88,19 +89,24 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="config overrides a.b=c, e.g. train.epochs=4 data.root=/abs")
 
 
+def _job_parser(
+    subparsers: argparse._SubParsersAction, job: str, config_help: str
+) -> argparse.ArgumentParser:
+    spec = JOBS[job]
+    p = subparsers.add_parser(job, help=spec.help, description=spec.description)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
+    return p
+
+
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
-    spec = JOBS["train"]
-    p = subparsers.add_parser("train", help=spec.help, description=spec.description)
-    p.add_argument("--config", default="ray_jobs/configs/shapes.yaml", help="YAML config (default: shapes)")
+    p = _job_parser(subparsers, "train", "YAML config (default: shapes)")
     p.add_argument("--run-name", default="", help="stable run name; re-using it resumes the run")
     _add_common(p)
     p.set_defaults(handler=run, job="train")
 
 
 def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:
-    spec = JOBS["tune"]
-    p = subparsers.add_parser("tune", help=spec.help, description=spec.description)
-    p.add_argument("--config", default="ray_jobs/configs/shapes.yaml", help="base YAML config")
+    p = _job_parser(subparsers, "tune", "base YAML config (default: shapes)")
     p.add_argument(
         "--space", default="", help="search space YAML (default: tune.space or tuning/spaces/default.yaml)"
     )

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from etva.metrics import retrieval_metrics
-from etva.retrieval import FusedScorer, chunked_retrieval_metrics, evaluate_scorer, score_all
+from etva.retrieval import FusedScorer, evaluate_scorer, score_all
 
 torch.set_num_threads(1)
 
@@ -27,25 +27,25 @@ def _tied_case(seed: int, num_v: int = 9, max_caps: int = 4, levels: int = 4):
 def test_chunked_identical_to_full(seed: int, chunk: int, ties: str) -> None:
     sim, qv = _tied_case(seed)
     full = retrieval_metrics(sim, qv, ks=(1, 3, 5, 10), ties=ties)
-    chunked = chunked_retrieval_metrics(sim, qv, ks=(1, 3, 5, 10), ties=ties, query_chunk=chunk)
+    chunked = retrieval_metrics(sim, qv, ks=(1, 3, 5, 10), ties=ties, query_chunk=chunk)
     assert chunked == full  # exact equality: same integer counts, same tie math
 
 
 def test_chunked_square_torch_and_missing_video() -> None:
     rng = np.random.default_rng(5)
     sim = rng.standard_normal((11, 11)).astype(np.float32)
-    assert chunked_retrieval_metrics(torch.from_numpy(sim), query_chunk=3) == retrieval_metrics(sim)
+    assert retrieval_metrics(torch.from_numpy(sim), query_chunk=3) == retrieval_metrics(sim)
     qv = np.array([0, 0, 1, 1, 3, 3, 3, 0, 1, 3, 3])  # videos 2, 4.. have no caption
-    assert chunked_retrieval_metrics(sim, qv, query_chunk=4) == retrieval_metrics(sim, qv)
+    assert retrieval_metrics(sim, qv, query_chunk=4) == retrieval_metrics(sim, qv)
     with pytest.raises(ValueError, match="no caption"):
-        chunked_retrieval_metrics(sim, qv, missing="error")
+        retrieval_metrics(sim, qv, missing="error", query_chunk=2)
 
 
 def test_chunked_reports_nan_position() -> None:
     sim = np.zeros((6, 6), dtype=np.float32)
     sim[4, 2] = np.nan
     with pytest.raises(ValueError, match="query 4, video 2"):
-        chunked_retrieval_metrics(sim, query_chunk=3)
+        retrieval_metrics(sim, query_chunk=3)
 
 
 def test_score_all_fills_blocks_without_grad() -> None:
