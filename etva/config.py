@@ -32,6 +32,7 @@ __all__ = [
     "RayConfig",
     "MlflowConfig",
     "TuneConfig",
+    "ExtractConfig",
     "Config",
     "load_config",
     "config_from_dict",
@@ -79,6 +80,8 @@ class DataConfig:
     decode_threads: int = 1
     features_dir: str = ""  # pre-extracted expert features (dataset=features or extra experts)
     max_feature_tokens: int = 32  # N: pre-extracted features sampled/padded to N tokens per expert
+    feature_store: str = ""  # Parquet feature store written by ray_jobs.extract (docs/features.md)
+    decode_clips: bool = True  # false = open no video file (every enabled expert is a features expert)
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -97,11 +100,17 @@ class TextConfig:
 
 @dataclass
 class ExpertConfig:
-    kind: str = "appearance"  # appearance | motion | audio | features
+    kind: str = "appearance"  # appearance | motion | audio | features | pretrained
     enabled: bool = True
     dim: int = 0  # input feature dim (features experts); 0 = the built-in encoder's own width
     width: int = 64  # internal channel width of built-in encoders
     prior: float = 1.0  # prior mixture weight (multiplies the text-predicted weight)
+    # frozen pretrained encoder: run inline (kind=pretrained) or offline by ray_jobs.extract
+    encoder: str = ""  # "" | clip | videomae | ast
+    pretrained_path: str = ""  # local folder with config.json + weights (never downloaded)
+    layer: int = -1  # hidden layer to pool (-1 = the last)
+    pooling: str = ""  # "" = the encoder's default; clip: proj | cls | mean; videomae: time | mean;
+    # ast: cls | mean | time
 
 
 def _default_experts() -> dict[str, ExpertConfig]:
@@ -196,6 +205,32 @@ class TuneConfig:
     max_concurrent_trials: int = 0  # 0 = derived from the cluster's resources
 
 
+def _default_splits() -> list[str]:
+    return ["train", "test"]
+
+
+@dataclass
+class ExtractConfig:
+    """ray_jobs.extract: frozen pretrained encoders -> a Parquet feature store (docs/features.md)."""
+
+    experts: list[str] = field(default_factory=list)  # model.experts names; empty = all with an encoder
+    output_dir: str = ""  # store root; one store per expert: <output_dir>/<expert>-<key>/
+    splits: list[str] = field(default_factory=_default_splits)
+    num_frames: int = 16  # decoded frames per clip (encoders resample to their own frame count)
+    frame_size: int = 224  # square crop, pixels
+    audio_rate: int = 16000
+    max_audio_s: float = 10.0
+    batch_size: int = 8  # clips per encoder call
+    shard_size: int = 64  # clips per Parquet shard
+    num_actors: int = 1  # encoder actors per expert (one loaded encoder each)
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 1.0  # when the cluster has GPUs (fractional allowed); CPU actors otherwise
+    decode_cpus: float = 1.0  # per decode task
+    decode_concurrency: int = 1
+    dtype: str = "float32"  # stored feature dtype: float32 | float16
+    torch_threads: int = 1  # intra-op threads per CPU actor
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -206,6 +241,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
 
 
 # --------------------------------------------------------------------------------------------------
