@@ -70,7 +70,7 @@ def train_batches(shard, cfg, epoch: int, rank: int, world: int, tracker: SkipTr
         if len(batch["video_index"]) < 2:
             continue
         ids, cap_index = sample_captions(batch, rng)
-        out = {k: batch[k] for k in VIDEO_KEYS}
+        out = {k: batch[k] for k in VIDEO_KEYS if k in batch}  # features-only: no frames/audio
         out.update(
             {
                 "input_ids": ids,
@@ -99,7 +99,11 @@ def eval_video_batches(shard, cfg, tracker: SkipTracker):
     ):
         batch = tracker.filter(raw)
         if len(batch["video_index"]):
-            keys = [*VIDEO_KEYS, "video_index", *(k for k in batch if k.startswith("feat"))]
+            keys = [
+                *(k for k in VIDEO_KEYS if k in batch),
+                "video_index",
+                *(k for k in batch if k.startswith("feat")),
+            ]
             yield {k: batch[k] for k in keys}
 
 
