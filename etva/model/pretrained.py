@@ -36,6 +36,7 @@ __all__ = [
     "POOLINGS",
     "FrozenEncoder",
     "load_encoder",
+    "encoder_dim",
     "weight_hashes",
     "PretrainedExpert",
 ]
@@ -150,6 +151,9 @@ class ClipFrameEncoder(FrozenEncoder):
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 
+    def out_tokens(self, num_frames: int) -> int:
+        return num_frames
+
     @torch.no_grad()
     def forward(self, frames: Tensor) -> Tensor:
         b, t = frames.shape[:2]
@@ -183,6 +187,9 @@ class VideoMAEEncoder(FrozenEncoder):
         mean, std = _image_stats(folder, _IMAGENET_STATS)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
+
+    def out_tokens(self, num_frames: int) -> int:
+        return self.frames // self.tubelet if self.pooling == "time" else 1
 
     @torch.no_grad()
     def forward(self, frames: Tensor) -> Tensor:
@@ -229,6 +236,9 @@ class ASTEncoder(FrozenEncoder):
         feats = self.extractor(waveform.astype(np.float32), sampling_rate=rate, return_tensors="np")
         return feats["input_values"][0].astype(np.float32)
 
+    def out_tokens(self, num_frames: int) -> int:
+        return self.t_out if self.pooling == "time" else 1
+
     @torch.no_grad()
     def forward(self, fbank: Tensor) -> Tensor:
         if fbank.dim() != 3 or fbank.shape[2] != self.mel_bins:
@@ -267,6 +277,23 @@ def load_encoder(kind: str, path: str, layer: int = -1, pooling: str = "", where
     enc = _ENCODERS[kind](folder, layer, pooling)
     log.info("loaded frozen %s encoder from %s (dim %d, pooling %s)", kind, folder, enc.dim, pooling)
     return enc
+
+
+def encoder_dim(kind: str, path: str, pooling: str = "", where: str = "encoder") -> tuple[int, str, str]:
+    """``(dim, pooling, model_type)`` of an encoder from its config alone (no weights loaded)."""
+    from transformers import ASTConfig, CLIPVisionConfig, VideoMAEConfig
+
+    if kind not in _ENCODERS:
+        raise ValueError(f"{where}.encoder: unknown '{kind}', expected one of {list(ENCODER_KINDS)}")
+    pooling = pooling or POOLINGS[kind][0]
+    if pooling not in POOLINGS[kind]:
+        raise ValueError(f"{where}.pooling: '{pooling}' is not one of {POOLINGS[kind]} for {kind}")
+    folder = _check_folder(path, f"{where}.pretrained_path")
+    cls = {"clip": CLIPVisionConfig, "videomae": VideoMAEConfig, "ast": ASTConfig}[kind]
+    cfg = cls.from_pretrained(str(folder), local_files_only=True)
+    dim = cfg.projection_dim if (kind, pooling) == ("clip", "proj") else cfg.hidden_size
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
+    return int(dim), pooling, str(model_type)
 
 
 class PretrainedExpert(Expert):
