@@ -191,6 +191,13 @@ class StoreSink:
         self.writers = {j.name: FeatureStoreWriter(j.folder, j.identity, j.dim, dtype, j.name) for j in jobs}
         self.shards = self.written = self.failed = 0
         self.fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
+        self.marks: list[tuple[float, int]] = []  # (time, clips) per shard written, for throughput
+
+    def steady_rate(self) -> float | None:
+        """Clips/s between the first and the last shard (start-up excluded); None with < 2 shards."""
+        if len(self.marks) < 2 or self.marks[-1][0] <= self.marks[0][0]:
+            return None
+        return sum(n for _, n in self.marks[1:]) / (self.marks[-1][0] - self.marks[0][0])
 
     def todo(self, ids: Iterable[str]) -> list[str]:
         """The ids some expert still lacks."""
@@ -209,6 +216,7 @@ class StoreSink:
             self.written += len(w.done) - before
         self.failed += len(fails)
         self.shards += 1
+        self.marks.append((time.perf_counter(), len(ids)))
         if self.fail_after and self.shards >= self.fail_after:
             raise RuntimeError(f"{FAIL_AFTER_ENV}={self.fail_after}: stopping after {self.shards} shards")
 
@@ -255,7 +263,13 @@ def extract_local(cfg, rows: list[dict]) -> dict:
             sink.write(_concat(pending))
             pending = []
     seconds = time.perf_counter() - t0
-    return {"clips": len(rows), "seconds": seconds, "stores": sink.finish(), "failed": sink.failed}
+    return {
+        "clips": len(rows),
+        "seconds": seconds,
+        "steady_clips_per_s": sink.steady_rate(),
+        "stores": sink.finish(),
+        "failed": sink.failed,
+    }
 
 
 def _concat(batches: list[dict]) -> dict:
