@@ -193,11 +193,9 @@ class StoreSink:
         self.fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
         self.marks: list[tuple[float, int]] = []  # (time, clips) per shard written, for throughput
 
-    def steady_rate(self) -> float | None:
-        """Clips/s between the first and the last shard (start-up excluded); None with < 2 shards."""
-        if len(self.marks) < 2 or self.marks[-1][0] <= self.marks[0][0]:
-            return None
-        return sum(n for _, n in self.marks[1:]) / (self.marks[-1][0] - self.marks[0][0])
+    def first_shard_s(self, t0: float) -> float | None:
+        """Seconds from ``t0`` (a ``perf_counter`` time) to the first shard written (start-up latency)."""
+        return round(self.marks[0][0] - t0, 3) if self.marks else None
 
     def todo(self, ids: Iterable[str]) -> list[str]:
         """The ids some expert still lacks."""
@@ -266,7 +264,7 @@ def extract_local(cfg, rows: list[dict]) -> dict:
     return {
         "clips": len(rows),
         "seconds": seconds,
-        "steady_clips_per_s": sink.steady_rate(),
+        "first_shard_s": sink.first_shard_s(t0),
         "stores": sink.finish(),
         "failed": sink.failed,
     }

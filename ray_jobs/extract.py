@@ -119,7 +119,7 @@ def run_extract(cfg: Config) -> dict:
         "failed": sink.failed,
         "seconds": round(seconds, 3),
         "clips_per_s": round(len(work) / seconds, 3) if work and seconds > 0 else None,
-        "steady_clips_per_s": sink.steady_rate(),
+        "first_shard_s": sink.first_shard_s(t0),
         "stores": sink.finish(),
     }
     logger.info("extract summary: %s", json.dumps(summary))
