@@ -176,3 +176,40 @@ def test_changed_decode_setting_is_a_new_store(setup, ray_local, tmp_path):
     assert first != second and first.exists()  # the old store stays; stores.json points at the new one
     assert FeatureStore(first).manifest["identity"]["decode"]["frame_size"] == 32
     assert FeatureStore(second).manifest["identity"]["decode"]["frame_size"] == 24
+
+
+def test_feature_dataset_reads_the_store_without_videos(setup, ray_local, tmp_path):
+    """ray_jobs.feature_data: Parquet shards via read_parquet -> per-video model inputs, no video opened;
+    rows equal the plain per-video transform's; the clip with no features at all is flagged, not dropped."""
+    import dataclasses
+
+    from etva.config import DataConfig
+    from etva.data import load_records
+    from etva.data.example import make_video_example
+    from ray_jobs.feature_data import build_feature_dataset
+
+    root, models, broken = setup
+    cfg = load_config(REPO / "ray_jobs/configs/tiny.yaml", _overrides(root, models, tmp_path / "store"))
+    extract_local(cfg, extraction_rows(cfg))
+    records = [r for split in ("train", "test") for r in load_records("msrvtt", root, split, "1k-A")]
+    assert broken in {r.video_id for r in records}
+    records = [
+        dataclasses.replace(r, video_path=str(tmp_path / "gone" / f"{r.video_id}.mp4")) for r in records
+    ]
+    data = DataConfig(decode_clips=False, feature_store=str(tmp_path / "store"), max_feature_tokens=3)
+    ds = build_feature_dataset(records, data, cfg.ray)
+    rows = {
+        int(i): b for b in ds.iter_batches(batch_size=100, batch_format="numpy") for i in b["video_index"]
+    }
+    (batch,) = {id(b): b for b in rows.values()}.values()
+    assert "frames" not in batch and len(batch["video_index"]) == len(records)
+    assert batch["feat/appearance"].shape[1:] == (3, 12)
+    for j, i in enumerate(batch["video_index"]):
+        rec = records[int(i)]
+        if rec.video_id == broken:
+            assert not batch["ok"][j]
+            continue
+        assert batch["ok"][j]
+        ref = make_video_example(rec, data)
+        for k, v in ref.items():
+            np.testing.assert_array_equal(batch[k][j], v, err_msg=k)
