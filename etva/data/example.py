@@ -97,6 +97,10 @@ def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
     stores = feature_stores_for(cfg)
     if stores:
         out.update(store_tokens(stores, record.video_id, cfg.max_feature_tokens))
+    if not cfg.decode_clips and manifest is None and not stores:
+        raise ValueError(
+            "data.decode_clips=false: set data.feature_store (or data.features_dir) to read from"
+        )
     if not cfg.decode_clips and not any(v.any() for k, v in out.items() if k.startswith("feat_mask/")):
         raise FeatureError(
             f"{record.video_id}: no expert has features for this clip (data.decode_clips=false)"

@@ -48,6 +48,8 @@ def test_features_only_opens_no_video_and_masks_missing_expert(tmp_path):
         make_video_example(_record("v9"), cfg)
     with pytest.raises(ValueError, match="data.feature_store"):
         make_video_example(_record("v0"), DataConfig(decode_clips=False, feature_store=str(tmp_path / "x")))
+    with pytest.raises(ValueError, match="decode_clips=false: set data.feature_store"):
+        make_video_example(_record("v0"), DataConfig(decode_clips=False))
 
 
 def _split_arrays(records, cfg: DataConfig, tok, max_len: int) -> dict[str, np.ndarray]:
