@@ -166,3 +166,31 @@ def test_training_from_store_with_videos_moved_away_learns(tmp_path):
     )
     assert after["t2v_R1"] >= 3 * chance, after
     assert after["t2v_R1"] > before["t2v_R1"]
+
+
+def test_mixing_raw_clip_and_store_experts(tmp_path):
+    """decode_clips=true + a feature store: frames/audio for the built-in experts and features for the
+    store's, in one example and one model forward."""
+    from etva.config import ExpertConfig
+
+    from .conftest import write_video
+
+    path = write_video(tmp_path / "v0.mp4", num_frames=12)
+    folder = tmp_path / "store" / "clip"
+    FeatureStoreWriter(folder, {"n": 1}, 5, expert="clip").write_shard(["v0"], [np.ones((6, 5))])
+    register_store(tmp_path / "store", "clip", folder)
+    data = DataConfig(num_frames=4, frame_size=32, num_mel_bins=16, max_audio_s=1.0)
+    data.feature_store, data.max_feature_tokens = str(tmp_path / "store"), 4
+    ex = make_video_example(_record("v0", str(path)), data)
+    assert ex["frames"].shape == (4, 32, 32, 3) and ex["feat_mask/clip"].all()
+    cfg = load_config(REPO / "ray_jobs/configs/tiny.yaml").model
+    cfg.experts = {
+        "appearance": ExpertConfig(kind="appearance", width=8),
+        "clip": ExpertConfig(kind="features", dim=5),
+    }
+    model = build_model(cfg, 50)
+    lacking = make_video_example(_record("v1", str(path)), data)  # the store lacks v1: clip expert off
+    assert not lacking["feat_mask/clip"].any()
+    batch = {k: torch.from_numpy(np.stack([v, lacking[k]])) for k, v in ex.items()}
+    video = model.encode_video(batch)
+    assert video.available.tolist() == [[True, True], [True, False]]
