@@ -148,14 +148,24 @@ def decode_extract_batch(batch: dict, settings: Mapping) -> dict:
     return out
 
 
+_INPUTS = ("frames", "audio", "audio_len", "video_path", "start_s", "end_s")
+
+
 class BatchEncoder:
-    """One loaded frozen encoder; ``__call__(batch)`` adds ``feat/<e>`` and ``ntok/<e>`` columns.
+    """One loaded frozen encoder; ``__call__(batch)`` adds ``feat/<e>`` and ``ntok/<e>`` columns
+    (``drop_inputs``: and drops the decoded frames/audio, for the last encoder of a chain).
 
     Used as a Ray Data actor class (one encoder per actor) and directly by :func:`extract_local`.
     """
 
     def __init__(
-        self, job: ExpertJob, num_frames: int, audio_rate: int, torch_threads: int = 1, device: str = ""
+        self,
+        job: ExpertJob,
+        num_frames: int,
+        audio_rate: int,
+        torch_threads: int = 1,
+        device: str = "",
+        drop_inputs: bool = False,
     ) -> None:
         import torch
 
@@ -163,7 +173,7 @@ class BatchEncoder:
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
-        self.job, self.audio_rate = job, audio_rate
+        self.job, self.audio_rate, self.drop_inputs = job, audio_rate, drop_inputs
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.encoder = load_encoder(job.encoder, job.path, job.layer, job.pooling).to(self.device)
         self.tokens = self.encoder.out_tokens(num_frames)
@@ -192,7 +202,8 @@ class BatchEncoder:
             feats[rows], ntok[rows] = y, y.shape[1]
         if feats is None:  # nothing usable in this batch: zeros of the usual shape
             feats = np.zeros((n, self.tokens, self.job.dim), np.float32)
-        return {**batch, f"feat/{self.job.name}": feats, f"ntok/{self.job.name}": ntok}
+        out = {k: v for k, v in batch.items() if not (self.drop_inputs and k in _INPUTS)}
+        return {**out, f"feat/{self.job.name}": feats, f"ntok/{self.job.name}": ntok}
 
 
 class StoreSink:
@@ -259,7 +270,10 @@ def extract_local(cfg, rows: list[dict]) -> dict:
     rows = [r for r in rows if r["video_id"] in todo]
     settings = decode_settings(cfg, jobs)
     ex = cfg.extract
-    encoders = [BatchEncoder(j, ex.num_frames, ex.audio_rate, ex.torch_threads) for j in jobs]
+    encoders = [
+        BatchEncoder(j, ex.num_frames, ex.audio_rate, ex.torch_threads, drop_inputs=j is jobs[-1])
+        for j in jobs
+    ]
     t0 = time.perf_counter()
     bs, shard = cfg.extract.batch_size, cfg.extract.shard_size
     pending: list[dict] = []

@@ -79,7 +79,7 @@ def build_extract_dataset(cfg: Config, rows: list[dict], jobs: list[ExpertJob]):
         num_cpus=ex.decode_cpus,
         compute=TaskPoolStrategy(size=max(1, ex.decode_concurrency)),
     )
-    for job in jobs:
+    for job in jobs:  # the last encoder drops the decoded inputs (no extra select stage: see below)
         ds = ds.map_batches(
             BatchEncoder,
             fn_constructor_kwargs={
@@ -87,6 +87,7 @@ def build_extract_dataset(cfg: Config, rows: list[dict], jobs: list[ExpertJob]):
                 "num_frames": ex.num_frames,
                 "audio_rate": ex.audio_rate,
                 "torch_threads": ex.torch_threads,
+                "drop_inputs": job is jobs[-1],
             },
             batch_size=ex.batch_size,
             batch_format="numpy",
@@ -94,8 +95,9 @@ def build_extract_dataset(cfg: Config, rows: list[dict], jobs: list[ExpertJob]):
             num_gpus=ex.gpus_per_actor if has_gpu else 0,
             compute=ActorPoolStrategy(size=max(1, ex.num_actors)),
         )
-    keep = ["video_id", "ok", "error", *(f"{k}/{j.name}" for j in jobs for k in ("feat", "ntok"))]
-    return ds.select_columns(keep)
+    # no select_columns stage: it would be one more task needing a whole CPU, which on a small node
+    # waits until decoding has finished, holding back every shard (and so what a killed job keeps)
+    return ds
 
 
 def run_extract(cfg: Config) -> dict:
