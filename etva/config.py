@@ -18,7 +18,18 @@ from typing import Any, Literal
 
 import yaml
 
-from etva.config_schema import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, ConfigError, Range, Schema
+from etva.config_schema import (
+    AT_LEAST_1,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    ConfigError,
+    Range,
+    Schema,
+    apply_overrides,
+    flatten,
+    merge_dicts,
+)
 
 __all__ = [
     "ConfigError",
@@ -33,6 +44,7 @@ __all__ = [
     "RayConfig",
     "MlflowConfig",
     "TuneConfig",
+    "ExtractConfig",
     "Config",
     "load_config",
     "config_from_dict",
@@ -48,13 +60,15 @@ __all__ = [
 Dataset = Literal["msrvtt", "activitynet", "lsmdc", "features"]
 MsrvttSubset = Literal["1k-A", "1k-B", "full", "7k"]
 TextPreset = Literal["tiny", "albert-base-v2"]
-ExpertKind = Literal["appearance", "motion", "audio", "features"]
+ExpertKind = Literal["appearance", "motion", "audio", "features", "pretrained"]
 VladMode = Literal["shared", "separate", "text"]
 Alignment = Literal["global", "local", "both"]
 LossKind = Literal["infonce", "margin"]
 TuneSearch = Literal["random", "grid", "optuna"]
 TuneScheduler = Literal["asha", "fifo"]
 DecodeCache = Literal["none", "memory", "disk"]
+Encoder = Literal["", "clip", "videomae", "ast"]
+FeatureDtype = Literal["float32", "float16"]
 Precision = Literal["fp32", "bf16", "fp16"]  # train.precision: autocast dtype (etva.precision)
 
 # other accepted spellings (matched case-insensitively), stored as the canonical choice; the MSRVTT
@@ -101,6 +115,8 @@ class DataConfig:
     cache: DecodeCache = "none"  # none | memory (object store) | disk (Parquet under ray.storage_path)
     features_dir: str = ""  # pre-extracted expert features (dataset=features or extra experts)
     max_feature_tokens: int = 32  # N: pre-extracted features sampled/padded to N tokens per expert
+    feature_store: str = ""  # Parquet feature store written by ray_jobs.extract (docs/features.md)
+    decode_clips: bool = True  # false = open no video file (every enabled expert is a features expert)
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -124,6 +140,12 @@ class ExpertConfig:
     dim: int = 0  # input feature dim (features experts); 0 = the built-in encoder's own width
     width: int = 64  # internal channel width of built-in encoders
     prior: float = 1.0  # prior mixture weight (multiplies the text-predicted weight)
+    # frozen pretrained encoder: run inline (kind=pretrained) or offline by ray_jobs.extract
+    encoder: Encoder = ""  # "" (none) | clip | videomae | ast
+    pretrained_path: str = ""  # local folder with config.json + weights (never downloaded)
+    layer: int = -1  # hidden layer to pool (-1 = the last)
+    pooling: str = ""  # "" = the encoder's default; clip: proj | cls | mean; videomae: time | mean;
+    # ast: cls | mean | time
 
 
 def _default_experts() -> dict[str, ExpertConfig]:
@@ -217,6 +239,32 @@ class TuneConfig:
     max_concurrent_trials: int = 0  # 0 = derived from the cluster's resources
 
 
+def _default_splits() -> list[str]:
+    return ["train", "test"]
+
+
+@dataclass
+class ExtractConfig:
+    """ray_jobs.extract: frozen pretrained encoders -> a Parquet feature store (docs/features.md)."""
+
+    experts: list[str] = field(default_factory=list)  # model.experts names; empty = all with an encoder
+    output_dir: str = ""  # store root; one store per expert: <output_dir>/<expert>-<key>/
+    splits: list[str] = field(default_factory=_default_splits)
+    num_frames: int = 16  # decoded frames per clip (encoders resample to their own frame count)
+    frame_size: int = 224  # square crop, pixels
+    audio_rate: int = 16000
+    max_audio_s: float = 10.0
+    batch_size: int = 8  # clips per encoder call
+    shard_size: int = 64  # clips per Parquet shard
+    num_actors: int = 1  # encoder actors per expert (one loaded encoder each)
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 1.0  # when the cluster has GPUs (fractional allowed); CPU actors otherwise
+    decode_cpus: float = 1.0  # per decode task
+    decode_concurrency: int = 1
+    dtype: FeatureDtype = "float32"  # stored feature dtype
+    torch_threads: int = 1  # intra-op threads per CPU actor
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -227,6 +275,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,6 +323,12 @@ RANGES: dict[type, dict[str, Range]] = {
         "num_samples": AT_LEAST_1, "grace_period": AT_LEAST_1, "max_epochs": AT_LEAST_1,
         "reduction_factor": Range(2), "time_budget_s": POSITIVE, "max_concurrent_trials": NON_NEGATIVE,
     },
+    ExtractConfig: {
+        "num_frames": AT_LEAST_1, "frame_size": AT_LEAST_1, "audio_rate": AT_LEAST_1, "max_audio_s": POSITIVE,
+        "batch_size": AT_LEAST_1, "shard_size": AT_LEAST_1, "num_actors": AT_LEAST_1,
+        "cpus_per_actor": NON_NEGATIVE, "gpus_per_actor": NON_NEGATIVE, "decode_cpus": NON_NEGATIVE,
+        "decode_concurrency": AT_LEAST_1, "torch_threads": AT_LEAST_1,
+    },
 }  # fmt: skip
 
 
@@ -291,28 +346,6 @@ def config_from_dict(data: dict, source: str = "<dict>") -> Config:
 def config_to_dict(cfg: Any) -> dict:
     """The resolved config as plain nested dicts (YAML/JSON serialisable)."""
     return dataclasses.asdict(cfg)
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts to ``{"a.b.c": value}`` (for MLflow params)."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -333,32 +366,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: key 'base' expects a file path string")
-        data = _merge(_read_yaml(path.parent / base, (*seen, path)), data)
+        data = merge_dicts(_read_yaml(path.parent / base, (*seen, path)), data)
     # check this file's keys against the schema so the error names the right file
     config_from_dict(data, str(path))
-    return data
-
-
-def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    """Apply ``a.b=c`` overrides (values parsed as YAML scalars) to a nested dict."""
-    data = _merge({}, data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}': expected the form key.path=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': value is not valid YAML: {e}") from e
-        parts = key.strip().split(".")
-        node = data
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if not isinstance(nxt, dict):
-                nxt = {}
-                node[p] = nxt
-            node = nxt
-        node[parts[-1]] = value
     return data
 
 

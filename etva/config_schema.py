@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import yaml
+
 __all__ = ["ConfigError", "Range", "Schema", "POSITIVE", "AT_LEAST_1", "NON_NEGATIVE", "FRACTION"]
 
 
@@ -132,3 +134,48 @@ class Schema:
                     f"{source}: key '{full}' = {kwargs[key]!r} is out of range (expected {bounds.describe()})"
                 )
         return cls(**kwargs)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts to ``{"a.b.c": value}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def merge_dicts(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_dicts(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``a.b=c`` overrides (values parsed as YAML scalars) to a nested dict."""
+    data = merge_dicts({}, data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected the form key.path=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': value is not valid YAML: {e}") from e
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[p] = nxt
+            node = nxt
+        node[parts[-1]] = value
+    return data

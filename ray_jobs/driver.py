@@ -66,10 +66,13 @@ def add_overrides(p: argparse.ArgumentParser) -> None:
 
 def resolve_paths(cfg: Config) -> Config:
     """Make data paths absolute (jobs and workers run in other folders)."""
-    for name in ("root", "tokenizer_path", "features_dir"):
-        value = getattr(cfg.data, name)
+    places = [(cfg.data, n) for n in ("root", "tokenizer_path", "features_dir", "feature_store")]
+    places += [(cfg.extract, "output_dir"), (cfg.model.text, "pretrained_path")]
+    places += [(e, "pretrained_path") for e in cfg.model.experts.values()]
+    for section, name in places:
+        value = getattr(section, name)
         if value and "://" not in value:
-            setattr(cfg.data, name, str(Path(value).expanduser().resolve()))
+            setattr(section, name, str(Path(value).expanduser().resolve()))
     return cfg
 
 

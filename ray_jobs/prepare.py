@@ -76,7 +76,9 @@ def ensure_dataset(data: DataConfig) -> None:
 
 def needs_video(cfg: Config) -> bool:
     """Whether any enabled expert reads the raw clip (features experts read only their store)."""
-    return any(e.enabled and e.kind != "features" for e in cfg.model.experts.values())
+    return cfg.data.decode_clips and any(
+        e.enabled and e.kind != "features" for e in cfg.model.experts.values()
+    )
 
 
 def _unusable(path: str) -> bool:

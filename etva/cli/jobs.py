@@ -64,6 +64,14 @@ JOBS: dict[str, JobSpec] = {
         "Run a Ray Tune sweep over a YAML search space (python -m tuning.sweep): one MLflow parent run, "
         "a child run per trial. Re-using --name resumes the sweep.",
     ),
+    "extract": JobSpec(
+        "ray_jobs.extract",
+        "extract frozen pretrained-encoder features into a Parquet feature store",
+        "Run the Ray Data extraction job (python -m ray_jobs.extract): decode every clip of extract.splits, "
+        "encode it with each expert's frozen encoder (model.experts.<e>.encoder, pretrained_path) in an "
+        "actor pool, write sharded Parquet stores under extract.output_dir. A re-run skips clips already "
+        "done (docs/features.md).",
+    ),
     "eval": JobSpec(
         "ray_jobs.evaluate",
         "evaluate a checkpoint (R@1/5/10, MdR, MnR both ways)",
@@ -114,6 +122,12 @@ def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--restart-errored", action="store_true", help="on resume, rerun errored trials")
     _add_common(p)
     p.set_defaults(handler=run, job="tune")
+
+
+def add_extract_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = _job_parser(subparsers, "extract", "YAML config with the experts' encoders and extract.*")
+    _add_common(p)
+    p.set_defaults(handler=run, job="extract")
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:

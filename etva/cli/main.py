@@ -26,6 +26,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "train": jobs.add_train_parser,
     "tune": jobs.add_tune_parser,
     "eval": jobs.add_eval_parser,
+    "extract": jobs.add_extract_parser,
     "best": best.add_parser,
     "search": search.add_parser,
 }

@@ -15,6 +15,7 @@ import numpy as np
 
 from etva.data.audio import log_mel, num_audio_frames
 from etva.data.decode import DecodeError, decode_clip
+from etva.data.feature_store import FeatureStore, FeatureStoreError, open_stores, store_tokens
 from etva.data.records import ClipRecord
 from etva.data.sources.features import (
     FeatureError,
@@ -24,7 +25,13 @@ from etva.data.sources.features import (
     read_features,
 )
 
-__all__ = ["make_video_example", "decode_batch", "feature_manifest_for", "SKIPPABLE_ERRORS"]
+__all__ = [
+    "make_video_example",
+    "decode_batch",
+    "feature_manifest_for",
+    "feature_stores_for",
+    "SKIPPABLE_ERRORS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,44 +51,76 @@ def _manifest(folder: str) -> FeatureManifest:
     return load_feature_manifest(folder)
 
 
+def feature_stores_for(cfg) -> dict[str, FeatureStore]:
+    """The Parquet feature stores of a DataConfig (``data.feature_store``), ``{}`` when unset."""
+    return _stores(cfg.feature_store) if cfg.feature_store else {}
+
+
+@lru_cache(maxsize=4)
+def _stores(path: str) -> dict[str, FeatureStore]:
+    try:
+        return open_stores(path)
+    except FeatureStoreError as e:  # a config error, not a bad clip: not skippable
+        raise ValueError(f"data.feature_store: {e}") from e
+
+
 def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
     """Decode one record into model inputs (``cfg`` is a :class:`etva.config.DataConfig`).
 
+    With ``cfg.decode_clips = False`` no video file is opened: only the features are read (``.npy``
+    store and/or the Parquet ``cfg.feature_store``); an expert a clip lacks is masked (unavailable).
+
     Returns:
-        frames uint8 (T, S, S, 3); audio_mel float32 (A, M); audio_mask bool (A,);
+        frames uint8 (T, S, S, 3); audio_mel float32 (A, M); audio_mask bool (A,) (when decoding);
         and per pre-extracted expert ``feat/<e>`` float32 (N, D), ``feat_mask/<e>`` bool (N,).
 
     Raises:
         DecodeError / FeatureError: the clip or one of its feature files cannot be read.
     """
-    clip = decode_clip(
-        record.video_path,
-        cfg.num_frames,
-        cfg.frame_size,
-        start_s=record.start_s,
-        end_s=record.end_s,
-        audio_rate=cfg.audio_rate or None,
-        max_audio_s=cfg.max_audio_s,
-        threads=cfg.decode_threads,
-    )
-    mel, mask = log_mel(clip.audio, cfg.audio_rate, cfg.num_mel_bins, cfg.max_audio_s)
-    out = {"frames": clip.frames, "audio_mel": mel, "audio_mask": mask}
+    out: dict[str, np.ndarray] = {}
+    if cfg.decode_clips:
+        clip = decode_clip(
+            record.video_path,
+            cfg.num_frames,
+            cfg.frame_size,
+            start_s=record.start_s,
+            end_s=record.end_s,
+            audio_rate=cfg.audio_rate or None,
+            max_audio_s=cfg.max_audio_s,
+            threads=cfg.decode_threads,
+        )
+        mel, mask = log_mel(clip.audio, cfg.audio_rate, cfg.num_mel_bins, cfg.max_audio_s)
+        out = {"frames": clip.frames, "audio_mel": mel, "audio_mask": mask}
     manifest = feature_manifest_for(cfg)
     if manifest is not None:
         out.update(read_features(record, manifest.dims, cfg.max_feature_tokens))
+    stores = feature_stores_for(cfg)
+    if stores:
+        out.update(store_tokens(stores, record.video_id, cfg.max_feature_tokens))
+    if not cfg.decode_clips and manifest is None and not stores:
+        raise ValueError(
+            "data.decode_clips=false: set data.feature_store (or data.features_dir) to read from"
+        )
+    if not cfg.decode_clips and not any(v.any() for k, v in out.items() if k.startswith("feat_mask/")):
+        raise FeatureError(
+            f"{record.video_id}: no expert has features for this clip (data.decode_clips=false)"
+        )
     return out
 
 
 def _empty_example(cfg) -> dict[str, np.ndarray]:
     """Zero arrays with the shapes of a good example (filled in for failed rows)."""
     a = num_audio_frames(cfg.max_audio_s)
-    out = {
-        "frames": np.zeros((cfg.num_frames, cfg.frame_size, cfg.frame_size, 3), np.uint8),
-        "audio_mel": np.zeros((a, cfg.num_mel_bins), np.float32),
-        "audio_mask": np.zeros((a,), bool),
-    }
+    out = {}
+    if cfg.decode_clips:
+        out = {
+            "frames": np.zeros((cfg.num_frames, cfg.frame_size, cfg.frame_size, 3), np.uint8),
+            "audio_mel": np.zeros((a, cfg.num_mel_bins), np.float32),
+            "audio_mask": np.zeros((a,), bool),
+        }
     manifest = feature_manifest_for(cfg)
-    for name, dim in (manifest.dims if manifest else {}).items():
+    dims = {**(manifest.dims if manifest else {}), **{n: s.dim for n, s in feature_stores_for(cfg).items()}}
+    for name, dim in dims.items():
         out[f"feat/{name}"] = np.zeros((cfg.max_feature_tokens, dim), np.float32)
         out[f"feat_mask/{name}"] = np.zeros((cfg.max_feature_tokens,), bool)
     return out

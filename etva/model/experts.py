@@ -3,7 +3,8 @@
 Built in (trainable from raw clips): ``appearance`` (per-frame 2D CNN), ``motion`` (2D CNN over
 pairs of consecutive frames and their difference), ``audio`` (log-mel -> strided 2D conv, pooled to
 a few frequency bands, one token per downsampled time step). ``features`` reads pre-extracted
-features from the batch keys ``feat/<name>`` and ``feat_mask/<name>``.
+features from the batch keys ``feat/<name>`` and ``feat_mask/<name>``; ``pretrained`` runs a frozen
+``transformers`` encoder inline (:mod:`etva.model.pretrained`).
 
 An expert whose mask is all False for a clip is *unavailable* for that clip (e.g. audio of a silent
 clip); the global alignment then renormalises the mixture over the other experts.
@@ -134,17 +135,19 @@ class AudioExpert(Expert):
 
 
 class FeatureExpert(Expert):
-    """Pre-extracted features ``batch['feat/<name>']`` (B, N, dim) -> LayerNorm + Linear -> width."""
+    """Pre-extracted features ``batch['feat/<name>']`` (B, N, dim) -> LayerNorm, ``out_dim = dim``.
 
-    def __init__(self, name: str, dim: int, width: int) -> None:
+    No bottleneck: the model's per-expert projection maps ``dim`` straight to the model width d.
+    """
+
+    def __init__(self, name: str, dim: int) -> None:
         super().__init__()
         if dim <= 0:
             raise ValueError(
                 f"model.experts.{name}.dim: a features expert needs its input dim (> 0), got {dim}"
             )
-        self.name, self.dim, self.out_dim = name, dim, width
+        self.name, self.dim, self.out_dim = name, dim, dim
         self.norm = nn.LayerNorm(dim)
-        self.proj = nn.Linear(dim, width)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         key = f"feat/{self.name}"
@@ -159,14 +162,21 @@ class FeatureExpert(Expert):
         mask = batch.get(f"feat_mask/{self.name}")
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        return self.proj(self.norm(x)), mask.bool()
+        return self.norm(x), mask.bool()
+
+
+def _pretrained(name: str, cfg: ExpertConfig) -> Expert:
+    from etva.model.pretrained import build_pretrained_expert  # loads transformers vision/audio models
+
+    return build_pretrained_expert(name, cfg)
 
 
 EXPERT_BUILDERS: dict[str, Callable[[str, ExpertConfig], Expert]] = {
     "appearance": lambda name, cfg: AppearanceExpert(cfg.width),
     "motion": lambda name, cfg: MotionExpert(cfg.width),
     "audio": lambda name, cfg: AudioExpert(cfg.width),
-    "features": lambda name, cfg: FeatureExpert(name, cfg.dim, cfg.width),
+    "features": lambda name, cfg: FeatureExpert(name, cfg.dim),
+    "pretrained": _pretrained,
 }
 
 

@@ -39,7 +39,8 @@ def test_features_expert_and_errors():
     fe = build_expert("clip", ExpertConfig(kind="features", dim=5, width=8))
     batch = {"feat/clip": torch.randn(2, 7, 5), "feat_mask/clip": torch.ones(2, 7, dtype=torch.bool)}
     x, m = fe(batch)
-    assert x.shape == (2, 7, 8) and m.shape == (2, 7)
+    assert x.shape == (2, 7, 5) and m.shape == (2, 7)  # no width bottleneck: dim goes straight on
+    assert fe.out_dim == 5
     with pytest.raises(KeyError, match="feat/clip"):
         fe({})
     with pytest.raises(ValueError, match="model.experts.clip.dim"):
@@ -48,7 +49,7 @@ def test_features_expert_and_errors():
         build_expert("x", ExpertConfig(kind="features", dim=0))
     with pytest.raises(ValueError, match="model.experts.y.kind"):
         build_expert("y", ExpertConfig(kind="optical_flow"))
-    assert set(EXPERT_BUILDERS) == {"appearance", "motion", "audio", "features"}
+    assert set(EXPERT_BUILDERS) == {"appearance", "motion", "audio", "features", "pretrained"}
 
 
 def test_fusion_fully_masked_rows_no_nan_and_padding_ignored():

@@ -1,0 +1,282 @@
+"""A sharded Parquet feature store: one store per expert, written by ``ray_jobs/extract.py``.
+
+Layout (a store root may hold several stores, one per expert and encoder setting)::
+
+    <root>/stores.json                         {"experts": {"<expert>": "<expert>-<key>"}}  (latest)
+    <root>/<expert>-<key>/manifest.json        identity, key, dim, dtype, done ids, failed clips, shards
+    <root>/<expert>-<key>/shards/part-*.parquet   rows: video_id (str), num_tokens (int32),
+                                                   features (list<float>, T * dim values, row-major)
+
+The store *key* is a hash of the identity (encoder kind, model name, sha256 of every weight file, layer,
+pooling, dim, decode settings): a changed encoder or decode setting is a different store. Shards are
+written atomically (temporary name, then rename), so the set of ids in finished shards is the truth a
+resumed job starts from; the manifest's ``done`` list mirrors it. A clip with ``num_tokens = 0`` is done
+but has no features (e.g. no audio track): the expert is unavailable for it at training time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etva.data.sources.features import load_feature_manifest, sample_indices
+
+__all__ = [
+    "FORMAT",
+    "FeatureStoreError",
+    "store_key",
+    "store_dir",
+    "FeatureStoreWriter",
+    "FeatureStore",
+    "open_stores",
+    "register_store",
+    "store_tokens",
+    "import_npy_store",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "etva-feature-store/1"
+MANIFEST = "manifest.json"
+INDEX = "stores.json"
+_DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
+
+
+class FeatureStoreError(ValueError):
+    """A store that is missing, malformed, or does not match what was asked (names the file)."""
+
+
+def store_key(identity: Mapping) -> str:
+    """16 hex digits of sha256 over the canonical JSON of the identity fields."""
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def store_dir(root: str | os.PathLike, expert: str, identity: Mapping) -> Path:
+    """The folder of ``expert``'s store for ``identity`` under ``root``."""
+    return Path(root) / f"{expert}-{store_key(identity)}"
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FeatureStoreError(f"{path}: not found (expected a feature store manifest)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise FeatureStoreError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise FeatureStoreError(f"{path}: expected a JSON object")
+    return data
+
+
+def _shard_ids(path: Path) -> list[str]:
+    return pq.read_table(path, columns=["video_id"]).column("video_id").to_pylist()
+
+
+class FeatureStoreWriter:
+    """Create or reopen the store ``path`` for ``identity`` and append shards of finished clips.
+
+    Args:
+        path: the store folder (see :func:`store_dir`).
+        identity: what the features depend on; must match an existing store's (else an error).
+        dim: feature width D.
+        dtype: float32 | float16 (stored precision).
+        expert: the expert name recorded in the manifest.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, identity: Mapping, dim: int, dtype: str = "float32", expert: str = ""
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise FeatureStoreError(f"{path}: dtype '{dtype}' is not one of {sorted(_DTYPES)}")
+        self.path, self.dim, self.dtype = Path(path), int(dim), dtype
+        self.key = store_key(identity)
+        self.shards_dir = self.path / "shards"
+        self.shards_dir.mkdir(parents=True, exist_ok=True)
+        mpath = self.path / MANIFEST
+        old = _read_json(mpath) if mpath.exists() else {}
+        if old and old.get("key") != self.key:
+            raise FeatureStoreError(
+                f"{mpath}: store key {old.get('key')} differs from this job's {self.key} (identity changed; "
+                "write to a new folder, see store_dir)"
+            )
+        for tmp in self.shards_dir.glob(".*.tmp"):  # a shard a killed job did not finish
+            tmp.unlink()
+        self.shards = sorted(p.name for p in self.shards_dir.glob("part-*.parquet"))
+        self.done: set[str] = {i for s in self.shards for i in _shard_ids(self.shards_dir / s)}
+        self.failed: dict[str, str] = {k: v for k, v in old.get("failed", {}).items() if k not in self.done}
+        self.meta = {"format": FORMAT, "key": self.key, "identity": dict(identity), "dim": self.dim}
+        self.meta.update(dtype=dtype, expert=expert or old.get("expert", ""))
+        self.write_manifest()
+
+    def write_shard(self, ids: list[str], arrays: list[np.ndarray]) -> Path | None:
+        """Write the clips not yet done as one shard (atomic); returns its path (None if all done)."""
+        np_dtype, pa_dtype = _DTYPES[self.dtype]
+        keep = [(i, a) for i, a in zip(ids, arrays, strict=True) if i not in self.done]
+        if len({i for i, _ in keep}) != len(keep):
+            raise FeatureStoreError(f"{self.path}: duplicate video ids in one shard")
+        if not keep:
+            return None
+        flat, offsets, counts = [], [0], []
+        for vid, arr in keep:
+            arr = np.asarray(arr).reshape(-1, self.dim) if np.size(arr) else np.zeros((0, self.dim))
+            if arr.ndim != 2 or arr.shape[1] != self.dim:
+                raise FeatureStoreError(f"{self.path}: {vid}: expected (T, {self.dim}), got {arr.shape}")
+            flat.append(arr.astype(np_dtype).reshape(-1))
+            offsets.append(offsets[-1] + arr.size)
+            counts.append(arr.shape[0])
+        values = pa.array(np.concatenate(flat), type=pa_dtype)
+        feats = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+        table = pa.table(
+            {"video_id": [i for i, _ in keep], "num_tokens": pa.array(counts, pa.int32()), "features": feats}
+        )
+        name = f"part-{len(self.shards):05d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = self.shards_dir / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.shards_dir / name)
+        self.shards.append(name)
+        for vid, _ in keep:
+            self.done.add(vid)
+            self.failed.pop(vid, None)
+        self.write_manifest()
+        return self.shards_dir / name
+
+    def record_failures(self, failures: Mapping[str, str]) -> None:
+        """Remember clips that could not be decoded/encoded (retried by the next run)."""
+        self.failed.update({k: v for k, v in failures.items() if k not in self.done})
+        if failures:
+            self.write_manifest()
+
+    def write_manifest(self) -> None:
+        data = {**self.meta, "num_done": len(self.done), "done": sorted(self.done)}
+        data.update(failed=dict(sorted(self.failed.items())), shards=self.shards, updated=time.time())
+        _write_json(self.path / MANIFEST, data)
+
+
+class FeatureStore:
+    """Read a store folder: ``get(video_id) -> (T, D)`` array or None; shards load on first use."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.manifest = _read_json(self.path / MANIFEST)
+        for key in ("format", "key", "dim", "shards"):
+            if key not in self.manifest:
+                raise FeatureStoreError(f"{self.path / MANIFEST}: key '{key}' missing")
+        if self.manifest["format"] != FORMAT:
+            raise FeatureStoreError(
+                f"{self.path / MANIFEST}: format {self.manifest['format']!r}, want {FORMAT}"
+            )
+        self.dim, self.key = int(self.manifest["dim"]), self.manifest["key"]
+        self._rows: dict[str, np.ndarray] | None = None
+
+    def shard_files(self) -> list[str]:
+        """Finished shard files (what ``ray.data.read_parquet`` should read)."""
+        return sorted(str(p) for p in (self.path / "shards").glob("part-*.parquet"))
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._rows is None:
+            rows: dict[str, np.ndarray] = {}
+            for f in self.shard_files():
+                t = pq.read_table(f)
+                values = t.column("features").combine_chunks()
+                flat = values.values.to_numpy(zero_copy_only=False)
+                offsets = values.offsets.to_numpy()
+                for j, vid in enumerate(t.column("video_id").to_pylist()):
+                    rows[vid] = flat[offsets[j] : offsets[j + 1]].reshape(-1, self.dim)
+            self._rows = rows
+        return self._rows
+
+    def ids(self) -> set[str]:
+        return set(self._load())
+
+    def get(self, video_id: str) -> np.ndarray | None:
+        """The (T, D) features of one clip (T may be 0), or None when the store lacks it."""
+        return self._load().get(video_id)
+
+
+def register_store(root: str | os.PathLike, expert: str, folder: str | os.PathLike) -> None:
+    """Point ``<root>/stores.json`` at ``folder`` (a sub-folder of root) for ``expert``."""
+    index = Path(root) / INDEX
+    data = _read_json(index) if index.exists() else {"experts": {}}
+    data.setdefault("experts", {})[expert] = Path(folder).name
+    _write_json(index, data)
+
+
+def open_stores(path: str | os.PathLike) -> dict[str, FeatureStore]:
+    """``{expert: FeatureStore}`` for a store root (``stores.json``) or a single store folder."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        store = FeatureStore(path)
+        return {store.manifest.get("expert") or path.name: store}
+    index = _read_json(path / INDEX)
+    experts = index.get("experts")
+    if not isinstance(experts, dict) or not experts:
+        raise FeatureStoreError(f"{path / INDEX}: key 'experts' must map expert names to store folders")
+    return {name: FeatureStore(path / sub) for name, sub in experts.items()}
+
+
+def store_tokens(stores: Mapping[str, FeatureStore], video_id: str, max_tokens: int) -> dict[str, np.ndarray]:
+    """``feat/<e>`` float32 (N, D) and ``feat_mask/<e>`` bool (N,) for one clip from each store.
+
+    Longer arrays are sampled at N segment centres, shorter ones zero-padded; a clip the store lacks
+    (or with T = 0) gets an all-False mask: the expert is unavailable for it.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, store in stores.items():
+        arr = store.get(video_id)
+        feat = np.zeros((max_tokens, store.dim), np.float32)  # (N, D)
+        mask = np.zeros((max_tokens,), bool)  # (N,)
+        if arr is not None and len(arr):
+            idx = sample_indices(len(arr), max_tokens) if len(arr) > max_tokens else np.arange(len(arr))
+            feat[: len(idx)] = arr[idx]
+            mask[: len(idx)] = True
+        out[f"feat/{name}"], out[f"feat_mask/{name}"] = feat, mask
+    return out
+
+
+def _chunks(items: list, n: int) -> Iterable[list]:
+    for s in range(0, len(items), n):
+        yield items[s : s + n]
+
+
+def import_npy_store(
+    features_dir: str | os.PathLike, out_root: str | os.PathLike, shard_size: int = 256
+) -> dict[str, Path]:
+    """Convert a CE/MMT-style ``.npy`` store (``features_manifest.json``) to Parquet stores.
+
+    Each expert becomes ``<out_root>/<expert>-<key>/`` (registered in ``stores.json``); re-running
+    skips videos already imported. Returns ``{expert: store folder}``.
+    """
+    manifest = load_feature_manifest(features_dir)
+    out: dict[str, Path] = {}
+    for name, spec in manifest.experts.items():
+        identity = {"source": "npy", "dir": os.path.realpath(spec.dir), "dim": spec.dim, "fps": spec.fps}
+        folder = store_dir(out_root, name, identity)
+        writer = FeatureStoreWriter(folder, identity, spec.dim, expert=name)
+        files = sorted(f for f in os.listdir(spec.dir) if f.endswith(".npy"))
+        todo = [f for f in files if f[: -len(".npy")] not in writer.done]
+        for chunk in _chunks(todo, shard_size):
+            arrays = [np.load(os.path.join(spec.dir, f), allow_pickle=False) for f in chunk]
+            writer.write_shard(
+                [f[: -len(".npy")] for f in chunk], [a[None] if a.ndim == 1 else a for a in arrays]
+            )
+        register_store(out_root, name, folder)
+        log.info("imported %s: %d videos -> %s", name, len(writer.done), folder)
+        out[name] = folder
+    return out
