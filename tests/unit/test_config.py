@@ -142,13 +142,16 @@ CHOICES = [
     ("data.dataset", "msrvt", "msrvtt, activitynet, lsmdc, features"),
     ("data.subset", "2k", "1k-A, 1k-B, full, 7k"),
     ("model.text.preset", "albert-large", "tiny, albert-base-v2"),
-    ("model.experts.audio.kind", "sound", "appearance, motion, audio, features"),
+    ("model.experts.audio.kind", "sound", "appearance, motion, audio, features, pretrained"),
     ("model.vlad_mode", "joint", "shared, separate, text"),
     ("model.alignment", "globl", "global, local, both"),
     ("loss.kind", "triplet", "infonce, margin"),
     ("tune.search", "bayes", "random, grid, optuna"),
     ("tune.scheduler", "pbt", "asha, fifo"),
     ("train.precision", "fp8", "fp32, bf16, fp16"),
+    ("data.cache", "ram", "none, memory, disk"),
+    ("model.experts.audio.encoder", "whisper", ", clip, videomae, ast"),
+    ("extract.dtype", "int8", "float32, float16"),
 ]
 
 
