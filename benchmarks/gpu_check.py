@@ -354,7 +354,7 @@ def run_checks(s: Sizes, device: torch.device) -> list[tuple[str, str, str]]:
         for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
     for name, f in peaks.items():
-        rows.append((f"GEMM peak {name}", f"{f / 1e12:.2f} TFLOP/s", f"{s.gemm_n}^3 matmul, best of 5"))
+        rows.append((f"GEMM peak {name}", f"{f / 1e12:.3g} TFLOP/s", f"{s.gemm_n}^3 matmul, best of 5"))
     e = bench_eval(s, device)
     shape = f"{s.queries} x {s.videos}"
     rows.append(
@@ -363,8 +363,8 @@ def run_checks(s: Sizes, device: torch.device) -> list[tuple[str, str, str]]:
     rows.append(("  encode captions + videos", f"{e['t_encode']:.2f} s", f"batches of {s.encode_batch}"))
     tf = e["flops"] / e["t_kernels"]
     rows.append((
-        "  FusedScorer GEMMs", f"{e['t_kernels']:.3f} s, {tf / 1e12:.2f} TFLOP/s",
-        f"{tf / peaks['fp32']:.0%} of fp32 peak, {tf / peaks['bf16']:.0%} of bf16; {e['flops'] / 1e12:.2f} TFLOP",
+        "  FusedScorer GEMMs", f"{e['t_kernels']:.3f} s, {tf / 1e12:.3g} TFLOP/s",
+        f"{tf / peaks['fp32']:.0%} of fp32 peak, {tf / peaks['bf16']:.0%} of bf16; {e['flops'] / 1e12:.3g} TFLOP",
     ))  # fmt: skip
     rows.append(("  score_all (+ copy to host)", f"{e['t_score']:.2f} s", "float32 Q x V matrix on the host"))
     same = "equal to the engine's" if e["same_metrics"] else "DIFFER from the engine's"
