@@ -13,7 +13,8 @@ Measured side by side in one run:
 FLOPs counted: 2 * Q * V * (E + K) * d (the multiply-adds of all cosines and cluster products).
 Peak memory: the process's high-water RSS (VmHWM), reset before each stage where Linux allows.
 
-Usage: python benchmarks/bench_eval.py [--queries 59800 --videos 2990 --threads 2]
+Usage: python -m benchmarks.bench_eval [--queries 59800 --videos 2990 --threads 2]
+       python -m benchmarks.bench_eval --quick   # 6,000 x 300, 1 round, 1024^3 GEMM
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--skip-model", action="store_true", help="skip the model-similarity baseline")
-    return p.parse_args()
+    p.add_argument("--quick", action="store_true", help="6,000 queries x 300 videos, 1 round, GEMM 1024")
+    args = p.parse_args()
+    if args.quick:
+        args.queries, args.videos, args.rounds, args.gemm_n = 6_000, 300, 1, 1024
+    return args
 
 
 def reset_peak_rss() -> bool:
