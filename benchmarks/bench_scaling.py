@@ -172,8 +172,12 @@ def run_epochs(sizes: list[int], rounds: int) -> list[dict[str, float]]:
 
 
 def fit(x: list[float], y: list[float]) -> dict[str, np.ndarray]:
-    """Linear and quadratic least-squares fits (numpy polyfit; highest power first)."""
-    return {"linear": np.polyfit(x, y, 1), "quadratic": np.polyfit(x, y, min(2, len(x) - 1))}
+    """Linear and quadratic least-squares fits (numpy polyfit; highest power first). With only two
+    points the quadratic is ``a*n^2 + c`` (no linear term), so it still says how a square law grows."""
+    if len(x) >= 3:
+        return {"linear": np.polyfit(x, y, 1), "quadratic": np.polyfit(x, y, 2)}
+    a, c = np.polyfit(np.square(np.asarray(x, dtype=float)), y, 1)
+    return {"linear": np.polyfit(x, y, 1), "quadratic": np.array([a, 0.0, c])}
 
 
 def solve(coef: np.ndarray, limit: float) -> float:
@@ -237,7 +241,7 @@ def print_tables(prep, ev, ep, sweep, trials, conc) -> None:
     for r in ev:
         print(f"| {r['v']:,} | {r['q']:,} | {r['score_s']:.2f} | {r['chunked_s']:.2f} | {r['full_s']:.2f} | "
               f"{r['peak_chunked_gib']:.2f} | {r['peak_full_gib']:.2f} |")  # fmt: skip
-    print("\n(c) one epoch, plain process, default (tiny) config, batch 32, best of 2 rounds\n")
+    print("\n(c) one epoch, plain process, default (tiny) config, batch 32, best of the rounds\n")
     print("| clips | epoch s | clips/s |\n|---:|---:|---:|")
     for r in ep:
         print(f"| {r['clips']} | {r['epoch_s']:.2f} | {r['clips_per_s']:.1f} |")
@@ -306,6 +310,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=DataConfig().vocab_size)
     p.add_argument("--png", default=str(Path(__file__).with_name("scaling.png")))
+    p.add_argument("--epoch-rounds", type=int, default=3, help="interleaved rounds for (c), best kept")
     p.add_argument("--skip", nargs="*", default=[], choices=["prep", "eval", "epoch"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -313,7 +318,7 @@ def main() -> None:
     t0 = time.perf_counter()
     prep = [] if "prep" in args.skip else [bench_prep(n, args.vocab) for n in sizes["prep"]]
     ev = [] if "eval" in args.skip else run_eval_sizes(sizes["eval"])
-    ep = [] if "epoch" in args.skip else run_epochs(sizes["clips"], rounds=2)
+    ep = [] if "epoch" in args.skip else run_epochs(sizes["clips"], rounds=args.epoch_rounds)
     trials, conc = [2, 4, 8, 16], [1, 2, 4]
     per_clip = float(np.median([r["epoch_s"] / r["clips"] for r in ep])) if ep else 0.0
     sweep = sweep_model(per_clip, 256, 4, trials, conc, cores=2)

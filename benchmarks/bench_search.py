@@ -6,7 +6,7 @@ and the cost of building the video index vs re-using it (measured side by side i
 
 ``--quick`` makes its own checkpoint: 120 shapes clips at the ``ray_jobs/configs/tiny.yaml`` settings, a
 SentencePiece tokenizer on the train captions, the tiny model trained in this process (``etva.engine``,
-20 epochs of the 1k-A train split, one random caption per clip), saved with ``etva.checkpoint``.
+15 epochs of the 1k-A train split, one random caption per clip), saved with ``etva.checkpoint``.
 
 The test split's videos are linked into a fresh folder; queries are (a) the split's own caption per video
 (the JSFusion-style test csv, what `val t2v R@5` measures) and (b) every caption of those videos.
@@ -44,7 +44,7 @@ def top5_share(searcher, index, queries: list[tuple[str, str]]) -> float:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def quick_checkpoint(tmp: Path, num_videos: int = 120, epochs: int = 20) -> tuple[Path, Path]:
+def quick_checkpoint(tmp: Path, num_videos: int = 120, epochs: int = 15) -> tuple[Path, Path]:
     """(checkpoint dir, dataset root): a tiny model trained in this process on fresh shapes clips."""
     root = tmp / "shapes"
     cfg = load_config(REPO / "ray_jobs/configs/tiny.yaml", [f"data.root={root}"])
