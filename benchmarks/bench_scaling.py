@@ -274,6 +274,13 @@ def print_fits(prep, ev, ep) -> None:
         print(fmt_fit("(c) epoch time", x, [r["epoch_s"] for r in ep], "s", 3600, 9000))
 
 
+def _fit_line(ax, x: list[float], y: list[float], upto: float, style: str = "k:") -> None:
+    """The quadratic fit of (x, y), drawn from min(x) to ``upto`` (extrapolation shown dotted)."""
+    if len(x) >= 2:
+        xs = np.linspace(min(x), max(upto, max(x)), 100)
+        ax.plot(xs, np.polyval(fit(x, y)["quadratic"], xs), style, lw=1, label="quadratic fit")
+
+
 def plot(prep, ev, ep, sweep, trials, conc, path: Path) -> None:
     import matplotlib
 
@@ -287,18 +294,23 @@ def plot(prep, ev, ep, sweep, trials, conc, path: Path) -> None:
     ax[0, 0].set(
         xscale="log", yscale="log", xlabel="videos (x20 captions)", ylabel="s", title="(a) data prep"
     )
+    xv = [r["v"] for r in ev]
+    t_ev = [r["score_s"] + r["chunked_s"] for r in ev]
+    ax[0, 1].plot(xv, t_ev, "o-", label="score + chunked metrics, s")
+    _fit_line(ax[0, 1], xv, t_ev, 10_000)
     a2 = ax[0, 1].twinx()
-    ax[0, 1].plot([r["v"] for r in ev], [r["score_s"] + r["chunked_s"] for r in ev], "o-", label="time")
-    a2.plot([r["v"] for r in ev], [r["peak_chunked_gib"] for r in ev], "s--", color="C3", label="peak GiB")
-    ax[0, 1].set(xlabel="videos (x20 captions)", ylabel="score + metrics s", title="(b) evaluation")
-    a2.set_ylabel("peak RSS above start, GiB")
-    ax[1, 0].plot([r["clips"] for r in ep], [r["epoch_s"] for r in ep], "o-")
+    a2.plot(xv, [r["peak_chunked_gib"] for r in ev], "s--", color="C3", label="peak GiB")
+    ax[0, 1].set(xlabel="videos (x20 captions)", ylabel="s", title="(b) evaluation (dotted: fit to 10k)")
+    a2.set_ylabel("peak RSS above start, GiB (red)")
+    xc, yc = [r["clips"] for r in ep], [r["epoch_s"] for r in ep]
+    ax[1, 0].plot(xc, yc, "o-", label="measured")
+    _fit_line(ax[1, 0], xc, yc, max(xc, default=0))
     ax[1, 0].set(xlabel="clips", ylabel="epoch s", title="(c) epoch, plain process")
     for c in conc:
         ax[1, 1].plot(trials, [sweep[(t, c)] for t in trials], "o-", label=f"concurrency {c}")
-    ax[1, 1].set(xlabel="trials", ylabel="wall s", title="(d) sweep wall time (modelled from (c))")
-    for a in (ax[0, 0], ax[1, 1]):
-        a.legend()
+    ax[1, 1].set(xlabel="trials", ylabel="wall s", title="(d) sweep wall time (MODELLED from (c))")
+    for a in (ax[0, 0], ax[0, 1], ax[1, 0], ax[1, 1]):
+        a.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     print(f"\npicture: {path}")
@@ -310,15 +322,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=DataConfig().vocab_size)
     p.add_argument("--png", default=str(Path(__file__).with_name("scaling.png")))
+    p.add_argument("--json", default="", help="also write the raw results here (default: next to --png)")
+    p.add_argument("--replot", default="", help="redraw tables, fits and picture from such a JSON file")
     p.add_argument("--epoch-rounds", type=int, default=3, help="interleaved rounds for (c), best kept")
     p.add_argument("--skip", nargs="*", default=[], choices=["prep", "eval", "epoch"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
     t0 = time.perf_counter()
-    prep = [] if "prep" in args.skip else [bench_prep(n, args.vocab) for n in sizes["prep"]]
-    ev = [] if "eval" in args.skip else run_eval_sizes(sizes["eval"])
-    ep = [] if "epoch" in args.skip else run_epochs(sizes["clips"], rounds=args.epoch_rounds)
+    if args.replot:
+        prep, ev, ep = (json.loads(Path(args.replot).read_text())[k] for k in ("prep", "eval", "epoch"))
+    else:
+        prep = [] if "prep" in args.skip else [bench_prep(n, args.vocab) for n in sizes["prep"]]
+        ev = [] if "eval" in args.skip else run_eval_sizes(sizes["eval"])
+        ep = [] if "epoch" in args.skip else run_epochs(sizes["clips"], rounds=args.epoch_rounds)
+        out = Path(args.json or Path(args.png).with_suffix(".json"))
+        out.write_text(json.dumps({"prep": prep, "eval": ev, "epoch": ep}, indent=1))
     trials, conc = [2, 4, 8, 16], [1, 2, 4]
     per_clip = float(np.median([r["epoch_s"] / r["clips"] for r in ep])) if ep else 0.0
     sweep = sweep_model(per_clip, 256, 4, trials, conc, cores=2)
