@@ -291,9 +291,9 @@ def plot(prep, ev, ep, sweep, trials, conc, path: Path) -> None:
     for key, label in (("load_s", "load"), ("tokenizer_s", "tokenizer"), ("tokenize_s", "tokenize"),
                        ("total_s", "total")):  # fmt: skip
         ax[0, 0].plot([r["n"] for r in prep], [r[key] for r in prep], "o-", label=label)
-    ax[0, 0].set(
-        xscale="log", yscale="log", xlabel="videos (x20 captions)", ylabel="s", title="(a) data prep"
-    )
+    ax[0, 0].set(xlabel="videos (x20 captions)", ylabel="s", title="(a) data prep")
+    if prep:
+        ax[0, 0].set(xscale="log", yscale="log")
     xv = [r["v"] for r in ev]
     t_ev = [r["score_s"] + r["chunked_s"] for r in ev]
     ax[0, 1].plot(xv, t_ev, "o-", label="score + chunked metrics, s")
