@@ -130,7 +130,7 @@ def build(s: Sizes, device: torch.device, seed: int = 0):
 def step(model, loss_fn, opt, batch: dict, dtype: torch.dtype | None) -> float:
     """One training step as ``etva.engine.train_epoch`` does it; ``dtype`` = autocast dtype or None."""
     device = next(model.parameters()).device
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         total, _ = train_step(model, loss_fn, batch)
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -354,7 +354,13 @@ def run_checks(s: Sizes, device: torch.device) -> list[tuple[str, str, str]]:
         for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
     for name, f in peaks.items():
-        rows.append((f"GEMM peak {name}", f"{f / 1e12:.3g} TFLOP/s", f"{s.gemm_n}^3 matmul, best of 5"))
+        rows.append(
+            (
+                f"GEMM peak {name}",
+                f"{f / 1e12:.3g} TFLOP/s",
+                f"{s.gemm_n}^3 matmul, best of 5; fp32 matmul precision {torch.get_float32_matmul_precision()!r}",
+            )
+        )
     e = bench_eval(s, device)
     shape = f"{s.queries} x {s.videos}"
     rows.append(
