@@ -9,9 +9,9 @@ ends, anything left in that group (e.g. Ray processes of a crashed run) is stopp
 Ray (``bench_pipeline``, ``bench_ray_overhead``) start and stop a local instance themselves.
 
 The section between ``<!-- run_all:begin -->`` and ``<!-- run_all:end -->`` of ``benchmarks/RESULTS.md``
-(appended if absent) is replaced by one entry per benchmark: the command, the date, the machine (CPU
-count and model, RAM), the load average before and after, wall time, exit status, and the output.
-Everything outside the markers is left as it is.
+(appended if absent) holds one entry per benchmark: the command, the date, the machine (CPU count and
+model, RAM), the load average before and after, wall time, exit status, and the output. A run replaces the
+entries of the benchmarks it ran (``--only`` keeps the others). Everything outside the markers is kept.
 """
 
 from __future__ import annotations
@@ -112,32 +112,45 @@ def _load(la: tuple[float, float, float]) -> str:
     return " / ".join(f"{x:.2f}" for x in la)
 
 
-def render(runs: list[Run], header: str) -> str:
-    """The markdown of the section (between the markers)."""
-    parts = [
-        BEGIN,
-        "## Quick runs of every benchmark (`python -m benchmarks.run_all --quick`)",
+def entry(r: Run) -> str:
+    """One benchmark's markdown: heading, command, date, machine, load, wall time, exit, output tail."""
+    lines = r.output.rstrip().splitlines()
+    cut = len(lines) > MAX_LINES
+    body = "\n".join(lines[-MAX_LINES:]).replace("```", "'''")
+    return "\n".join([
+        f"### {r.name}",
         "",
-        header,
+        f"`{r.command}` — {r.started}; {machine()}; load average (1/5/15 min) {_load(r.load_before)} "
+        f"before, {_load(r.load_after)} after; {r.wall_s:.0f} s, exit {r.returncode}",
         "",
-    ]
-    for r in runs:
-        lines = r.output.rstrip().splitlines()
-        cut = len(lines) > MAX_LINES
-        body = "\n".join(lines[-MAX_LINES:]).replace("```", "'''")
-        parts += [
-            f"### {r.name}",
-            "",
-            f"`{r.command}` — {r.started}; {machine()}; load average (1/5/15 min) {_load(r.load_before)} "
-            f"before, {_load(r.load_after)} after; {r.wall_s:.0f} s, exit {r.returncode}",
-            "",
-            "```",
-            ("[... earlier lines cut ...]\n" if cut else "") + body,
-            "```",
-            "",
-        ]
-    parts.append(END)
-    return "\n".join(parts)
+        "```",
+        ("[... earlier lines cut ...]\n" if cut else "") + body,
+        "```",
+        "",
+    ])  # fmt: skip
+
+
+def old_entries(text: str) -> dict[str, str]:
+    """The entries of the marked section of ``text``, by benchmark name (empty if there is none)."""
+    if BEGIN not in text or END not in text:
+        return {}
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    out = {}
+    for chunk in section.split("\n### ")[1:]:
+        name = chunk.split("\n", 1)[0].strip()
+        out[name] = "### " + chunk.rstrip("\n") + "\n"
+    return out
+
+
+def render(entries: dict[str, str]) -> str:
+    """The section: every benchmark's latest entry, in the order of BENCHMARKS."""
+    names = [n for n in BENCHMARKS if n in entries] + [n for n in entries if n not in BENCHMARKS]
+    intro = (
+        "Written by `python -m benchmarks.run_all`; an entry is replaced when its benchmark runs again "
+        "(`--only` runs a subset and keeps the other entries). Each gives its own date, machine and load."
+    )
+    head = [BEGIN, "## Quick runs of every benchmark (`python -m benchmarks.run_all --quick`)", "", intro, ""]
+    return "\n".join(head + [entries[n] for n in names] + [END])
 
 
 def rewrite_section(text: str, section: str) -> str:
@@ -169,11 +182,10 @@ def main() -> None:
         runs.append(r)
         print(f"[run_all] {name}: exit {r.returncode}, {r.wall_s:.0f} s", flush=True)
     total = time.perf_counter() - t0
-    header = (
-        f"{len(runs)} benchmarks, {total:.0f} s in all; each entry: command, date, machine, load, output."
-    )
     path = Path(args.results)
-    path.write_text(rewrite_section(path.read_text() if path.exists() else "", render(runs, header)))
+    text = path.read_text() if path.exists() else ""
+    entries = {**old_entries(text), **{r.name: entry(r) for r in runs}}
+    path.write_text(rewrite_section(text, render(entries)))
     failed = [r.name for r in runs if r.returncode != 0]
     print(f"[run_all] {len(runs)} run, {total:.0f} s, failed: {failed or 'none'}; wrote {path}")
     sys.exit(1 if failed else 0)

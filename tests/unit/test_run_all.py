@@ -52,3 +52,28 @@ def test_run_all_writes_an_entry_with_machine_and_load(tmp_path):
     assert "### gpu_check" in text and "`python -m benchmarks.gpu_check --quick --device cpu`" in text
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC; \d+ CPUs .*GiB RAM; load average", text)
     assert "| train step fp32" in text and text.rstrip().endswith(END)
+
+
+def test_a_partial_run_keeps_the_other_entries():
+    from benchmarks.run_all import Run, entry, old_entries, render
+
+    def run(name: str, out: str) -> Run:
+        return Run(
+            name,
+            f"python -m benchmarks.{name} --quick",
+            "2030-01-01 00:00 UTC",
+            (1, 1, 1),
+            (2, 2, 2),
+            3.0,
+            0,
+            out,
+        )
+
+    first = rewrite_section("# R\n", render({"bench_eval": entry(run("bench_eval", "old eval")),
+                                            "gpu_check": entry(run("gpu_check", "old gpu"))}))  # fmt: skip
+    second = rewrite_section(
+        first, render({**old_entries(first), "gpu_check": entry(run("gpu_check", "new gpu"))})
+    )
+    assert "old eval" in second and "new gpu" in second and "old gpu" not in second
+    assert second.index("### bench_eval") < second.index("### gpu_check")  # BENCHMARKS order
+    assert second.count(BEGIN) == 1 and second.count(END) == 1
