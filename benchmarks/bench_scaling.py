@@ -323,7 +323,9 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=DataConfig().vocab_size)
     p.add_argument("--png", default=str(Path(__file__).with_name("scaling.png")))
     p.add_argument("--json", default="", help="also write the raw results here (default: next to --png)")
-    p.add_argument("--replot", default="", help="redraw tables, fits and picture from such a JSON file")
+    p.add_argument(
+        "--replot", nargs="*", default=[], help="redraw from such JSON files (later non-empty parts win)"
+    )
     p.add_argument("--epoch-rounds", type=int, default=3, help="interleaved rounds for (c), best kept")
     p.add_argument("--skip", nargs="*", default=[], choices=["prep", "eval", "epoch"])
     args = p.parse_args()
@@ -331,7 +333,10 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     t0 = time.perf_counter()
     if args.replot:
-        prep, ev, ep = (json.loads(Path(args.replot).read_text())[k] for k in ("prep", "eval", "epoch"))
+        parts: dict[str, list] = {"prep": [], "eval": [], "epoch": []}
+        for f in args.replot:
+            parts.update({k: v for k, v in json.loads(Path(f).read_text()).items() if v})
+        prep, ev, ep = parts["prep"], parts["eval"], parts["epoch"]
     else:
         prep = [] if "prep" in args.skip else [bench_prep(n, args.vocab) for n in sizes["prep"]]
         ev = [] if "eval" in args.skip else run_eval_sizes(sizes["eval"])
