@@ -1,7 +1,5 @@
-"""GPU check: ETVA at paper-scale widths on one accelerator. Needs only torch, transformers, numpy, PyYAML.
-
-No Ray, MLflow or PyAV is imported (the GPU machine has none of them) and nothing is downloaded: the
-text encoder is an ALBERT-base-sized ``AlbertModel`` built from a config with random weights.
+"""GPU check: ETVA at paper-scale widths on one accelerator. Needs only torch, transformers, numpy, PyYAML
+(no Ray, MLflow or PyAV is imported; nothing is downloaded: the text encoder is built with random weights).
 
 Model: ``etva.model.build_model`` with text = ALBERT-base widths (hidden 768, 12 layers, 12 heads,
 intermediate 3072, embedding 128, vocab 30,000), three pre-extracted-feature experts of the widths of
@@ -17,9 +15,8 @@ Measured in one run, printed as ONE table:
                       end (encode + FusedScorer/score_all + retrieval metrics); then, on the same
                       embeddings, the FusedScorer GEMMs alone (TFLOP/s vs the fp32 GEMM peak), ``score_all``
                       (with the copy to host) and ``chunked_retrieval_metrics``;
-  resume              model + AdamW stepped, saved with ``etva.checkpoint``, loaded into a fresh model
-                      moved to the device; every optimizer state tensor must sit on its parameter's
-                      device (AdamW's scalar ``step`` counters stay on the CPU by torch's design), one step.
+  resume              model + AdamW stepped, saved with ``etva.checkpoint``, loaded into a fresh model moved
+                      to the device: every non-scalar optimizer state tensor on its parameter's device, one step.
 
     python -m benchmarks.gpu_check                      # on the GPU machine (< 6 minutes on an H200)
     python -m benchmarks.gpu_check --device cpu --quick # small sizes, this CPU machine (< 2 minutes)
