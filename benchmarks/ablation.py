@@ -11,7 +11,8 @@ memory; training/evaluation use ``etva.engine`` in this process (no Ray). Each t
 one caption per video; evaluation uses every test caption (multi-caption t2v, v2t by best caption,
 ties="average"). Prints mean and std over the seeds of R@1/5/10/MdR in both directions.
 
-Usage: python benchmarks/ablation.py [--num-videos 200 --epochs 8 --seeds 0 1 2 --root /tmp/shapes]
+Usage: python -m benchmarks.ablation [--num-videos 200 --epochs 8 --seeds 0 1 2 --root /tmp/shapes]
+       python -m benchmarks.ablation --quick   # 80 videos, 2 epochs, seed 0 (a smoke run, ~1 minute)
 """
 
 from __future__ import annotations
@@ -59,7 +60,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--num-frames", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows", nargs="*", default=list(ROWS), help="subset of row names")
-    return p.parse_args()
+    p.add_argument("--quick", action="store_true", help="80 videos, 2 epochs, seed 0, own root")
+    args = p.parse_args()
+    if args.quick:
+        args.num_videos, args.epochs, args.seeds = 80, 2, [0]
+        args.root = args.root.rstrip("/") + "_quick"
+    return args
 
 
 def small_config(args: argparse.Namespace) -> Config:

@@ -8,30 +8,27 @@ In one run, for two H.264 clips (the synthetic default: 4 s 160x120 15 fps; and 
 Prints medians and the ratios b/a (goal >= 3x) and a/c (goal <= 1.3x). Then the per-row transform
 (decode + audio + log-mel) over N records: one thread, two threads, a 2-process pool (clips/s).
 
-Usage: python benchmarks/bench_decode.py [--repeats 15] [--records 64] [--rounds 3]
+Usage: python -m benchmarks.bench_decode [--repeats 15] [--records 64] [--rounds 3]
+       python -m benchmarks.bench_decode --quick   # --repeats 5 --records 16 --rounds 1
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from decode_baselines import (  # noqa: E402
+from benchmarks.decode_baselines import (
     bare_decode,
     make_clip,
     naive_decode,
     throughput_process_pool,
     throughput_threaded,
 )
-
-from etva.config import DataConfig  # noqa: E402
-from etva.data.decode import decode_clip  # noqa: E402
+from etva.config import DataConfig
+from etva.data.decode import decode_clip
 
 CLIPS = {"synthetic 4s 160x120 15fps": (160, 120, 15, 4.0), "15s 320x240 30fps": (320, 240, 30, 15.0)}
 
@@ -60,7 +57,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--records", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="--repeats 5 --records 16 --rounds 1")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.records, args.rounds = 5, 16, 1
     with tempfile.TemporaryDirectory() as tmp:
         print("## sampled decode, 12 frames at 112x112, medians (ms)")
         print("| clip | (a) decode_clip | (a) + audio | (a) threads=2 | (b) naive | (c) bare | b/a | a/c |")

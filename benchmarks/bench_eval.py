@@ -23,6 +23,7 @@ measured in the same process just before and after.
 
 Usage: python -m benchmarks.bench_eval [--queries 59800 --videos 2990 --threads 2]
        python -m benchmarks.bench_eval --engine --d 512 [--world 2]
+       python -m benchmarks.bench_eval --quick   # 6,000 x 300, 1 round, 1024^3 GEMM
 """
 
 from __future__ import annotations
@@ -62,7 +63,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--engine", action="store_true", help="run etva.scoring.score_streams instead")
     p.add_argument("--world", type=int, default=1, help="--engine: gloo processes (ranks)")
     p.add_argument("--eval-batch", type=int, default=64, help="--engine: rows per encoded chunk")
-    return p.parse_args()
+    p.add_argument("--quick", action="store_true", help="6,000 queries x 300 videos, 1 round, GEMM 1024")
+    args = p.parse_args()
+    if args.quick:
+        args.queries, args.videos, args.rounds, args.gemm_n = 6_000, 300, 1, 1024
+    return args
 
 
 def reset_peak_rss() -> bool:

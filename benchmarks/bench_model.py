@@ -12,7 +12,8 @@ batch in the data defaults' shapes: 8 frames 64x64, 4 s of audio = 400 log-mel f
 The module shares are of the full step; their sum vs the full step shows the glue overhead.
 Peak memory: the process's high-water RSS (VmHWM) over the full steps, reset first where Linux allows.
 
-Usage: python benchmarks/bench_model.py [--batch 32 --threads 2 --reps 5]
+Usage: python -m benchmarks.bench_model [--batch 32 --threads 2 --reps 5]
+       python -m benchmarks.bench_model --quick   # --reps 2
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--vocab", type=int, default=1000)
-    return p.parse_args()
+    p.add_argument("--quick", action="store_true", help="--reps 2")
+    args = p.parse_args()
+    if args.quick:
+        args.reps = 2
+    return args
 
 
 def make_batch(b: int, data: DataConfig, vocab: int) -> dict[str, torch.Tensor]:

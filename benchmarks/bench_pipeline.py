@@ -10,7 +10,10 @@ Same records (the shapes benchmark at the default clip size), same per-row trans
 
 Goal: ray-data >= 80% of the faster plain mode.
 
-    .venv/bin/python benchmarks/bench_pipeline.py --num-videos 240
+    python -m benchmarks.bench_pipeline --num-videos 240
+    python -m benchmarks.bench_pipeline --quick   # 64 videos, 1 round
+
+Starts a local Ray instance itself (``ray.init(num_cpus=--procs)``) and shuts it down at the end.
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ def main() -> None:
     ap.add_argument("--num-videos", type=int, default=240)
     ap.add_argument("--procs", type=int, default=2, help="decode processes/threads/tasks in every mode")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="64 videos, 1 round")
     args = ap.parse_args()
+    if args.quick:
+        args.num_videos, args.rounds = 64, 1
     import ray
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,10 @@ Measured side by side in one run, on the shapes benchmark at the default clip se
 Steady-state throughput = clips/s of the training pass after the first epoch (start-up excluded); start-up
 = `trainer.fit()` call to the end of the first training step's epoch minus its time. Prints ratios.
 
-    .venv/bin/python benchmarks/bench_ray_overhead.py --num-videos 160 --epochs 3
+    python -m benchmarks.bench_ray_overhead --num-videos 160 --epochs 3
+    python -m benchmarks.bench_ray_overhead --quick   # 64 videos, 2 epochs
+
+Starts a local Ray instance itself (``ray.init(num_cpus=4)``) and shuts it down at the end.
 """
 
 from __future__ import annotations
@@ -102,7 +105,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--decode-procs", type=int, default=2)
     ap.add_argument("--out", default="", help="also write the results as JSON here")
+    ap.add_argument("--quick", action="store_true", help="64 videos, 2 epochs")
     args = ap.parse_args()
+    if args.quick:
+        args.num_videos, args.epochs = 64, 2
     import ray
 
     from ray_jobs.prepare import prepare_splits

@@ -4,7 +4,8 @@ Measures, in one run: clips/s with all cores and with one worker (end to end, MS
 the annotation files and pool start-up), the ratio to the 10 clips/s target, the parallel speedup, and a
 per-clip breakdown (frame drawing, audio, H.264/AAC encoding) in this process.
 
-Usage: python benchmarks/bench_synth.py [--num-videos 200] [--workers N]
+Usage: python -m benchmarks.bench_synth [--num-videos 200] [--workers N]
+       python -m benchmarks.bench_synth --quick   # 40 videos
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num-videos", type=int, default=200)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--quick", action="store_true", help="40 videos")
     args = p.parse_args()
+    if args.quick:
+        args.num_videos = 40
     cfg = SynthConfig()
     print(
         f"synthetic generator: {args.num_videos} clips of {cfg.duration_s} s, {cfg.width}x{cfg.height} "
