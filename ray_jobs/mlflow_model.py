@@ -49,7 +49,7 @@ class ETVAModel(PythonModel):
 
         self.model, self.cfg, self.tokenizer = load_trained(context.artifacts[CHECKPOINT_ARTIFACT])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:  # no hints: MLflow would check them
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import torch
 
         from etva.inference import encode_texts

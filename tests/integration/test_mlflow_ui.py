@@ -20,16 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from etva.checkpoint import save_checkpoint
-from etva.config import config_to_dict, load_config
-from etva.data.synth import generate_dataset
 from etva.metrics import retrieval_metrics
-from etva.model import build_model
 from etva.viz import GT_RGB
 from ray_jobs.pictures import PICTURES, load_trained, log_pictures, make_pictures, score_split
-from ray_jobs.prepare import prepare_splits, tokenizer_files
+from tests.integration.tiny_checkpoint import tiny_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -53,23 +48,7 @@ torch.set_num_threads(2)
 
 
 def _checkpoint(tmp: Path, *overrides: str) -> tuple[Path, list]:
-    """A tiny untrained checkpoint (tiny.yaml model) + the validation records of a generated dataset."""
-    root = tmp / "shapes"
-    cfg = load_config(REPO / "ray_jobs/configs/tiny.yaml", [f"data.root={root}", *overrides])
-    if not root.exists():
-        generate_dataset(root, 40, 0, cfg=cfg.data.synth, workers=1, progress=False)
-    tok, prepared = prepare_splits(cfg, tmp / "tok", {"train": "train", "val": "test"})
-    torch.manual_seed(0)
-    model = build_model(cfg.model, len(tok))
-    ckpt = tmp / f"ckpt-{cfg.model.alignment}"
-    save_checkpoint(
-        ckpt,
-        {"model": model.state_dict()},
-        {"epoch": 0, "vocab_size": len(tok)},
-        config_yaml=yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
-        tokenizer_files=tokenizer_files(tmp / "tok"),
-    )
-    return ckpt, prepared["val"].records
+    return tiny_checkpoint(tmp, *overrides)
 
 
 @pytest.fixture(scope="module")
