@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-EPOCHS = 5
+EPOCHS = 12  # tiny epochs take a second or two: enough of them that the outage lands mid-run
 
 
 def _steps(client, run_id: str, key: str = "val/t2v_R1") -> list[int]:
@@ -77,6 +77,11 @@ def _wait(cond, what: str, timeout: float, job) -> None:
         if time.time() > deadline or (polls % 20 == 0 and cond != job.ended and job.ended()):
             raise AssertionError(f"no {what} (timeout or the job ended)\n{job.logs()[-4000:]}")
         time.sleep(0.5)
+
+
+def _last_epoch(run_dir: Path) -> int:
+    """The newest epoch checkpoint Ray Train kept (older ones are deleted: ray.num_to_keep)."""
+    return max((int(p.name.split("_")[1]) for p in run_dir.glob("epoch_*")), default=-1)
 
 
 class _Job:
