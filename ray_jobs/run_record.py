@@ -72,13 +72,19 @@ def log_dataset_inputs(client, run_id: str, cfg: Config, prepared: Mapping[str, 
         client.log_inputs(run_id, datasets=inputs)
 
 
+NOTE_DATA_KEYS = ("split", "videos", "captions", "dropped", "missing_video_files")
+
+
 def note(title: str, table: str, selection: str, data_summary: Mapping[str, Any]) -> str:
-    """The run description (markdown): the result table, how it was selected, what data it saw."""
-    data = {role: _profile(s) for role, s in data_summary.items()}
-    return (
-        f"### {title}\n\n{selection}\n\n```\n{table}\n```\n\n"
-        f"**Data**\n\n```\n{json.dumps(data, indent=1, sort_keys=True, default=str)}\n```\n"
-    )
+    """The run description (markdown): the result table, how it was selected, what data it saw (one
+    row per split; the full summary is the artifact ``data_summary.json``)."""
+    rows = ["| data | " + " | ".join(NOTE_DATA_KEYS) + " |", "|---" * (len(NOTE_DATA_KEYS) + 1) + "|"]
+    for role, s in data_summary.items():
+        p = _profile(s)
+        rows.append(f"| {role} | " + " | ".join(str(p.get(k, "-")) for k in NOTE_DATA_KEYS) + " |")
+    root = next((s.get("root") for s in data_summary.values() if s.get("root")), "")
+    data = "\n".join(rows) + (f"\n\nroot: `{root}`" if root else "")
+    return f"### {title}\n\n{selection}\n\n```\n{table}\n```\n\n{data}\n"
 
 
 class _Tee:

@@ -67,7 +67,7 @@ JOBS: dict[str, JobSpec] = {
         "ray_jobs.evaluate",
         "evaluate a checkpoint (R@1/5/10, MdR, MnR both ways)",
         "Evaluate a checkpoint on a split with Ray (python -m ray_jobs.evaluate) and print the paper-style "
-        "table. The checkpoint is a directory, runs:/<id>/checkpoint or models:/<name>@<alias>.",
+        "table. The checkpoint is a directory, models:/<name>@<alias> or models:/<model id>.",
     ),
 }
 
@@ -239,7 +239,7 @@ def _eval_args(args: argparse.Namespace) -> tuple[list[str], object]:
         path = Path(ckpt).expanduser()
         if not (path / "model.pt").is_file():
             raise _usage_error(f"--checkpoint {ckpt}: not a checkpoint directory (no model.pt)",
-                               "pass an epoch_NNNN folder of a run, runs:/<id>/checkpoint or models:/<name>@champion")  # fmt: skip
+                               "pass an epoch_NNNN folder of a run or models:/<name>@champion")  # fmt: skip
         text = (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else ""
         cfg = _load_config(f"{path}/config.yaml", args.overrides, source_yaml=text)
         ckpt = _abs(ckpt)

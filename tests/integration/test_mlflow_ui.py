@@ -253,9 +253,12 @@ def test_register_alias_in_the_browser_then_eval(browser, local_cluster, trained
     text = _open(browser, trained["url"], lambda t: "ui-flow" in t and "Logged models" in t, "run page")
     assert "Model training" in text and "Evaluation runs" not in text, "the UI opened its GenAI view"
     _wait_text(browser, lambda t: "ray_jobs.train" in t and "msrvtt-1k-A-train" in t, "source + datasets")
+    _click(browser, "[data-component-id='mlflow.assistant.chat_panel.close']")  # room for the run's details
     _shot(browser, tmp_path, "flow_1_run")
     # 2. the run's logged model -> Register model -> a new registered model
-    _click(browser, "a", text="model")
+    _click(browser, "a[href*='/models/m-']", text="model")
+    if len(browser.window_handles) > 1:  # the UI opens model links in a new tab
+        browser.switch_to.window(browser.window_handles[-1])
     _wait_text(browser, lambda t: "Register model" in t and "Not registered" in t, "logged model page")
     _shot(browser, tmp_path, "flow_2_logged_model")
     _click(browser, "button", text="Register model")

@@ -40,7 +40,7 @@ def test_note_has_the_table_selection_and_data():
         {"train": {"videos": 3, "dropped_video_ids": ["a", "b"]}},
     )
     assert text.startswith("### run x") and "R@1 50.0" in text and "selected on 'val'" in text
-    assert '"dropped": 2' in text and '"videos": 3' in text and "dropped_video_ids" not in text
+    assert "| train | - | 3 | - | 2 | - |" in text and "dropped_video_ids" not in text
 
 
 def test_captured_log_copies_prints_and_log_records(tmp_path, capsys):
