@@ -24,17 +24,27 @@ from etva.config import Config
 logger = logging.getLogger(__name__)
 
 GIT_COMMIT, SOURCE_NAME, SOURCE_TYPE = "mlflow.source.git.commit", "mlflow.source.name", "mlflow.source.type"
-NOTE = "mlflow.note.content"
+NOTE, USER = "mlflow.note.content", "mlflow.user"
 DATA_CONTEXT = "mlflow.data.context"
 LOG_DIR = "logs"
 
 
 def source_tags(entry: str, commit: str) -> dict[str, str]:
-    """The standard source tags: ``entry`` (e.g. ``ray_jobs.train``) and the repository's commit."""
-    tags = {SOURCE_NAME: entry, SOURCE_TYPE: "JOB"}
+    """The standard source tags: ``entry`` (e.g. ``ray_jobs.train``), the repository's commit, the user
+    the job runs as (the run page's *Created by*)."""
+    tags = {SOURCE_NAME: entry, SOURCE_TYPE: "JOB", USER: _user()}
     if commit and commit != "unknown":
         tags[GIT_COMMIT] = commit
     return tags
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def split_digest(split: Any) -> str:

@@ -253,6 +253,8 @@ def test_register_alias_in_the_browser_then_eval(browser, local_cluster, trained
     text = _open(browser, trained["url"], lambda t: "ui-flow" in t and "Logged models" in t, "run page")
     assert "Model training" in text and "Evaluation runs" not in text, "the UI opened its GenAI view"
     _wait_text(browser, lambda t: "ray_jobs.train" in t and "msrvtt-1k-A-train" in t, "source + datasets")
+    tags = client.get_run(trained["run_id"]).data.tags  # `etva train` hands the commit to the job
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["mlflow.user"]
     _click(browser, "[data-component-id='mlflow.assistant.chat_panel.close']")  # room for the run's details
     _shot(browser, tmp_path, "flow_1_run")
     # 2. the run's logged model -> Register model -> a new registered model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import sys
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ def test_source_tags_are_mlflows_standard_ones():
         "mlflow.source.name": "ray_jobs.train",
         "mlflow.source.type": "JOB",
         "mlflow.source.git.commit": "abc1234",
+        "mlflow.user": getpass.getuser(),
     }
     assert "mlflow.source.git.commit" not in source_tags("ray_jobs.train", "unknown")
 
