@@ -380,8 +380,12 @@ class EpochLogger:
         """Log epochs that the checkpoint holds but MLflow lacks (the job stopped between the two)."""
         if self.client is None:
             return
-        with fail_fast(30):
-            logged = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        try:
+            with fail_fast(30):
+                logged = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        except Exception as e:  # server down: training matters more; the next resume back-fills
+            logger.warning("MLflow unreachable (%s): epochs before the resume are not back-filled", e)
+            return
         for epoch, metrics in sorted(history.items(), key=lambda kv: int(kv[0])):
             if int(epoch) not in logged:
                 self.log({k: v for k, v in metrics.items() if k != "epoch"}, step=int(epoch))
