@@ -224,7 +224,7 @@ def log_best_model(client, run_id: str, ckpt_dir: str | Path, step: int = 0) -> 
             ]
         )
     )
-    mlflow.set_tracking_uri(client._tracking_client.tracking_uri)
+    mlflow.set_tracking_uri(client.tracking_uri)
     with mlflow.start_run(run_id=run_id):  # log_model attaches the model to the active run
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
