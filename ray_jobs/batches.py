@@ -75,9 +75,15 @@ def sample_captions(batch: dict, rng: np.random.Generator) -> tuple[np.ndarray, 
     return ids[np.arange(len(count)), pick], np.asarray(batch["caption_first"]) + pick
 
 
+def _writable(v):
+    """Ray Data's numpy batches are zero-copy views of read-only Arrow/object-store memory; torch warns
+    ("The given NumPy array is not writable") and must not wrap them. One copy here, where they leave Ray."""
+    return v.copy() if isinstance(v, np.ndarray) and not v.flags.writeable else v
+
+
 def _video_columns(batch: dict) -> dict:
     keys = [*VIDEO_KEYS, "video_index", *(k for k in batch if k.startswith("feat"))]
-    return {k: batch[k] for k in keys if k in batch}
+    return {k: _writable(batch[k]) for k in keys if k in batch}
 
 
 def train_batches(

@@ -227,6 +227,8 @@ class TrainRecipe:
             val, skipped_val = self.evaluate()
             metrics = self.epoch_metrics(epoch, stats, val, (skipped_train, skipped_val), t0)
             self.report(epoch, metrics, (skipped_train, skipped_val))
+        if self.mlflow is not None:  # metrics buffered during an MLflow outage go out now
+            self.mlflow.close()
         return {"history": self.history}
 
 

@@ -8,6 +8,7 @@ nest trial runs under a parent with the same helpers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -24,7 +25,10 @@ from etva.config import Config, config_to_dict, flatten
 logger = logging.getLogger(__name__)
 
 RUN_NAME_TAG = "etva.run_name"
-CHECKPOINT_TAG = "etva.checkpoint_artifact"  # artifact folder of the run's best checkpoint
+CHECKPOINT_TAG = "etva.checkpoint_artifact"  # where the run's best checkpoint is: models:/<model id>
+MODEL_ID_TAG = "etva.model_id"  # the logged model (MLflow 3) that holds the best checkpoint
+MODEL_NAME = "model"  # the logged model's name on the run page
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAM_LEN = 6000
 PARAMS_PER_CALL, METRICS_PER_CALL = 90, 900  # below the server's log_batch limits (100 / 1000)
 
@@ -48,9 +52,17 @@ def get_client(uri: str):
 
 
 def experiment_id(client, name: str) -> str:
-    """The id of experiment ``name``, created when it does not exist."""
+    """The id of experiment ``name`` (created when missing), marked as a model-training experiment.
+
+    The MLflow 3 UI opens an experiment in its GenAI view (traces, evaluation runs) unless its
+    ``mlflow.experimentKind`` tag says ``custom_model_development``; then the runs table opens.
+    """
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    if exp is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def find_run(client, exp_id: str, filter_string: str):
@@ -60,8 +72,8 @@ def find_run(client, exp_id: str, filter_string: str):
 
 
 def run_url(uri: str, exp_id: str, run_id: str) -> str:
-    """The run's page in the MLflow UI."""
-    return f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
+    """The run's page in the MLflow UI (its model-training view)."""
+    return f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def git_commit() -> str:
@@ -106,16 +118,23 @@ def config_params(cfg: Config) -> dict[str, Any]:
     return flatten(config_to_dict(cfg))
 
 
-def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-    """Log finite numeric metrics at ``step`` in batches."""
+def metric_items(metrics: Mapping[str, float], step: int, model_id: str | None = None) -> list:
+    """``mlflow.entities.Metric`` of the finite numeric values (one timestamp: retries are idempotent)."""
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
-    items = [
-        Metric(k, float(v), ts, step)
+    return [
+        Metric(k, float(v), ts, step, model_id=model_id)
         for k, v in metrics.items()
         if isinstance(v, (int, float)) and math.isfinite(float(v))
     ]
+
+
+def log_metrics(
+    client, run_id: str, metrics: Mapping[str, float], step: int = 0, model_id: str | None = None
+) -> None:
+    """Log finite numeric metrics at ``step`` in batches (linked to the logged model ``model_id``)."""
+    items = metric_items(metrics, step, model_id)
     for s in range(0, len(items), METRICS_PER_CALL):
         client.log_batch(run_id, metrics=items[s : s + METRICS_PER_CALL])
 
@@ -162,30 +181,92 @@ def start_or_resume_run(cfg: Config, run_name: str, tags: dict[str, str]) -> tup
     return client, run_id
 
 
+MODEL_REQUIREMENTS = (
+    "torch", "numpy", "pandas", "pyyaml", "av", "transformers", "sentencepiece", "matplotlib", "pillow", "tqdm",
+    "mlflow",
+)  # fmt: skip
+
+
+def _requirements() -> list[str]:
+    """Pinned versions of what ``etva`` and the pyfunc need (MLflow's inference would import the model)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in MODEL_REQUIREMENTS:
+        try:
+            out.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            out.append(dist)
+    return out
+
+
+def log_best_model(client, run_id: str, ckpt_dir: str | Path, step: int = 0) -> str:
+    """Log the checkpoint as the run's MLflow model (pyfunc from code: ``ray_jobs/mlflow_model.py``).
+
+    Nothing is pickled: the model is that file, the ``etva`` package as code, and the checkpoint folder
+    as the artifact ``checkpoint``. The run's metrics at ``step`` (the selected epoch) are linked to the
+    model. Returns the logged model's id (``models:/<id>`` loads it; *Register model* on the run page
+    registers it).
+    """
+    import mlflow
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    import etva
+    from ray_jobs import mlflow_model
+
+    signature = ModelSignature(
+        inputs=Schema(
+            [
+                ColSpec("string", mlflow_model.TEXT_COL),
+                ColSpec("string", mlflow_model.VIDEO_COL, required=False),
+            ]
+        )
+    )
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with mlflow.start_run(run_id=run_id):  # log_model attaches the model to the active run
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=mlflow_model.__file__,
+            artifacts={mlflow_model.CHECKPOINT_ARTIFACT: str(ckpt_dir)},
+            code_paths=[str(Path(etva.__file__).parent)],
+            signature=signature,
+            input_example=pd.DataFrame({mlflow_model.TEXT_COL: ["a red circle moves to the left"]}),
+            pip_requirements=_requirements(),
+            step=step,
+        )
+    client.set_tag(run_id, MODEL_ID_TAG, info.model_id)
+    client.set_tag(run_id, CHECKPOINT_TAG, f"models:/{info.model_id}")
+    return info.model_id
+
+
 def finish_run(
     client, run_id: str, best: dict[str, float] | None, best_ckpt_dir: str | None, status: str
-) -> None:
-    """Log ``best/...`` metrics and the best checkpoint, then mark the run finished."""
+) -> str | None:
+    """Log the best checkpoint as the run's model, ``best/...`` metrics linked to it, and mark the run
+    finished. Returns the logged model's id (None without a checkpoint or a run)."""
     if client is None:
-        return
-    if best:
-        log_metrics(
-            client,
-            run_id,
-            {f"best/{k.removeprefix('val/')}": v for k, v in best.items() if k.startswith("val/")},
-        )
+        return None
+    model_id = None
     if best_ckpt_dir:
-        client.log_artifacts(run_id, best_ckpt_dir, artifact_path="checkpoint")
-        client.set_tag(run_id, CHECKPOINT_TAG, "checkpoint")
+        model_id = log_best_model(client, run_id, best_ckpt_dir, step=int((best or {}).get("epoch", 0)))
+    if best:
+        best_metrics = {f"best/{k.removeprefix('val/')}": v for k, v in best.items() if k.startswith("val/")}
+        log_metrics(client, run_id, best_metrics, model_id=model_id)
     client.set_terminated(run_id, status=status)
+    return model_id
 
 
 def resolve_model_uri(client, uri: str) -> str:
-    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> the version's artifact location."""
+    """``models:/<name>@<alias>``, ``models:/<name>/<version>`` or ``models:/<model id>`` (a logged
+    model) -> the artifact location of that model."""
     from mlflow.exceptions import MlflowException
 
     body = uri.removeprefix("models:/").strip("/")
     try:
+        if "@" not in body and "/" not in body:
+            return client.get_logged_model(body).artifact_location
         if "@" in body:
             name, alias = body.split("@", 1)
             mv = client.get_model_version_by_alias(name, alias)
@@ -226,22 +307,85 @@ def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str) -> Path:
     return found[0]
 
 
-class EpochLogger:
-    """Rank 0's per-epoch metrics into the run the driver created (a no-op without a run)."""
+@contextlib.contextmanager
+def fail_fast(timeout_s: int = 10):
+    """MLflow HTTP calls inside give up at once (no retries, ``timeout_s``) instead of ~4 min of backoff."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
-    def __init__(self, uri: str, run_id: str) -> None:
+
+class EpochLogger:
+    """Rank 0's metrics into the run the driver created (a no-op without a run).
+
+    Survives a tracking-server outage: metrics that cannot be sent are kept (with their timestamps, so a
+    resend is idempotent) and sent with the next ``log`` once ``retry_s`` has passed, or by ``close``.
+    Training never waits on a dead server for more than one fail-fast request per ``retry_s``.
+    """
+
+    def __init__(self, uri: str, run_id: str, retry_s: float = 15.0) -> None:
         self.client = get_client(uri) if uri and run_id else None
         self.run_id = run_id
+        self.retry_s = retry_s
+        self.pending: list = []  # mlflow Metric, oldest first
+        self._next_try = 0.0
+        self.outages = 0  # times the server was found unreachable
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        if self.client is not None:
-            log_metrics(self.client, self.run_id, metrics, step)
+        if self.client is None:
+            return
+        self.pending.extend(metric_items(metrics, step))
+        self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        """Send what is buffered; False (and keep it) when the server is unreachable."""
+        if self.client is None or not self.pending:
+            return True
+        if not force and time.monotonic() < self._next_try:
+            return False
+        try:
+            with fail_fast():
+                while self.pending:
+                    self.client.log_batch(self.run_id, metrics=self.pending[:METRICS_PER_CALL])
+                    del self.pending[:METRICS_PER_CALL]
+        except Exception as e:  # connection refused, timeout, 5xx: keep the metrics, try again later
+            self.outages += 1
+            self._next_try = time.monotonic() + self.retry_s
+            logger.warning(
+                "MLflow unreachable (%s: %s); %d metric values buffered, retrying in %.0f s",
+                type(e).__name__, str(e).splitlines()[0][:200], len(self.pending), self.retry_s,
+            )  # fmt: skip
+            return False
+        return True
+
+    def close(self, wait_s: float = 120.0) -> bool:
+        """Flush at the end of training, retrying for up to ``wait_s``; False if metrics were lost."""
+        deadline = time.monotonic() + wait_s
+        while not self.flush(force=True):
+            if time.monotonic() >= deadline:
+                logger.error("MLflow still unreachable: %d metric values not logged", len(self.pending))
+                return False
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        return True
 
     def backfill(self, history: dict[str, dict], key: str = "val/t2v_R1") -> None:
         """Log epochs that the checkpoint holds but MLflow lacks (the job stopped between the two)."""
         if self.client is None:
             return
-        logged = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        try:
+            with fail_fast(30):
+                logged = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        except Exception as e:  # server down: training matters more; the next resume back-fills
+            logger.warning("MLflow unreachable (%s): epochs before the resume are not back-filled", e)
+            return
         for epoch, metrics in sorted(history.items(), key=lambda kv: int(kv[0])):
             if int(epoch) not in logged:
                 self.log({k: v for k, v in metrics.items() if k != "epoch"}, step=int(epoch))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,9 +134,11 @@ def best_of(result) -> tuple[dict, str | None]:
 
 
 def _tags(cfg: Config, config_file: str) -> dict[str, str]:
+    from ray_jobs.run_record import source_tags
     from ray_jobs.tracking import git_commit, job_submission_id
 
     return {
+        **source_tags("ray_jobs.train", git_commit()),
         "git_commit": git_commit(),
         "ray_job_submission_id": job_submission_id(),
         "dataset": cfg.data.dataset,
@@ -146,6 +149,7 @@ def _tags(cfg: Config, config_file: str) -> dict[str, str]:
 
 
 def _log_inputs(client, run_id: str, cfg: Config, prepared: dict) -> None:
+    from ray_jobs.run_record import log_dataset_inputs
     from ray_jobs.tracking import log_dict, log_text
 
     summary = {name: s.summary_dict() for name, s in prepared.items()}
@@ -153,6 +157,7 @@ def _log_inputs(client, run_id: str, cfg: Config, prepared: dict) -> None:
     if client is not None:
         log_text(client, run_id, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), "config.yaml")
         log_dict(client, run_id, summary, "data_summary.json")
+        log_dataset_inputs(client, run_id, cfg, prepared)
 
 
 def _log_outputs(client, run_id: str, best_path: str | None, prepared: dict) -> None:
@@ -203,30 +208,61 @@ def report_test_split(cfg: Config, best: dict, best_path: str | None, client, ru
     return metrics
 
 
+def _set_note(
+    client, run_id: str, cfg: Config, run_name: str, best: dict, test: dict, prepared: dict
+) -> None:
+    """The run's description: the result table(s), where the checkpoint was selected, the data."""
+    from ray_jobs.run_record import NOTE, note
+
+    if client is None:
+        return
+    table = format_table(best)
+    if test:
+        table += f"\n\n{cfg.data.test_split}:\n" + format_table(test, prefix=f"{cfg.data.test_split}/")
+    title = f"{run_name}: best epoch {int(best.get('epoch', -1)) + 1} of {cfg.train.epochs}"
+    summary = {name: s.summary_dict() for name, s in prepared.items()}
+    client.set_tag(run_id, NOTE, note(title, table, _selection_line(cfg), summary))
+
+
+def _train(cfg: Config, run_name: str, data: PreparedData, client, run_id: str) -> None:
+    """Fit, then log the result to the MLflow run (pictures, test split, note, model) and print it."""
+    from ray_jobs.tracking import finish_run, run_url, tracking_uri
+
+    uri = tracking_uri(cfg) if client is not None else ""
+    trainer, prepared = build_trainer(cfg, run_name, data=data, mlflow_run=(uri, run_id))
+    _log_inputs(client, run_id, cfg, prepared)
+    best, best_path = best_of(trainer.fit())
+    _log_outputs(client, run_id, best_path, prepared)
+    url = run_url(uri, client.get_run(run_id).info.experiment_id, run_id) if client is not None else ""
+    _print_result(cfg, run_name, best, best_path, url)
+    test = report_test_split(cfg, best, best_path, client, run_id)
+    _set_note(client, run_id, cfg, run_name, best, test, prepared)
+    finish_run(client, run_id, best, best_path, "FINISHED")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from ray_jobs.tracking import finish_run, run_url, start_or_resume_run, tracking_uri
+    from ray_jobs.run_record import captured_log, upload_log
+    from ray_jobs.tracking import start_or_resume_run
 
     setup_logging()
     args = parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
     run_name = cfg.ray.run_name = args.run_name or cfg.ray.run_name or default_run_name(cfg)
-    data = prepare_data(cfg, run_name)  # before Ray: bad data fails in the first seconds
-    init_ray(cfg.ray.address, log_to_driver=True)
-    client, run_id = start_or_resume_run(cfg, run_name, _tags(cfg, str(args.config)))
-    uri = tracking_uri(cfg) if client is not None else ""
-    try:
-        trainer, prepared = build_trainer(cfg, run_name, data=data, mlflow_run=(uri, run_id))
-        _log_inputs(client, run_id, cfg, prepared)
-        best, best_path = best_of(trainer.fit())
-        _log_outputs(client, run_id, best_path, prepared)
-        url = run_url(uri, client.get_run(run_id).info.experiment_id, run_id) if client is not None else ""
-        _print_result(cfg, run_name, best, best_path, url)
-        report_test_split(cfg, best, best_path, client, run_id)
-        finish_run(client, run_id, best, best_path, "FINISHED")
-    except BaseException:
-        if client is not None:
-            client.set_terminated(run_id, status="FAILED")
-        raise
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        captured_log(Path(tmp) / f"job-{time.strftime('%Y%m%d-%H%M%S')}.log") as log,
+    ):
+        data = prepare_data(cfg, run_name)  # before Ray: bad data fails in the first seconds
+        init_ray(cfg.ray.address, log_to_driver=True)
+        client, run_id = start_or_resume_run(cfg, run_name, _tags(cfg, str(args.config)))
+        try:
+            _train(cfg, run_name, data, client, run_id)
+        except BaseException:
+            if client is not None:
+                client.set_terminated(run_id, status="FAILED")
+            raise
+        finally:
+            upload_log(client, run_id, log)  # at the end and on failure: logs/job-<time>.log
     return 0
 
 

@@ -1,11 +1,16 @@
 """Pick the best checkpoint of an MLflow experiment and register it as the ``champion``.
 
     etva best --experiment etva-shapes [--model-name etva-shapes] [--top 10] [--tracking-uri http://...]
+    etva best --experiment etva-shapes --dry-run          # the ranking only, nothing registered
+    etva best --run-id <run id> [--model-name etva-shapes]  # register this run instead of the top one
 
-Best = highest ``best/t2v_R1`` over every run of the experiment that logged a checkpoint (training runs
-and nested sweep trials alike), ties broken by lower ``best/t2v_MdR``, then by the earlier run. The run's
-``checkpoint`` artifact becomes a new version of the registered model and gets the alias ``champion``;
-``download_champion("models:/<name>@champion", dst)`` brings it back as a local checkpoint directory.
+Best = highest ``best/t2v_R1`` over every run of the experiment that logged a model (training runs and
+nested sweep trials alike), ties broken by lower ``best/t2v_MdR``, then by the earlier run. The run's
+logged model (``models:/<model id>``, see ``ray_jobs.tracking.log_best_model``) is registered exactly as
+the UI's *Register model* button does it (source ``models:/<model id>``, run id, model id), so versions
+from the browser and from here are the same kind; a run that already has a version of the registered
+model reuses it. The version gets the alias ``champion``; ``mlflow.pyfunc.load_model`` loads it, and
+``download_champion("models:/<name>@champion", dst)`` brings back its local checkpoint directory.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from etva.metrics import HEADLINE_METRICS, selection_key
-from ray_jobs.tracking import CHECKPOINT_TAG, get_client
+from ray_jobs.tracking import MODEL_ID_TAG, get_client
 from ray_jobs.tracking import download_checkpoint as _download
 
 logger = logging.getLogger(__name__)
@@ -35,10 +40,13 @@ class BestError(ValueError):
 
 @dataclass
 class Pick:
+    experiment: str
     ranked: list  # mlflow Run objects, best first
+    chosen: Any  # the run registered (ranked[0], or the --run-id run); None on a dry run
     model_name: str
-    version: str  # registered model version of ranked[0]
-    uri: str  # models:/<name>@champion
+    version: str  # registered model version of ``chosen`` ("" on a dry run)
+    reused: bool  # the run already had that version
+    uri: str  # models:/<name>@champion ("" on a dry run)
 
 
 def _client(tracking_uri: str):
@@ -72,42 +80,78 @@ def rank_runs(client, experiment: str) -> list:
         token = page.token
         if not token:
             break
-    runs = [r for r in runs if r.data.tags.get(CHECKPOINT_TAG) and not math.isnan(r.data.metrics[METRIC])]
+    runs = [r for r in runs if r.data.tags.get(MODEL_ID_TAG) and not math.isnan(r.data.metrics[METRIC])]
     return sorted(runs, key=_sort_key)
 
 
-def register(client, run, model_name: str) -> str:
-    """Register ``runs:/<run>/checkpoint`` as a new version of ``model_name``, alias it champion."""
+def _ensure_registered_model(client, model_name: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(model_name)
     except MlflowException:
         client.create_registered_model(
-            model_name, description="ETVA checkpoints picked by `etva best` (best val t2v R@1, ties by MdR)"
+            model_name,
+            description="ETVA checkpoints (pyfunc models): `etva best` or Register model in the UI",
         )
-    artifact = run.data.tags.get(CHECKPOINT_TAG, "checkpoint")
-    version = client.create_model_version(
-        model_name,
-        source=f"runs:/{run.info.run_id}/{artifact}",
-        run_id=run.info.run_id,
-        tags={k: str(v) for k, v in run.data.metrics.items() if k in TABLE_METRICS},
-    )
-    client.set_registered_model_alias(model_name, ALIAS, version.version)
-    return str(version.version)
 
 
-def pick_best(experiment: str, model_name: str = "", tracking_uri: str = "") -> Pick:
-    """Rank the experiment's runs, register the best one's checkpoint and alias it ``champion``."""
+def existing_version(client, model_name: str, run_id: str, model_id: str):
+    """The version of ``model_name`` already made from this run's logged model (UI or CLI), or None."""
+    found = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    same = [v for v in found if v.model_id == model_id or v.source == f"models:/{model_id}"]
+    return min(same, key=lambda v: int(v.version)) if same else None
+
+
+def register(client, run, model_name: str) -> tuple[str, bool]:
+    """Register the run's logged model as a version of ``model_name`` (as the UI does: source
+    ``models:/<model id>``), or reuse the version it already has; alias it champion.
+    Returns (version, reused)."""
+    model_id = run.data.tags.get(MODEL_ID_TAG, "")
+    if not model_id:
+        raise BestError(f"run {run.info.run_id} has no logged model (tag {MODEL_ID_TAG}): it did not finish")
+    _ensure_registered_model(client, model_name)
+    mv = existing_version(client, model_name, run.info.run_id, model_id)
+    reused = mv is not None
+    if mv is None:
+        mv = client.create_model_version(
+            model_name,
+            source=f"models:/{model_id}",
+            run_id=run.info.run_id,
+            tags={k: str(v) for k, v in run.data.metrics.items() if k in TABLE_METRICS},
+            model_id=model_id,
+        )
+    client.set_registered_model_alias(model_name, ALIAS, mv.version)
+    return str(mv.version), reused
+
+
+def _run_by_id(client, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as e:
+        raise BestError(f"--run-id {run_id}: no such MLflow run ({str(e).splitlines()[0]})") from e
+
+
+def pick_best(
+    experiment: str, model_name: str = "", tracking_uri: str = "", run_id: str = "", dry_run: bool = False
+) -> Pick:
+    """Rank the experiment's runs; register the best one (or ``run_id``) and alias it ``champion``
+    unless ``dry_run``."""
     client, _ = _client(tracking_uri)
+    chosen = _run_by_id(client, run_id) if run_id else None
+    if chosen is not None and not experiment:
+        experiment = client.get_experiment(chosen.info.experiment_id).name
     ranked = rank_runs(client, experiment)
-    if not ranked:
-        raise BestError(
-            f"experiment '{experiment}': no run has a checkpoint artifact and a '{METRIC}' metric yet"
-        )
+    if chosen is None and not ranked:
+        raise BestError(f"experiment '{experiment}': no run has a logged model and a '{METRIC}' metric yet")
     name = model_name or experiment
-    version = register(client, ranked[0], name)
-    return Pick(ranked, name, version, f"models:/{name}@{ALIAS}")
+    if dry_run:
+        return Pick(experiment, ranked, None, name, "", False, "")
+    chosen = chosen or ranked[0]
+    version, reused = register(client, chosen, name)
+    return Pick(experiment, ranked, chosen, name, version, reused, f"models:/{name}@{ALIAS}")
 
 
 def format_table(runs: list, top: int = 10) -> str:
@@ -134,16 +178,26 @@ def download_champion(uri: str, dst: str | Path, tracking_uri: str = "") -> Path
         raise BestError(str(e)) from e
 
 
-def main(experiment: str, model_name: str = "", top: int = 10, tracking_uri: str = "") -> int:
-    """`etva best`: print the top runs, register the best, print its models:/ URI."""
-    pick = pick_best(experiment, model_name, tracking_uri)
-    print(
-        f"experiment '{experiment}': {len(pick.ranked)} runs with a checkpoint; top {min(top, len(pick.ranked))}:"
-    )
+def main(
+    experiment: str,
+    model_name: str = "",
+    top: int = 10,
+    tracking_uri: str = "",
+    run_id: str = "",
+    dry_run: bool = False,
+) -> int:
+    """`etva best`: print the top runs; register the best (or ``run_id``), print its models:/ URI."""
+    pick = pick_best(experiment, model_name, tracking_uri, run_id, dry_run)
+    n = len(pick.ranked)
+    print(f"experiment '{pick.experiment}': {n} runs with a model; top {min(top, n)}:")
     print(format_table(pick.ranked, top))
-    best = pick.ranked[0]
+    if dry_run:
+        print("\ndry run: nothing registered")
+        return 0
+    run = pick.chosen
+    how = "already registered as" if pick.reused else "registered as"
     print(
-        f"\nregistered run {best.info.run_id} ({best.info.run_name}) as {pick.model_name} "
-        f"version {pick.version}, alias '{ALIAS}': {pick.uri}"
+        f"\nrun {run.info.run_id} ({run.info.run_name}) {how} {pick.model_name} version {pick.version}, "
+        f"alias '{ALIAS}': {pick.uri}"
     )
     return 0

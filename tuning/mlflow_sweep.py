@@ -16,7 +16,17 @@ from typing import Any
 
 from etva.config import Config
 from etva.metrics import HEADLINE_METRICS, selection_key
-from ray_jobs.tracking import RUN_NAME_TAG, config_params, find_run, log_params, log_text, resume_run
+from ray_jobs.run_record import source_tags
+from ray_jobs.tracking import (
+    RUN_NAME_TAG,
+    config_params,
+    find_run,
+    git_commit,
+    log_metrics,
+    log_params,
+    log_text,
+    resume_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +85,7 @@ def start_or_resume_child(
         RUN_NAME_TAG: cfg.ray.run_name,
         "etva.role": "trial",
         "etva.sampled": json.dumps(sampled, sort_keys=True),
+        **source_tags("tuning.sweep", git_commit()),
     }
     run_id = client.create_run(exp_id, run_name=trial_name, tags=tags).info.run_id
     params = config_params(cfg)
@@ -84,9 +95,11 @@ def start_or_resume_child(
 
 
 def mark_stopped(client, run_id: str, *, early: bool, reason: str, epochs: int) -> None:
+    """Tags why the trial stopped, and the same two ``trial/`` metrics on every child (compare view)."""
     client.set_tag(run_id, EARLY_TAG, "true" if early else "false")
     client.set_tag(run_id, REASON_TAG, reason)
     client.set_tag(run_id, "etva.epochs_run", str(epochs))
+    log_metrics(client, run_id, {"trial/epochs": epochs, "trial/stopped_early": int(early)})
 
 
 def close_unfinished(client, exp_id: str, parent_id: str) -> int:
@@ -158,36 +171,78 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def is_seed(key: str) -> bool:
+    """Seeds are repeats of a configuration, not a parameter to plot R@1 against."""
+    return key == "seed" or key.endswith(".seed")
+
+
+def group_stats(
+    rows: list[dict[str, Any]], key: str, metric: str = "t2v_R1"
+) -> list[tuple[Any, float, float, int]]:
+    """(value of ``key``, mean, std, n) of ``metric`` over the finished trials sharing that value
+    (the repeats over seeds), in value order; std is the sample std (0 for one trial)."""
+    groups: dict[Any, list[float]] = {}
+    for r in rows:
+        v = _num(r.get(metric), math.nan)
+        if not math.isnan(v):
+            groups.setdefault(r.get(key), []).append(v)
+    out = []
+
+    def order(x: Any) -> tuple:
+        numeric = isinstance(x, (int, float)) and not isinstance(x, bool)
+        return (0, float(x), "") if numeric else (1, 0.0, str(x))
+
+    for value in sorted(groups, key=order):
+        ys = groups[value]
+        mean = sum(ys) / len(ys)
+        std = math.sqrt(sum((y - mean) ** 2 for y in ys) / (len(ys) - 1)) if len(ys) > 1 else 0.0
+        out.append((value, mean, std, len(ys)))
+    return out
+
+
+def _panel(ax, rows: list[dict[str, Any]], key: str) -> None:
+    """Every trial as a dot (red: stopped early) and each value's mean +- std over seeds."""
+    stats = group_stats(rows, key)
+    pos = {str(v): i for i, (v, *_) in enumerate(stats)}
+    done = [r for r in rows if not math.isnan(_num(r["t2v_R1"], math.nan))]
+    ax.scatter(
+        [pos[str(r.get(key))] for r in done], [r["t2v_R1"] for r in done], s=14, alpha=0.5,
+        c=["tab:red" if r["stopped_early"] else "tab:gray" for r in done], zorder=2,
+    )  # fmt: skip
+    xs = range(len(stats))
+    ax.errorbar(xs, [m for _, m, _, _ in stats], yerr=[sd for _, _, sd, _ in stats], fmt="o-", color="tab:blue",
+                capsize=4, zorder=3, label="mean +- std over seeds")  # fmt: skip
+    for x, (_, m, _, n) in zip(xs, stats):
+        ax.annotate(f"n={n}", (x, m), textcoords="offset points", xytext=(6, -10), fontsize=7)
+    ax.set_xticks(list(xs), [str(v) for v, *_ in stats])
+    ax.set_xlabel(key)
+    ax.set_ylabel("best val t2v R@1 (%)")
+    ax.grid(alpha=0.3)
+
+
 def plot_summary(rows: list[dict[str, Any]], keys: list[str], path: str) -> bool:
-    """R@1 against every swept dimension (one panel each); cluster count first. False if nothing to plot."""
+    """R@1 per value of every swept dimension (cluster count first): each value's mean and std over the
+    seeds (and any other repeats), every trial as a dot. Seeds are not an axis. False if nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted(keys, key=lambda k: k != "model.num_clusters")
+    axes_keys = sorted((k for k in keys if not is_seed(k)), key=lambda k: k != "model.num_clusters")
     rows = [r for r in rows if not math.isnan(_num(r["t2v_R1"], math.nan))]
     if not keys or not rows:
         return False
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        xs = [r[key] for r in rows]
-        ys = [r["t2v_R1"] for r in rows]
-        colors = ["tab:red" if r["stopped_early"] else "tab:blue" for r in rows]
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
-            ax.scatter(xs, ys, c=colors)
-            if key == "model.num_clusters" or (min(xs) > 0 and max(xs) / min(xs) > 20):
-                ax.set_xscale("log", base=2 if key == "model.num_clusters" else 10)
-            if all(isinstance(x, int) for x in xs) and len(set(xs)) <= 8:  # seeds, counts: exact ticks
-                ax.set_xticks(sorted(set(xs)), [str(x) for x in sorted(set(xs))])
-        else:
-            cats = sorted({str(x) for x in xs})
-            ax.scatter([cats.index(str(x)) for x in xs], ys, c=colors)
-            ax.set_xticks(range(len(cats)), cats)
-        ax.set_xlabel(key)
-        ax.set_ylabel("best val t2v R@1 (%)")
-        ax.grid(alpha=0.3)
-    fig.suptitle("R@1 per trial (red: stopped early by ASHA)")
+    if not axes_keys:  # only seeds swept: one group, the spread over seeds
+        rows, axes_keys = [{**r, "all trials": "all"} for r in rows], ["all trials"]
+    fig, axes = plt.subplots(1, len(axes_keys), figsize=(4.5 * len(axes_keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], axes_keys):
+        _panel(ax, rows, key)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    seeds = [k for k in keys if is_seed(k)]
+    over = f" over {', '.join(seeds)}" if seeds else ""
+    fig.suptitle(
+        f"best val t2v R@1: mean +- std{over} (dots: trials, red: stopped early by ASHA)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -130,6 +130,7 @@ def _space_path(args: argparse.Namespace, cfg: Config) -> str:
 
 def _tracking(cfg: Config, name: str, space: SearchSpace, args: argparse.Namespace):
     """(client, uri, exp_id, parent_id) for the sweep; (None, "", "", "") without a tracking server."""
+    from ray_jobs.run_record import source_tags
     from ray_jobs.tracking import (
         experiment_id,
         get_client,
@@ -148,6 +149,7 @@ def _tracking(cfg: Config, name: str, space: SearchSpace, args: argparse.Namespa
     exp_id = experiment_id(client, cfg.mlflow.experiment)
     settings = {"sweep.space_file": space.source, "sweep.swept": ",".join(space.swept)}
     tags = {
+        **source_tags("tuning.sweep", git_commit()),
         "git_commit": git_commit(),
         "ray_job_submission_id": job_submission_id(),
         "config_file": args.config,
@@ -216,8 +218,9 @@ def build_tuner(cfg: Config, space: SearchSpace, name: str, storage: str, tracki
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ray_jobs.prepare import ensure_dataset
-    from tuning.mlflow_sweep import close_unfinished, log_summary, to_markdown
+    import tempfile
+
+    from ray_jobs.run_record import captured_log
 
     setup_logging()
     disable_mlflow_telemetry()
@@ -225,6 +228,19 @@ def main(argv: list[str] | None = None) -> int:
     # end would run that trial again on resume. The state is small; snapshot every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     args = parse_args(argv)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        captured_log(Path(tmp) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}.log") as log,
+    ):
+        return _sweep(args, log)
+
+
+def _sweep(args: argparse.Namespace, log: Path) -> int:
+    """The sweep: parent run, Tune, the summary; the driver's log goes to the parent run at the end."""
+    from ray_jobs.prepare import ensure_dataset
+    from ray_jobs.run_record import NOTE, upload_log
+    from tuning.mlflow_sweep import close_unfinished, log_summary, to_markdown
+
     cfg = load_job_config(args.config, args.overrides)
     space = load_space(_space_path(args, cfg), cfg)
     name = (
@@ -257,9 +273,12 @@ def main(argv: list[str] | None = None) -> int:
                     "sweep %s stopped before every trial finished (time budget or interrupt)", name
                 )
             rows = log_summary(client, exp_id, parent_id, space.swept)
-            client.set_terminated(parent_id, status=status)
-            print(f"\nsweep {name} ({time.time() - t0:.0f} s); trials by best val t2v R@1:")
+            title = f"sweep {name} ({time.time() - t0:.0f} s); trials by best val t2v R@1:"
+            client.set_tag(parent_id, NOTE, f"### {title}\n\n{to_markdown(rows)}")
+            print(f"\n{title}")
             print(to_markdown(rows))
+            upload_log(client, parent_id, log)
+            client.set_terminated(parent_id, status=status)
     return 0 if status == "FINISHED" else 1
 
 

@@ -52,6 +52,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ray_jobs.driver import disable_mlflow_telemetry, setup_logging
+    from ray_jobs.run_record import log_dataset_inputs
     from ray_jobs.tracking import finish_run, get_client
     from ray_jobs.train import best_of, build_trainer
     from tuning.mlflow_sweep import mark_stopped, start_or_resume_child
@@ -69,13 +70,15 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         run_id = start_or_resume_child(client, ctx.exp_id, ctx.parent_id, ctx.sweep_name, trial, cfg, params)
     logger.info("trial %s: %s (MLflow run %s)", trial_id, params, run_id or "-")
     try:
-        trainer, _ = build_trainer(
+        trainer, prepared = build_trainer(
             cfg,
             cfg.ray.run_name,
             callbacks=[TuneReportCallback()],
             torch_threads=ctx.torch_threads,
             mlflow_run=(ctx.mlflow_uri, run_id),
         )
+        if client is not None:
+            log_dataset_inputs(client, run_id, cfg, prepared)  # the run page's Datasets, as for training
         result = trainer.fit()
         best, best_path = best_of(result)
         history = (result.return_value or {}).get("history", {}) if hasattr(result, "return_value") else {}

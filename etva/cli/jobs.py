@@ -76,7 +76,7 @@ JOBS: dict[str, JobSpec] = {
         "ray_jobs.evaluate",
         "evaluate a checkpoint (R@1/5/10, MdR, MnR both ways)",
         "Evaluate a checkpoint on a split with Ray (python -m ray_jobs.evaluate) and print the paper-style "
-        "table. The checkpoint is a directory, runs:/<id>/checkpoint or models:/<name>@<alias>.",
+        "table. The checkpoint is a directory, models:/<name>@<alias> or models:/<model id>.",
     ),
 }
 
@@ -259,7 +259,7 @@ def _eval_args(args: argparse.Namespace) -> tuple[list[str], object]:
         path = Path(ckpt).expanduser()
         if not (path / "model.pt").is_file():
             raise _usage_error(f"--checkpoint {ckpt}: not a checkpoint directory (no model.pt)",
-                               "pass an epoch_NNNN folder of a run, runs:/<id>/checkpoint or models:/<name>@champion")  # fmt: skip
+                               "pass an epoch_NNNN folder of a run or models:/<name>@champion")  # fmt: skip
         text = (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else ""
         cfg = _load_config(f"{path}/config.yaml", args.overrides, source_yaml=text)
         ckpt = _abs(ckpt)
@@ -303,9 +303,24 @@ def build_job(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     check_url(f"{address}/api/gcs_healthz", f"the Ray cluster ({address})", START_HINT)
     submit = [_ray_cli(), "job", "submit", "--address", address, "--working-dir", str(working_dir)]
     submit += ["--no-wait"] if args.no_wait else []
-    if uri:  # the job's environment comes from the cluster, not this shell
-        submit += ["--runtime-env-json", json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": uri}})]
+    # the job's environment comes from the cluster, not this shell; the upload has no .git folder
+    env_vars = {"MLFLOW_TRACKING_URI": uri} if uri else {}
+    if commit := _git_commit(working_dir):
+        env_vars["ETVA_GIT_COMMIT"] = commit  # MLflow's mlflow.source.git.commit of the run
+    if env_vars:
+        submit += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
     return [*submit, "--", "python", "-m", spec.module, *job_argv], {}
+
+
+def _git_commit(repo: Path) -> str:
+    """The commit checked out in ``repo`` ("" when it is not a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=repo, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def run(args: argparse.Namespace) -> int:

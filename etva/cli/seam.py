@@ -51,8 +51,11 @@ def best_error_type() -> type[Exception]:
     return BestError
 
 
-def best_main(experiment: str, model_name: str, top: int, tracking_uri: str) -> int:
-    """``tuning.best.main(...)``: register the best run of ``experiment`` as '<model_name>@champion'.
+def best_main(
+    experiment: str, model_name: str, top: int, tracking_uri: str, run_id: str = "", dry_run: bool = False
+) -> int:
+    """``tuning.best.main(...)``: register the best run of ``experiment`` (or ``run_id``) as
+    '<model_name>@champion'; ``dry_run`` prints the ranking only.
 
     Returns the exit code. Raises :func:`best_error_type` errors for user mistakes, and
     UsageError when the ``tuning`` package cannot be imported.
@@ -61,7 +64,7 @@ def best_main(experiment: str, model_name: str, top: int, tracking_uri: str) -> 
         from tuning.best import main
     except ModuleNotFoundError as e:
         raise _missing("'etva best' needs the tuning.best module", e) from e
-    return main(experiment, model_name, top, tracking_uri)
+    return main(experiment, model_name, top, tracking_uri, run_id, dry_run)
 
 
 def fetch_checkpoint(uri: str, dst: Path) -> Path:

@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("queries", nargs="*", help="text queries (or --queries-file)")
     p.add_argument(
-        "--model", required=True, help="checkpoint dir, runs:/<id>/checkpoint or models:/<name>@<alias>"
+        "--model", required=True, help="checkpoint dir, models:/<name>@<alias> or models:/<model id>"
     )
     p.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
     p.add_argument("--queries-file", default="", help="one query per line")

@@ -5,7 +5,12 @@ the real :mod:`ray_jobs.pictures` code encodes the validation split and logs the
 from the same real scores. The browser (Debian ``chromium`` + ``chromium-driver``, installed by
 ``cluster/install_browser.sh``) is driven by Selenium. Without the browser this test FAILS (CI must
 install it). Screenshots go to the test's tmp dir, and a copy to ``$ETVA_UI_SHOTS`` (default
-``/tmp/etva-ui-shots``).
+``test-artifacts/ui-shots`` in the repository, gitignored; CI keeps it as the test's artifacts).
+
+The whole flow (:func:`test_register_alias_in_the_browser_then_eval`): a real `etva train` job on the
+local Ray + MLflow cluster; the browser opens the run (its *Source*, *Logged models* and *Datasets*), goes
+to the logged model, registers it with *Register model*, sets the alias ``champion`` on the version page;
+then `etva eval --checkpoint models:/<name>@champion` evaluates that version.
 """
 
 from __future__ import annotations
@@ -20,22 +25,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from etva.checkpoint import save_checkpoint
-from etva.config import config_to_dict, load_config
-from etva.data.synth import generate_dataset
 from etva.metrics import retrieval_metrics
-from etva.model import build_model
 from etva.viz import GT_RGB
 from ray_jobs.pictures import PICTURES, load_trained, log_pictures, make_pictures, score_split
-from ray_jobs.prepare import prepare_splits, tokenizer_files
+from tests.integration.tiny_checkpoint import tiny_checkpoint
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SHOTS = Path(os.environ.get("ETVA_UI_SHOTS", "/tmp/etva-ui-shots"))
+SHOTS = Path(os.environ.get("ETVA_UI_SHOTS", REPO / "test-artifacts" / "ui-shots"))
 RUN_NAME = "ui-pictures-run"
 CHROME_FLAGS = (
     "--headless",
@@ -53,23 +53,7 @@ torch.set_num_threads(2)
 
 
 def _checkpoint(tmp: Path, *overrides: str) -> tuple[Path, list]:
-    """A tiny untrained checkpoint (tiny.yaml model) + the validation records of a generated dataset."""
-    root = tmp / "shapes"
-    cfg = load_config(REPO / "ray_jobs/configs/tiny.yaml", [f"data.root={root}", *overrides])
-    if not root.exists():
-        generate_dataset(root, 40, 0, cfg=cfg.data.synth, workers=1, progress=False)
-    tok, prepared = prepare_splits(cfg, tmp / "tok", {"train": "train", "val": "test"})
-    torch.manual_seed(0)
-    model = build_model(cfg.model, len(tok))
-    ckpt = tmp / f"ckpt-{cfg.model.alignment}"
-    save_checkpoint(
-        ckpt,
-        {"model": model.state_dict()},
-        {"epoch": 0, "vocab_size": len(tok)},
-        config_yaml=yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
-        tokenizer_files=tokenizer_files(tmp / "tok"),
-    )
-    return ckpt, prepared["val"].records
+    return tiny_checkpoint(tmp, *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +180,125 @@ def test_global_only_model_has_no_word_cluster_picture(data_dir, tmp_path):
     ckpt, records = _checkpoint(data_dir, "model.alignment=global")
     names = [p.name for p in make_pictures(ckpt, records, tmp_path / "pics", num_queries=2)]
     assert names == ["retrieval_gallery.png", "expert_mixture.png", "recall_curve.png"]
+
+
+# ------------------------------------------------------------------ the whole flow, from training to eval
+FLOW_EXPERIMENT, FLOW_MODEL = "etva-ui-flow", "etva-ui-flow-model"
+
+
+def _etva(cluster, *args: str, timeout: float = 600):
+    import subprocess
+    import sys
+
+    env = {**cluster.subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "etva", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, (
+        f"etva {args[0]}: rc={proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(local_cluster, data_dir):
+    """A real 2-epoch training run (tiny config) submitted with `etva train`; its run page URL."""
+    import re
+
+    from etva.config import load_config
+    from etva.data.synth import generate_dataset
+
+    data = data_dir / "flow-shapes"
+    generate_dataset(data, 24, 0, cfg=load_config(REPO / "ray_jobs/configs/tiny.yaml").data.synth, workers=1,
+                     progress=False)  # fmt: skip
+    out = _etva(local_cluster, "train", "--config", "ray_jobs/configs/tiny.yaml", "--run-name", "ui-flow",
+                f"data.root={data}", f"ray.storage_path={data_dir / 'runs'}", f"mlflow.experiment={FLOW_EXPERIMENT}")  # fmt: skip
+    url = re.search(r"MLflow run: (\S+)", out).group(1)
+    return {"url": url, "run_id": url.split("/runs/")[1].split("?")[0], "data": data}
+
+
+def _click(driver, css: str = "", text: str = "", timeout: float = 20.0):
+    """Click the first visible element matching ``css`` (and whose text is ``text``), waiting for it."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for el in driver.find_elements(By.CSS_SELECTOR, css or "button, a"):
+            if el.is_displayed() and (not text or el.text.strip() == text):
+                el.click()
+                return el
+        time.sleep(0.25)
+    raise AssertionError(f"nothing to click: css={css!r} text={text!r}")
+
+
+def _wait_text(driver, ready, what: str, timeout: float = 30.0) -> str:
+    deadline, text = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        text = driver.execute_script("return document.body ? document.body.innerText : ''") or ""
+        if ready(text):
+            return text
+        time.sleep(0.25)
+    raise AssertionError(f"{what}: not shown in {timeout:.0f} s; page text:\n{text[:2000]}")
+
+
+def test_register_alias_in_the_browser_then_eval(browser, local_cluster, trained, tmp_path):
+    import re
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from ray_jobs.tracking import get_client
+
+    client = get_client(local_cluster.mlflow_uri)
+    # 1. the run page, in the model-training view: source, logged model, datasets
+    text = _open(browser, trained["url"], lambda t: "ui-flow" in t and "Logged models" in t, "run page")
+    assert "Model training" in text and "Evaluation runs" not in text, "the UI opened its GenAI view"
+    _wait_text(browser, lambda t: "ray_jobs.train" in t and "msrvtt-1k-A-train" in t, "source + datasets")
+    tags = client.get_run(trained["run_id"]).data.tags  # `etva train` hands the commit to the job
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["mlflow.user"]
+    _click(browser, "[data-component-id='mlflow.assistant.chat_panel.close']")  # room for the run's details
+    _shot(browser, tmp_path, "flow_1_run")
+    # 2. the run's logged model -> Register model -> a new registered model
+    _click(browser, "a[href*='/models/m-']", text="model")
+    if len(browser.window_handles) > 1:  # the UI opens model links in a new tab
+        browser.switch_to.window(browser.window_handles[-1])
+    _wait_text(browser, lambda t: "Register model" in t and "Not registered" in t, "logged model page")
+    _shot(browser, tmp_path, "flow_2_logged_model")
+    _click(browser, "button", text="Register model")
+    _click(browser, "#selectedModel")
+    _click(browser, ".du-bois-light-select-item-option", text="Create New Model")
+    browser.find_element(By.CSS_SELECTOR, "[role=dialog] input#modelName").send_keys(FLOW_MODEL)
+    _shot(browser, tmp_path, "flow_3_register_dialog")
+    _click(browser, "[data-testid=confirm-register-model]")
+    deadline = time.monotonic() + 30
+    while not client.search_model_versions(f"name = '{FLOW_MODEL}'"):
+        assert time.monotonic() < deadline, "the browser's registration did not reach the registry"
+        time.sleep(0.5)
+    (version,) = client.search_model_versions(f"name = '{FLOW_MODEL}'")
+    model_id = client.get_run(trained["run_id"]).data.tags["etva.model_id"]
+    assert version.source == f"models:/{model_id}" and version.run_id == trained["run_id"]
+    # 3. the version page -> Aliases: Add -> champion -> Save aliases
+    uri = local_cluster.mlflow_uri
+    _open(
+        browser,
+        f"{uri}/#/models/{FLOW_MODEL}/versions/{version.version}",
+        lambda t: "Aliases" in t,
+        "version page",
+    )
+    _click(browser, "[data-component-id$='modelversionviewaliaseditor.tsx_29']")
+    alias_input = browser.find_element(By.CSS_SELECTOR, "[role=dialog] input")
+    alias_input.send_keys("champion", Keys.ENTER)
+    _shot(browser, tmp_path, "flow_4_alias_dialog")
+    _click(browser, "[data-component-id='mlflow.edit-aliases-modal.save-button']")
+    _wait_text(
+        browser, lambda t: "@ champion" in t or "champion" in t.split("Aliases")[1][:80], "alias on the page"
+    )
+    _shot(browser, tmp_path, "flow_5_champion")
+    assert client.get_model_version_by_alias(FLOW_MODEL, "champion").version == version.version
+    # 4. `etva best` sees the browser's version as the run's own (no second version)
+    out = _etva(local_cluster, "best", "--run-id", trained["run_id"], "--model-name", FLOW_MODEL)
+    assert f"already registered as {FLOW_MODEL} version {version.version}" in out
+    # 5. `etva eval` of the champion: the selected checkpoint again, so the run's numbers again
+    ev = _etva(local_cluster, "eval", "--checkpoint", f"models:/{FLOW_MODEL}@champion", "--split", "test",
+               f"data.root={trained['data']}")  # fmt: skip
+    r1 = float(re.search(r"text->video\s+(\d+\.\d+)", ev).group(1))
+    assert r1 == pytest.approx(client.get_run(trained["run_id"]).data.metrics["best/t2v_R1"], abs=0.051), ev

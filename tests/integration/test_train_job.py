@@ -73,15 +73,20 @@ def test_job_submit_trains_and_logs_everything(local_cluster, tiny_data, tmp_pat
     assert t["dataset"] == "msrvtt" and t["split"] == "1k-A:train->test"
     assert t["ray_job_submission_id"].startswith("raysubmit_")
     assert len(t["git_commit"]) >= 7
+    assert t["mlflow.source.name"] == "ray_jobs.train"
+    assert t.get("mlflow.source.git.commit", "unknown") == t["git_commit"]  # no .git in a plain submit
+    assert "best epoch" in t["mlflow.note.content"] and "t2v" in t["mlflow.note.content"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "data_summary.json", "checkpoint"} <= arts
-    ckpt = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
-    assert {
-        "checkpoint/model.pt",
-        "checkpoint/MANIFEST.json",
-        "checkpoint/config.yaml",
-        "checkpoint/tokenizer",
-    } <= ckpt
+    assert {"config.yaml", "data_summary.json", "logs"} <= arts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "logs")][0].startswith("logs/job-")
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"msrvtt-1k-A-train", "msrvtt-1k-A-val"}, inputs
+    assert all(len(d.dataset.digest) == 16 for d in inputs.values())
+    model_id = t["etva.model_id"]  # the best checkpoint, logged as the run's MLflow model
+    files = {a.path for a in client.list_logged_model_artifacts(model_id, "artifacts")}
+    assert len(files) == 1, files
+    ckpt = {a.path.split("/")[-1] for a in client.list_logged_model_artifacts(model_id, files.pop())}
+    assert {"model.pt", "MANIFEST.json", "config.yaml", "tokenizer"} <= ckpt
     summary = json.loads(
         Path(client.download_artifacts(run.info.run_id, "data_summary.json", str(tmp_path))).read_text()
     )

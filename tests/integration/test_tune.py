@@ -165,7 +165,9 @@ def test_parent_and_child_runs(sweep):
         # (an ASHA-stopped trial may log one more epoch before its driver is gone)
         assert len(hist) >= int(run.data.tags["etva.epochs_run"]) >= 1
         assert "best/t2v_R1" in run.data.metrics
-        assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoint")]
+        assert run.data.tags["etva.model_id"]  # the trial's best checkpoint as an MLflow model
+        assert {"trial/epochs", "trial/stopped_early", "best/t2v_R1"} <= set(run.data.metrics)
+    assert len({frozenset(r.data.params) for r in children}) == 1  # the compare view lines them up
     assert seen == {(0.003, 0), (0.0, 0), (0.003, 1), (0.0, 1)}
     names = {f.path for f in client.list_artifacts(parent.info.run_id)}
     assert {"sweep_summary.csv", "sweep_summary.md", "r1_vs_params.png", "search_space.yaml"} <= names

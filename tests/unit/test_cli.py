@@ -148,7 +148,10 @@ def test_submit_builds_ray_job_submit_with_mlflow_env(env, fake_server, monkeypa
     ]
     assert "--no-wait" in cmd[:sep]
     env_json = json.loads(cmd[cmd.index("--runtime-env-json") + 1])
-    assert env_json == {"env_vars": {"MLFLOW_TRACKING_URI": fake_server}}
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    assert env_json == {"env_vars": {"MLFLOW_TRACKING_URI": fake_server, "ETVA_GIT_COMMIT": commit}}
     assert cmd[sep + 1 :] == [
         "python", "-m", "ray_jobs.train", "--config", "ray_jobs/configs/tiny.yaml", "data.root=ds",
         f"data.root={env / 'ds'}", f"mlflow.tracking_uri={fake_server}",

@@ -27,3 +27,17 @@ def test_etva_best_command_is_registered_and_lazy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.split() == ["x", "3", "False", "False"], out.stderr
+
+
+def test_etva_best_needs_an_experiment_or_a_run(capsys):
+    from etva.cli import main
+
+    assert main(["best"]) == 2
+    assert "--experiment" in capsys.readouterr().err
+
+
+def test_etva_best_parses_run_id_and_dry_run():
+    from etva.cli import build_parser
+
+    a = build_parser().parse_args(["best", "--run-id", "abc", "--dry-run"])
+    assert (a.experiment, a.run_id, a.dry_run) == ("", "abc", True)

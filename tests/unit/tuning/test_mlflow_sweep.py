@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -38,3 +40,31 @@ def test_summary_rows_table_and_plot(tmp_path, make_run):
     assert plot_summary(rows, keys, str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plot_summary(rows[-1:], keys, str(tmp_path / "none.png"))  # nothing finished
+
+
+def test_sweep_picture_groups_seeds_into_mean_and_spread(tmp_path, make_run):
+    from tuning.mlflow_sweep import group_stats, is_seed, plot_summary, summary_rows
+
+    keys = ["model.num_clusters", "train.seed"]
+    r1 = {(8, 0): 40.0, (8, 1): 44.0, (32, 0): 60.0, (32, 1): 50.0, (16, 0): 70.0}
+    runs = [
+        make_run(f"t{c}-{s}", v, 2.0, {"model.num_clusters": c, "train.seed": s}) for (c, s), v in r1.items()
+    ]
+    runs.append(make_run("failed", None, None, {"model.num_clusters": 64, "train.seed": 0}, status="FAILED"))
+    rows = summary_rows(runs, keys)
+    stats = group_stats(rows, "model.num_clusters")
+    assert [(v, n) for v, _, _, n in stats] == [
+        (8, 2),
+        (16, 1),
+        (32, 2),
+    ]  # numeric order; no result: left out
+    (_, m8, sd8, _), (_, m16, sd16, _), (_, m32, sd32, _) = stats
+    assert (m8, m16, m32) == (42.0, 70.0, 55.0)
+    assert (
+        sd8 == pytest.approx(2.8284271, abs=1e-6)
+        and sd16 == 0.0
+        and sd32 == pytest.approx(7.0710678, abs=1e-6)
+    )
+    assert is_seed("train.seed") and not is_seed("model.num_clusters")
+    assert plot_summary(rows, keys, str(tmp_path / "p.png"))
+    assert plot_summary(rows, ["train.seed"], str(tmp_path / "seeds.png"))  # only seeds: one spread
