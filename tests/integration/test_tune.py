@@ -1,13 +1,13 @@
 """A real Tune sweep on the private local Ray head + MLflow server: parent/child runs, an ASHA stop,
 resume after the sweep driver is killed, the best pick, `etva best` and loading `models:/...@champion`.
 
-One sweep, four sequential trials of the tiny config (2 epochs, 24 clips): optim.lr in [3e-3, 0] x
-train.seed in [0, 1] -> trials (lr, seed) = (3e-3, 0), (0, 0), (3e-3, 1), (0, 1) in this order.
+One sweep, four sequential trials of the tiny config (2 epochs, 24 clips): optim.lr in [3e-3, 1e-9] x
+train.seed in [0, 1] -> trials (lr, seed) = (3e-3, 0), (1e-9, 0), (3e-3, 1), (1e-9, 1) in this order.
 
 Why ASHA ranks by ``train/lr`` here: with 16 training clips and one epoch, val R@1 of every trial is
 exactly chance (one "hub" video tops every query), so the comparison ASHA makes at its first rung would
-tie. ``train/lr`` (the learning rate at the end of the epoch) is 0 exactly for the trials that cannot
-learn (optim.lr = 0) and > 0 for the others, so trial 2 is below the median of trials 1-2 at the first
+tie. ``train/lr`` (the learning rate at the end of the epoch) is about 1e-9 for the trials that cannot
+learn (optim.lr = 1e-9) and about 1e-3 for the others, so trial 2 is below the median of trials 1-2 at the first
 rung and is stopped, deterministically. (The default metric stays val/t2v_R1.)
 
 The driver is killed (SIGKILL) once the ASHA-stopped trial's MLflow run is closed; re-running the same
@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 EXPERIMENT = "etva-tune-it"
 NAME = "it-sweep"
-SPACE = "optim.lr: {grid: [0.003, 0.0]}\ntrain.seed: {grid: [0, 1]}\n"
+LOW_LR = 1e-9  # the config refuses lr = 0; this rate cannot move the weights in two epochs either
+SPACE = "optim.lr: {grid: [0.003, 1.0e-9]}\ntrain.seed: {grid: [0, 1]}\n"  # 1.0e-9 = LOW_LR
 SWEEP_TIMEOUT_S = 240  # one run of the sweep command; a hung trial fails the test instead of CI
 
 
@@ -168,7 +169,7 @@ def test_parent_and_child_runs(sweep):
         assert run.data.tags["etva.model_id"]  # the trial's best checkpoint as an MLflow model
         assert {"trial/epochs", "trial/stopped_early", "best/t2v_R1"} <= set(run.data.metrics)
     assert len({frozenset(r.data.params) for r in children}) == 1  # the compare view lines them up
-    assert seen == {(0.003, 0), (0.0, 0), (0.003, 1), (0.0, 1)}
+    assert seen == {(0.003, 0), (LOW_LR, 0), (0.003, 1), (LOW_LR, 1)}
     names = {f.path for f in client.list_artifacts(parent.info.run_id)}
     assert {"sweep_summary.csv", "sweep_summary.md", "r1_vs_params.png", "search_space.yaml"} <= names
     local = Path(client.download_artifacts(parent.info.run_id, "sweep_summary.csv", str(sweep["tmp"])))
@@ -181,10 +182,10 @@ def test_asha_stopped_the_trial_that_cannot_learn(sweep):
     stopped = [r for r in children if r.data.tags.get("etva.early_stopped") == "true"]
     assert stopped, [(r.info.run_name, r.data.tags) for r in children]
     for run in stopped:
-        assert float(run.data.params["optim.lr"]) == 0.0
+        assert float(run.data.params["optim.lr"]) == LOW_LR
         assert run.info.status == "KILLED" and run.data.tags["etva.stop_reason"] == "asha"
         assert int(run.data.tags["etva.epochs_run"]) == 1
-    full = [r for r in children if float(r.data.params["optim.lr"]) > 0]
+    full = [r for r in children if float(r.data.params["optim.lr"]) > LOW_LR]
     assert all(r.data.tags["etva.early_stopped"] == "false" for r in full)
     assert all(int(r.data.tags["etva.epochs_run"]) == 2 for r in full)
 
