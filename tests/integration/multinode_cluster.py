@@ -248,6 +248,7 @@ def with_spread(trainer, train_fn, extra_loop_config: dict):
         scaling_config=dataclasses.replace(trainer.scaling_config, placement_strategy="SPREAD"),
         run_config=trainer.run_config,
         datasets=trainer.datasets,
+        dataset_config=trainer.data_config,  # only "train" is split; evaluation splits come per rank
     )
 
 
@@ -342,11 +343,13 @@ def shard_loop(config: dict) -> None:
     import ray
     import ray.train
 
+    from ray_jobs.data import eval_shard_name
+
     rank = ray.train.get_context().get_world_rank()
     seen: dict = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id()}
-    for name in ("train", "val"):
+    for name, dataset in (("train", "train"), ("val", eval_shard_name("val", rank))):
         seen[name], seen[f"{name}_frames"] = [], set()
-        for batch in ray.train.get_dataset_shard(name).iter_batches(batch_size=8, batch_format="numpy"):
+        for batch in ray.train.get_dataset_shard(dataset).iter_batches(batch_size=8, batch_format="numpy"):
             seen[name] += [int(v) for v in batch["video_index"]]
             seen[f"{name}_frames"].add(str(batch["frames"].shape[1:]))
         seen[f"{name}_frames"] = sorted(seen[f"{name}_frames"])
