@@ -99,14 +99,9 @@ class SweepMlflowCallback(Callback):
             if run is None:
                 logger.warning("trial %s: no MLflow child run found", trial.trial_id)
                 return
+            epochs = self.epochs.get(trial.trial_id, 0)
             if early:  # tag even when the driver got to finish its run first
-                mark_stopped(
-                    self.client,
-                    run.info.run_id,
-                    early=True,
-                    reason=reason,
-                    epochs=self.epochs.get(trial.trial_id, 0),
-                )
+                mark_stopped(self.client, run.info.run_id, early=True, reason=reason, epochs=epochs)
             # the dying driver may have closed it as FAILED (Tune stops the trial after this callback
             # or before it): Tune's verdict wins, but metrics and checkpoint are logged only once
             if run.info.status != "RUNNING" and not (run.info.status == "FAILED" and status != "FAILED"):
@@ -114,13 +109,7 @@ class SweepMlflowCallback(Callback):
             done = "best/t2v_R1" in run.data.metrics
             best = None if done else self.best.get(trial.trial_id)
             ckpt = (best or {}).get(CHECKPOINT_KEY)
-            mark_stopped(
-                self.client,
-                run.info.run_id,
-                early=early,
-                reason=reason,
-                epochs=self.epochs.get(trial.trial_id, 0),
-            )
+            mark_stopped(self.client, run.info.run_id, early=early, reason=reason, epochs=epochs)
             metrics = {k: v for k, v in (best or {}).items() if k.startswith("val/")}
             finish_run(self.client, run.info.run_id, metrics, _local_checkpoint(ckpt), status)
             logger.info(

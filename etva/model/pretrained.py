@@ -109,9 +109,12 @@ class FrozenEncoder(nn.Module):
         super().__init__()
         self.folder, self.layer, self.pooling = folder, layer, pooling
 
-    def _freeze(self) -> None:
+    def _load(self, model_cls):
+        """``model_cls`` from the local folder (never a hub), frozen in eval mode; returns its config."""
+        self.model = model_cls.from_pretrained(str(self.folder), local_files_only=True)
         self.model.eval()
         self.model.requires_grad_(False)
+        return self.model.config
 
     def train(self, mode: bool = True):  # always inference mode (dropout off)
         super().train(mode)
@@ -142,9 +145,7 @@ class ClipFrameEncoder(FrozenEncoder):
         from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
 
         cls = CLIPVisionModelWithProjection if pooling == "proj" else CLIPVisionModel
-        self.model = cls.from_pretrained(str(folder), local_files_only=True)
-        self._freeze()
-        cfg = self.model.config
+        cfg = self._load(cls)
         self.size = cfg.image_size
         self.dim = cfg.projection_dim if pooling == "proj" else cfg.hidden_size
         mean, std = _image_stats(folder, _CLIP_STATS)
@@ -178,9 +179,7 @@ class VideoMAEEncoder(FrozenEncoder):
         super().__init__(folder, layer, pooling)
         from transformers import VideoMAEModel
 
-        self.model = VideoMAEModel.from_pretrained(str(folder), local_files_only=True)
-        self._freeze()
-        cfg = self.model.config
+        cfg = self._load(VideoMAEModel)
         self.size, self.frames, self.tubelet = cfg.image_size, cfg.num_frames, cfg.tubelet_size
         self.patches = (cfg.image_size // cfg.patch_size) ** 2
         self.dim = cfg.hidden_size
@@ -215,9 +214,7 @@ class ASTEncoder(FrozenEncoder):
         super().__init__(folder, layer, pooling)
         from transformers import ASTFeatureExtractor, ASTModel
 
-        self.model = ASTModel.from_pretrained(str(folder), local_files_only=True)
-        self._freeze()
-        cfg = self.model.config
+        cfg = self._load(ASTModel)
         self.dim, self.max_length, self.mel_bins = cfg.hidden_size, cfg.max_length, cfg.num_mel_bins
         self.f_out = (cfg.num_mel_bins - cfg.patch_size) // cfg.frequency_stride + 1
         self.t_out = (cfg.max_length - cfg.patch_size) // cfg.time_stride + 1

@@ -227,7 +227,7 @@ def test_best_pick_registers_and_loads_the_champion(sweep, tmp_path):
     ckpt = download_champion(pick.uri, tmp_path / "champion", uri)
     state = load_checkpoint(ckpt, load_optimizer=False)
     assert state["meta"]["metrics"]["val/t2v_R1"] == top.data.metrics["best/t2v_R1"]
-    # what ray_jobs/evaluate.py does: plain mlflow with $MLFLOW_TRACKING_URI set
+    # a plain mlflow download with $MLFLOW_TRACKING_URI set (what a user may do by hand)
     code = (
         "import sys, mlflow.artifacts; "
         "print(mlflow.artifacts.download_artifacts('models:/tune-it-model@champion', dst_path=sys.argv[1]))"
