@@ -100,8 +100,11 @@ class SweepMlflowCallback(Callback):
                 logger.warning("trial %s: no MLflow child run found", trial.trial_id)
                 return
             epochs = self.epochs.get(trial.trial_id, 0)
-            if early:  # tag even when the driver got to finish its run first
+            if early:  # tag even when the driver got to finish its run first; Tune's verdict wins
                 mark_stopped(self.client, run.info.run_id, early=True, reason=reason, epochs=epochs)
+                if run.info.status == "FINISHED":
+                    self.client.set_terminated(run.info.run_id, status="KILLED")
+                    return
             # the dying driver may have closed it as FAILED (Tune stops the trial after this callback
             # or before it): Tune's verdict wins, but metrics and checkpoint are logged only once
             if run.info.status != "RUNNING" and not (run.info.status == "FAILED" and status != "FAILED"):

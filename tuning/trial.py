@@ -55,7 +55,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     from ray_jobs.run_record import log_dataset_inputs
     from ray_jobs.tracking import finish_run, get_client
     from ray_jobs.train import best_of, build_trainer
-    from tuning.mlflow_sweep import mark_stopped, start_or_resume_child
+    from tuning.mlflow_sweep import EARLY_TAG, mark_stopped, start_or_resume_child
 
     setup_logging()
     disable_mlflow_telemetry()
@@ -83,6 +83,11 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         best, best_path = best_of(result)
         history = (result.return_value or {}).get("history", {}) if hasattr(result, "return_value") else {}
         epochs = len(history) or int(best.get("epoch", -1)) + 1
+        if client is not None and client.get_run(run_id).data.tags.get(EARLY_TAG) == "true":
+            # Tune stopped this trial (ASHA) while its last epoch still ran: the sweep driver's
+            # SweepMlflowCallback has already finished the run with that verdict; do not overwrite it
+            logger.info("trial %s: stopped by the scheduler; its MLflow run is already finished", trial_id)
+            return
         if client is not None:
             mark_stopped(client, run_id, early=False, reason="completed", epochs=epochs)
         finish_run(client, run_id, best, best_path, "FINISHED")
