@@ -33,14 +33,35 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "ray_jobs" / "configs" / "shapes.yaml"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # libraries that log at INFO on every call or epoch; their warnings and errors still show
-QUIET_LOGGERS = ("urllib3", "alembic", "mlflow", "ray.data", "filelock", "matplotlib")
+QUIET_LOGGERS = ("urllib3", "alembic", "mlflow", "ray.data", "ray.train", "filelock", "matplotlib")
+
+
+# MLflow's per-download progress bars and the run links it prints whenever a fluent run ends
+QUIET_ENV = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """The project's log format on the root logger (idempotent: safe in every worker and driver)."""
+    """The project's log format on the root logger, libraries quiet: one line per epoch plus warnings and
+    errors in a job log (idempotent: safe in every worker and driver)."""
     logging.basicConfig(level=level, format=LOG_FORMAT)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    _quiet_train_reports(level)
+
+
+def _quiet_train_reports(level: int) -> None:
+    """Ray Train 2.60 logs every ``ray.train.report`` with all its metrics at INFO ("Reporting training
+    result ..."), from a logger named after its source file, so no dotted name reaches it."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version, or no Ray in this process
+        return
+    logging.getLogger(context.__file__).setLevel(max(level, logging.WARNING))
 
 
 def disable_mlflow_telemetry() -> None:

@@ -224,7 +224,9 @@ def build_datasets(cfg: Config, prepared: dict[str, PreparedSplit]) -> dict:
     import ray.data
 
     # the workers print one progress line per epoch; Ray Data's per-operator bars would flood job logs
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False  # "Starting execution of Dataset ..." every epoch, per split
     from ray_jobs.driver import storage_path
 
     out, world, storage = {}, cfg.ray.num_workers, storage_path(cfg)

@@ -9,6 +9,7 @@ tests/unit/test_layering.py enforces that no other etva module imports these pac
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,10 @@ def fetch_checkpoint(uri: str, dst: Path) -> Path:
     imported.
     """
     try:
+        from ray_jobs.driver import QUIET_ENV
         from ray_jobs.evaluate import fetch_checkpoint as _fetch
     except ModuleNotFoundError as e:
         raise _missing("MLflow URIs need the ray_jobs.evaluate module", e) from e
+    for key, value in QUIET_ENV.items():  # no per-file download progress bar in the command's output
+        os.environ.setdefault(key, value)
     return _fetch(uri, dst)
