@@ -18,19 +18,6 @@ import torch
 
 from etva.config import Config
 
-__all__ = [
-    "VIDEO_KEYS",
-    "SkipTracker",
-    "sample_captions",
-    "train_batches",
-    "eval_video_batches",
-    "eval_caption_batches",
-    "gather_skips",
-    "check_skips",
-    "FAIL_AT_EPOCH_ENV",
-    "FAIL_ONCE_MARKER_ENV",
-]
-
 logger = logging.getLogger(__name__)
 
 VIDEO_KEYS = ("frames", "audio_mel", "audio_mask")

@@ -31,16 +31,6 @@ from torch import Tensor, nn
 from etva.data.sources.features import sample_indices
 from etva.model.experts import Expert
 
-__all__ = [
-    "ENCODER_KINDS",
-    "POOLINGS",
-    "FrozenEncoder",
-    "load_encoder",
-    "encoder_dim",
-    "weight_hashes",
-    "PretrainedExpert",
-]
-
 log = logging.getLogger(__name__)
 
 ENCODER_KINDS = ("clip", "videomae", "ast")
