@@ -254,28 +254,27 @@ def load_encoder(kind: str, path: str, layer: int = -1, pooling: str = "", where
         pooling: one of :data:`POOLINGS` [kind]; "" = the first (the default).
         where: the config key named in errors (e.g. ``model.experts.appearance``).
     """
-    where = where or "encoder"
+    folder, pooling = _checked(kind, path, pooling, where or "encoder")
+    enc = _ENCODERS[kind](folder, layer, pooling)
+    log.info("loaded frozen %s encoder from %s (dim %d, pooling %s)", kind, folder, enc.dim, pooling)
+    return enc
+
+
+def _checked(kind: str, path: str, pooling: str, where: str) -> tuple[Path, str]:
+    """The encoder's folder and pooling (default: the kind's first), or a ValueError naming the key."""
     if kind not in _ENCODERS:
         raise ValueError(f"{where}.encoder: unknown '{kind}', expected one of {list(ENCODER_KINDS)}")
     pooling = pooling or POOLINGS[kind][0]
     if pooling not in POOLINGS[kind]:
         raise ValueError(f"{where}.pooling: '{pooling}' is not one of {POOLINGS[kind]} for {kind}")
-    folder = _check_folder(path, f"{where}.pretrained_path")
-    enc = _ENCODERS[kind](folder, layer, pooling)
-    log.info("loaded frozen %s encoder from %s (dim %d, pooling %s)", kind, folder, enc.dim, pooling)
-    return enc
+    return _check_folder(path, f"{where}.pretrained_path"), pooling
 
 
 def encoder_dim(kind: str, path: str, pooling: str = "", where: str = "encoder") -> tuple[int, str, str]:
     """``(dim, pooling, model_type)`` of an encoder from its config alone (no weights loaded)."""
     from transformers import ASTConfig, CLIPVisionConfig, VideoMAEConfig
 
-    if kind not in _ENCODERS:
-        raise ValueError(f"{where}.encoder: unknown '{kind}', expected one of {list(ENCODER_KINDS)}")
-    pooling = pooling or POOLINGS[kind][0]
-    if pooling not in POOLINGS[kind]:
-        raise ValueError(f"{where}.pooling: '{pooling}' is not one of {POOLINGS[kind]} for {kind}")
-    folder = _check_folder(path, f"{where}.pretrained_path")
+    folder, pooling = _checked(kind, path, pooling, where)
     cls = {"clip": CLIPVisionConfig, "videomae": VideoMAEConfig, "ast": ASTConfig}[kind]
     cfg = cls.from_pretrained(str(folder), local_files_only=True)
     dim = cfg.projection_dim if (kind, pooling) == ("clip", "proj") else cfg.hidden_size
