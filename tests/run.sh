@@ -12,7 +12,7 @@ echo "[test] ruff check"
 "$PY" -m ruff check "$ROOT"
 echo "[test] pytest"
 set +e
-"$PY" -m pytest -ra "$@"
+"$PY" -m pytest -ra --durations=15 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
