@@ -245,7 +245,8 @@ def _default_splits() -> list[str]:
 
 @dataclass
 class ExtractConfig:
-    """ray_jobs.extract: frozen pretrained encoders -> a Parquet feature store (docs/features.md)."""
+    """The extraction job (python -m ray_jobs.extract): frozen pretrained encoders -> a Parquet feature
+    store (docs/features.md)."""
 
     experts: list[str] = field(default_factory=list)  # model.experts names; empty = all with an encoder
     output_dir: str = ""  # store root; one store per expert: <output_dir>/<expert>-<key>/
