@@ -34,7 +34,6 @@ from etva.extraction import (
 )
 from ray_jobs.driver import add_overrides, init_ray, job_parser, load_job_config, setup_logging
 
-REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
 
 __all__ = ["parse_args", "main", "run_extract", "build_extract_dataset"]
