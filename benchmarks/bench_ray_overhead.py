@@ -1,24 +1,37 @@
 """Ray overhead: the same `etva.engine` loop fed by Ray Data in a TorchTrainer vs a plain PyTorch DataLoader.
 
-Measured side by side in one run, on the shapes benchmark at the default clip settings:
+Measured side by side in one run, on the shapes benchmark at the default clip settings; every epoch is a
+training pass and an evaluation of the val split, in both paths:
 
-  A  plain process: `etva.engine.train_epoch` over a `torch.utils.data.DataLoader` whose `num_workers`
-     decode processes call the same per-row transform (`etva.data.example.make_video_example`);
+  A  plain process: `etva.engine.train_epoch` / `evaluate` over `torch.utils.data.DataLoader`s whose
+     `num_workers` decode processes call the same per-row transform (`etva.data.example.make_video_example`);
   B  a 1-worker `TorchTrainer` fed by the Ray Data pipeline (`ray_jobs.data`, same number of decode tasks),
-     decoding every epoch (`data.cache=none`, the behaviour before the cache);
+     decoding every epoch (`data.cache=none`);
   B' the same with the decoded-example cache (`--cache memory|disk`): clips decoded once;
-  C  B' with 2 workers (epoch time, for the scaling report).
+  C  B' with 2 workers (training-pass time, for the scaling report).
 
-Steady-state throughput = clips/s of the training pass after the first epoch (start-up excluded); start-up
-= `trainer.fit()` call to the end of the first training step's epoch minus its time. Prints ratios.
+Figures are the steady state (epochs 2..N): training-pass clips/s and data-stall share, training-pass time,
+and whole-epoch time (training pass + evaluation; checkpointing excluded). Start-up is split by marks the
+worker returns (`ray_jobs.recipe.TrainRecipe.run`): fit() -> worker process created -> training loop
+entered -> setup done -> first training batch.
+
+Both paths decode with one BLAS thread per decode process (`OMP_NUM_THREADS=1`, set here before numpy is
+imported): Ray sets it for its tasks, and without it the plain path's loader workers spend 2.3x the CPU per
+clip (OpenBLAS threads in the log-mel product, on 2 cores; docs/platform.md).
 
     python -m benchmarks.bench_ray_overhead --num-videos 160 --epochs 3
     python -m benchmarks.bench_ray_overhead --quick   # 64 videos, 2 epochs
+    python -m benchmarks.bench_ray_overhead --profile /tmp/prof   # + one profiled epoch per run
 
-Starts a local Ray instance itself (``ray.init(num_cpus=4)``) and shuts it down at the end.
+`--profile` adds an epoch after the measured ones, profiled by `ray_jobs.profiling` in both paths (CPU
+seconds by process role, cProfile of the training loop, Ray Data's own stats). Starts a local Ray instance
+itself (``ray.init(num_cpus=4)``) and shuts it down at the end.
 """
 
-from __future__ import annotations
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy/torch: see the docstring
+
 
 import argparse
 import copy
@@ -47,6 +60,9 @@ class _ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         ex = make_video_example(self.records[i], self.cfg)
+        if self.ids is None:  # evaluation: the video only
+            ex["video_index"] = np.int64(i)
+            return ex
         rng = np.random.default_rng([self.seed, self.epoch, i])
         pick = int(rng.integers(self.count[i]))
         ids = self.ids[i, pick]
@@ -59,24 +75,37 @@ class _ClipDataset(torch.utils.data.Dataset):
         return ex
 
 
-def run_plain(cfg, prepared, epochs: int, decode_procs: int) -> list[dict]:
-    from etva.engine import build_optimizer, build_scheduler, train_epoch
-    from etva.losses import build_loss
-    from etva.model import build_model
-
-    torch.manual_seed(cfg.train.seed)
-    tr = prepared["train"]
-    ds = _ClipDataset(
-        tr.records, tr.captions.per_video(32), tr.captions.first, tr.captions.count, cfg.data, cfg.train.seed
-    )
-    loader = torch.utils.data.DataLoader(
+def _loader(ds, batch_size: int, decode_procs: int, train: bool):
+    return torch.utils.data.DataLoader(
         ds,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        drop_last=True,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
         num_workers=decode_procs,
         persistent_workers=decode_procs > 0,
         prefetch_factor=2 if decode_procs else None,
+    )
+
+
+def run_plain(cfg, prepared, epochs: int, decode_procs: int, label: str = "plain") -> list[dict]:
+    """Path A: per epoch, a training pass and an evaluation of the val split (as the Ray worker does);
+    returns per-epoch figures under the Ray history's key names."""
+    from etva.engine import build_optimizer, build_scheduler, evaluate, train_epoch
+    from etva.losses import build_loss
+    from etva.model import build_model
+    from ray_jobs.batches import eval_caption_batches
+
+    torch.manual_seed(cfg.train.seed)
+    tr, val = prepared["train"], prepared["val"]
+    ds = _ClipDataset(
+        tr.records, tr.captions.per_video(32), tr.captions.first, tr.captions.count, cfg.data, cfg.train.seed
+    )
+    loader = _loader(ds, cfg.train.batch_size, decode_procs, train=True)
+    val_loader = _loader(
+        _ClipDataset(val.records, None, None, None, cfg.data, 0),
+        cfg.train.eval_batch_size,
+        decode_procs,
+        False,
     )
     model = build_model(cfg.model, vocab_size=prepared["vocab"])
     loss_fn = build_loss(cfg.loss)
@@ -85,20 +114,54 @@ def run_plain(cfg, prepared, epochs: int, decode_procs: int) -> list[dict]:
     out = []
     for epoch in range(epochs):
         ds.epoch = epoch
-        out.append(train_epoch(model, loss_fn, opt, sched, loader, "cpu", epoch=epoch, log_every=0))
+        t0 = time.perf_counter()
+        with _profile(epoch, f"{label}-epoch{epoch}") as profile:
+            stats = train_epoch(model, loss_fn, opt, sched, loader, "cpu", epoch=epoch, log_every=0)
+            profile.update(stats)
+        captions = eval_caption_batches(val.caption_arrays(), 0, 1, cfg.train.eval_batch_size)
+        metrics = evaluate(model, val_loader, captions, "cpu")
+        hist = {f"train/{k}": v for k, v in stats.items()}
+        hist.update({f"val/{k}": v for k, v in metrics.items()}, epoch_time_s=time.perf_counter() - t0)
+        out.append(hist)
     return out
 
 
-def run_ray(cfg, run_name: str, storage: str) -> tuple[list[dict], float]:
+def _profile(epoch: int, label: str):
+    """The plain path's profiled epoch: the same ``ray_jobs.profiling`` code and env as the Ray worker."""
+    from contextlib import nullcontext
+
+    from ray_jobs.profiling import PROFILE_DIR_ENV, PROFILE_EPOCH_ENV, epoch_profile
+
+    if os.environ.get(PROFILE_EPOCH_ENV, "") != str(epoch):
+        return nullcontext({})
+    return epoch_profile(label, os.environ[PROFILE_DIR_ENV])
+
+
+def run_ray(cfg, run_name: str, storage: str) -> tuple[list[dict], dict]:
+    """Paths B/C: ``ray_jobs.train.build_trainer`` + ``fit()``. Returns the per-epoch history and the
+    start-up split (seconds from the ``fit()`` call to each of the worker's marks)."""
     from ray_jobs.train import build_trainer
 
     cfg.ray.storage_path = storage
     trainer, _ = build_trainer(cfg, run_name)
-    t0 = time.perf_counter()
+    t0, c0 = time.time(), time.perf_counter()
     result = trainer.fit()
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - c0
     hist = result.return_value["history"]
-    return [hist[k] for k in sorted(hist, key=int)], wall
+    hist = [hist[k] for k in sorted(hist, key=int)]
+    marks = result.return_value.get("timings")
+    if not marks:  # code from before the worker returned its start-up marks
+        return hist, {"fit_wall_minus_epochs_s": wall - sum(h["epoch_time_s"] for h in hist)}
+    startup = {
+        "fit_to_worker_process_s": marks["process_start"] - t0,
+        "worker_process_to_train_loop_s": marks["loop_start"] - marks["process_start"],
+        "setup_s": marks["setup_done"] - marks["loop_start"],
+        "setup_to_first_batch_s": marks["first_batch"] - marks["setup_done"],
+        "fit_to_first_batch_s": marks["first_batch"] - t0,
+        "fit_wall_s": wall,
+        "fit_wall_minus_epochs_s": wall - sum(h["epoch_time_s"] for h in hist),
+    }
+    return hist, startup
 
 
 def main() -> None:
@@ -111,24 +174,40 @@ def main() -> None:
     ap.add_argument(
         "--cache", default="memory", choices=("memory", "disk"), help="data.cache of the cached runs"
     )
+    ap.add_argument(
+        "--profile",
+        default="",
+        help="also profile one extra epoch (after the measured ones) of every run into this folder "
+        "(ray_jobs.profiling: CPU seconds by process role, cProfile of the training loop)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.num_videos, args.epochs = 64, 2
+    run_epochs = args.epochs
+    if args.profile:  # the profiled epoch runs after the measured ones and is not in the figures
+        from ray_jobs.profiling import PROFILE_DIR_ENV, PROFILE_EPOCH_ENV
+
+        run_epochs = args.epochs + 1
+        os.environ[PROFILE_EPOCH_ENV] = str(args.epochs)
+        os.environ[PROFILE_DIR_ENV] = str(Path(args.profile).resolve())
     import ray
 
     from ray_jobs.prepare import prepare_splits
 
     torch.set_num_threads(1)
+    runs: dict[str, list[dict]] = {}
+    startup: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "shapes"
         cfg = load_config(
             REPO / "ray_jobs/configs/shapes.yaml",
             [
                 f"data.root={root}",
-                f"train.epochs={args.epochs}",
+                f"train.epochs={run_epochs}",
                 "ray.num_workers=1",
                 f"ray.decode_concurrency={args.decode_procs}",
                 "ray.address=local",
+                "data.cache=none",  # shapes.yaml turns the cache on; A/B are the decode-every-epoch path
             ],
         )
         generate_dataset(root, args.num_videos, 0, cfg=cfg.data.synth, progress=False)
@@ -136,59 +215,80 @@ def main() -> None:
         prepared["vocab"] = len(tok)
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        # interleave: plain, ray-1 (decode every epoch), ray-1 cached, plain again (drift), ray-2 cached
-        plain = run_plain(cfg, prepared, args.epochs, args.decode_procs)
-        ray1, wall1 = run_ray(cfg, "bench-1w", str(Path(tmp) / "ray"))
         cached = copy.deepcopy(cfg)
         cached.data.cache = args.cache
-        ray1c, wall1c = run_ray(cached, "bench-1w-cache", str(Path(tmp) / "ray"))
-        plain2 = run_plain(cfg, prepared, args.epochs, args.decode_procs)
-        cfg2 = copy.deepcopy(cached)
-        cfg2.ray.num_workers = 2
-        ray2, wall2 = run_ray(cfg2, "bench-2w-cache", str(Path(tmp) / "ray"))
+        two = copy.deepcopy(cached)
+        two.ray.num_workers = 2
+        storage = str(Path(tmp) / "ray")
+        # interleaved: plain, Ray cache off, Ray cached, plain again (drift), Ray 2 workers cached
+        runs["plain"] = run_plain(cfg, prepared, run_epochs, args.decode_procs)
+        runs["ray_1w"], startup["ray_1w"] = run_ray(cfg, "bench-1w", storage)
+        runs["ray_1w_cached"], startup["ray_1w_cached"] = run_ray(cached, "bench-1w-cache", storage)
+        runs["plain2"] = run_plain(cfg, prepared, run_epochs, args.decode_procs, "plain2")
+        runs["ray_2w_cached"], startup["ray_2w_cached"] = run_ray(two, "bench-2w-cache", storage)
         ray.shutdown()
+    res = summarize(runs, startup, args)
+    print(json.dumps(res, indent=2))
+    print(report(res))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
 
-    def steady(hist, key):
-        return float(np.mean([h[key] for h in hist[1:]]))
 
-    plain_cps = (steady(plain, "clips_per_s") + steady(plain2, "clips_per_s")) / 2
-    ray1_cps = steady(ray1, "train/global_clips_per_s")
-    ray1c_cps = steady(ray1c, "train/global_clips_per_s")
-    ray2_cps = steady(ray2, "train/global_clips_per_s")
-    res = {
+def summarize(runs: dict, startup: dict, args) -> dict:
+    """Steady state (epochs 2..N) of every run, and the ratios the issue tracks."""
+
+    def steady(name: str, key: str) -> float:
+        return float(np.mean([h[key] for h in runs[name][1 : args.epochs]]))
+
+    per_run = {
+        name: {
+            "train_clips_per_s": steady(name, "train/global_clips_per_s"),
+            "data_stall_share": steady(name, "train/data_stall_share"),
+            "train_pass_s": steady(name, "train/epoch_time_s"),
+            "epoch_s": steady(name, "epoch_time_s"),
+        }
+        for name in runs
+    }
+    plain = {k: (per_run["plain"][k] + per_run["plain2"][k]) / 2 for k in per_run["plain"]}
+    return {
         "num_videos": args.num_videos,
         "epochs": args.epochs,
         "decode_procs": args.decode_procs,
-        "plain_clips_per_s": [steady(plain, "clips_per_s"), steady(plain2, "clips_per_s")],
-        "ray_1w_clips_per_s": ray1_cps,
-        "ray_2w_clips_per_s": ray2_cps,
-        "ray_1w_slowdown": plain_cps / ray1_cps,
-        "ray_1w_data_stall_share": steady(ray1, "train/data_stall_share"),
-        "plain_data_stall_share": steady(plain, "data_stall_share"),
         "cache": args.cache,
-        "ray_1w_cached_clips_per_s": ray1c_cps,
-        "ray_1w_cached_slowdown": plain_cps / ray1c_cps,
-        "ray_1w_cached_data_stall_share": steady(ray1c, "train/data_stall_share"),
-        "ray_1w_cached_startup_s": wall1c - sum(h["epoch_time_s"] for h in ray1c),
-        "ray_1w_startup_s": wall1 - sum(h["epoch_time_s"] for h in ray1),
-        "ray_2w_startup_s": wall2 - sum(h["epoch_time_s"] for h in ray2),
-        "epoch_time_1w_s": steady(ray1c, "train/epoch_time_s"),
-        "epoch_time_2w_s": steady(ray2, "train/epoch_time_s"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+        "runs": per_run,
+        "startup": startup,
+        "ray_1w_train_pass_slowdown": plain["train_clips_per_s"] / per_run["ray_1w"]["train_clips_per_s"],
+        "ray_1w_epoch_slowdown": per_run["ray_1w"]["epoch_s"] / plain["epoch_s"],
+        "ray_1w_cached_epoch_slowdown": per_run["ray_1w_cached"]["epoch_s"] / plain["epoch_s"],
+        "epoch_2w_over_1w_cached": per_run["ray_2w_cached"]["train_pass_s"]
+        / per_run["ray_1w_cached"]["train_pass_s"],
     }
-    res["epoch_time_2w_over_1w"] = res["epoch_time_2w_s"] / res["epoch_time_1w_s"]
-    print(json.dumps(res, indent=2))
-    print(
-        f"\nRay (1 worker, cache off) vs plain DataLoader: {res['ray_1w_slowdown']:.2f}x slower (goal <= 1.10x)"
-    )
-    print(f"Ray (1 worker, data.cache={args.cache}) vs plain: {res['ray_1w_cached_slowdown']:.2f}x slower")
-    print(
-        f"data stall share, epochs 2+, Ray 1 worker: cache off {100 * res['ray_1w_data_stall_share']:.1f}%, "
-        f"cache {args.cache} {100 * res['ray_1w_cached_data_stall_share']:.1f}% (goal < 10%); "
-        f"plain {100 * res['plain_data_stall_share']:.1f}%"
-    )
-    print(f"2 workers vs 1 worker epoch time (both cached): {res['epoch_time_2w_over_1w']:.2f}x")
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+
+
+def report(res: dict) -> str:
+    r = res["runs"]
+    lines = [
+        "",
+        "| run | train clips/s | data stall | train pass s | epoch s (train + eval) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in r.items():
+        lines.append(
+            f"| {name} | {v['train_clips_per_s']:.1f} | {100 * v['data_stall_share']:.1f}% | "
+            f"{v['train_pass_s']:.2f} | {v['epoch_s']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Ray 1 worker, cache off, vs plain: train pass {res['ray_1w_train_pass_slowdown']:.2f}x slower, "
+        f"whole epoch {res['ray_1w_epoch_slowdown']:.2f}x (goal <= 1.10x)",
+        f"Ray 1 worker, data.cache={res['cache']}, vs plain: whole epoch {res['ray_1w_cached_epoch_slowdown']:.2f}x",
+        f"2 workers vs 1 worker training pass (both cached): {res['epoch_2w_over_1w_cached']:.2f}x",
+        "start-up, seconds from fit():",
+    ]
+    for name, s in res["startup"].items():
+        lines.append(f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in s.items()))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

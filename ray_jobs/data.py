@@ -104,6 +104,7 @@ def build_video_dataset(
     *,
     captions: CaptionTable | None = None,
     shuffle: bool = False,
+    seed: int = 0,
     shard: tuple[int, int] | None = None,
     storage: str = "",
     name: str = "",
@@ -114,7 +115,9 @@ def build_video_dataset(
         records: the split's records (row ``video_index`` = position in this list).
         captions: for training, the tokenized captions; each row carries its video's caption ids so the
             worker samples one per video per epoch.
-        shuffle: shuffle the (cheap) index rows before decoding; re-executed, so a new order every epoch.
+        shuffle: for training: the index rows are permuted once (``seed``), so blocks are random sets of
+            videos, and the block order changes every epoch; rows mix further in the worker's local
+            shuffle buffer (``ray_jobs.batches.train_batches``).
         shard: ``(rank, world)``: only the videos with ``video_index % world == rank`` (evaluation
             shards: every video in exactly one shard, none dropped).
         storage, name: where ``data.cache=disk`` keeps decoded shards, and the dataset's name in logs.
@@ -126,10 +129,15 @@ def build_video_dataset(
     if shard is not None:
         rank, world = shard
         rows = rows[rank::world]
+    if shuffle:  # each block a random set of videos, not a run of neighbours (one movie, one source)
+        rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
     ds = ray.data.from_items(rows, override_num_blocks=_num_blocks(len(rows)))
     streaming = data_cfg.cache == "none"
     if shuffle and streaming:
-        ds = ds.random_shuffle()  # cheap index rows, re-executed: a new order every epoch
+        # a new block order every epoch (re-executed); rows mix in the worker's local shuffle buffer
+        # (ray_jobs.batches). Not random_shuffle(): its all-to-all stage holds back every decode task
+        # until it finishes (2.7 s of a 4 s epoch, benchmarks/RESULTS.md "Where the Ray overhead went")
+        ds = ds.randomize_block_order()
     decoded = ds.map_batches(
         decode_stage,
         fn_kwargs={"data_cfg": asdict(data_cfg)},

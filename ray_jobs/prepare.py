@@ -238,6 +238,7 @@ def build_datasets(cfg: Config, prepared: dict[str, PreparedSplit]) -> dict:
                 cfg.ray,
                 captions=split.captions,
                 shuffle=True,
+                seed=cfg.train.seed,
                 storage=storage,
                 name=name,
             )

@@ -22,15 +22,18 @@ import torch
 from etva.checkpoint import load_checkpoint, save_checkpoint
 from etva.config import Config
 from ray_jobs.batches import (
+    EpochPrefetch,
     SkipTracker,
     check_skips,
     eval_caption_batches,
     eval_video_batches,
     gather_skips,
     train_batches,
+    train_rows,
 )
 from ray_jobs.data import eval_shard_name
 from ray_jobs.driver import setup_logging
+from ray_jobs.profiling import process_started_at, profile_for_epoch, profile_note
 from ray_jobs.tracking import EpochLogger
 
 __all__ = ["WorkerInputs", "TrainRecipe", "train_loop_per_worker", "eval_loop_per_worker"]
@@ -73,6 +76,8 @@ class TrainRecipe:
         self.history: dict[str, dict] = {}
         self.start_epoch = 0
         self.truncated = 0
+        self.prefetch: EpochPrefetch | None = None
+        self.timings: dict[str, float] = {}
         self.mlflow = EpochLogger(inputs.mlflow_uri, inputs.mlflow_run_id) if self.rank == 0 else None
 
     def setup(self) -> None:
@@ -113,13 +118,21 @@ class TrainRecipe:
         from etva.engine import train_epoch
 
         tracker = SkipTracker()
-        batches = train_batches(self.train_shard, self.cfg, epoch, self.rank, self.world, tracker)
+        early, self.prefetch = self.prefetch, None
+        rows = early if early is not None and early.epoch == epoch else None
+        batches = train_batches(self.train_shard, self.cfg, epoch, self.rank, self.world, tracker, rows)
+        batches = _note_first(batches, self.timings, "first_batch")
         ts = self.ts
-        stats = train_epoch(
-            self.ddp_model, ts.loss_fn, ts.optimizer, ts.scheduler, batches, self.device,
-            epoch=epoch, log_every=self.cfg.train.log_every, grad_clip=self.cfg.optim.grad_clip,
-            report=self._step_report(), precision=ts.precision, scaler=ts.scaler,
-        )  # fmt: skip
+        label = f"ray-{self.world}w-cache-{self.cfg.data.cache}-epoch{epoch}"
+        with profile_for_epoch(epoch, self.rank, label) as profile:
+            stats = train_epoch(
+                self.ddp_model, ts.loss_fn, ts.optimizer, ts.scheduler, batches, self.device,
+                epoch=epoch, log_every=self.cfg.train.log_every, grad_clip=self.cfg.optim.grad_clip,
+                report=self._step_report(), precision=ts.precision, scaler=ts.scaler,
+            )  # fmt: skip
+            profile.update(stats)
+        if profile:  # Ray Data's own breakdown of the shard's pipeline (operators, iterator wait)
+            profile_note(profile, "ray_data_stats", self.train_shard.stats())
         skipped, seen, truncated = gather_skips(tracker, self.world)
         check_skips("train", skipped, seen, self.inputs.train_video_ids, self.cfg.data.max_skip_fraction)
         self.truncated = truncated
@@ -220,16 +233,31 @@ class TrainRecipe:
         )  # fmt: skip
 
     def run(self) -> dict:
+        """Train every remaining epoch. Returns the history and the start-up timings (unix times: worker
+        process created, loop entered, setup done, first training batch in hand)."""
+        self.timings = {"process_start": process_started_at(), "loop_start": time.time()}
         self.setup()
+        self.timings["setup_done"] = time.time()
         for epoch in range(self.start_epoch, self.cfg.train.epochs):
             t0 = time.time()
             stats, skipped_train = self.train_epoch(epoch)
+            if epoch + 1 < self.cfg.train.epochs:  # next epoch's data starts during eval + checkpoint
+                rows = train_rows(self.train_shard, self.cfg, epoch + 1, self.rank)
+                self.prefetch = EpochPrefetch(rows, epoch + 1)
             val, skipped_val = self.evaluate()
             metrics = self.epoch_metrics(epoch, stats, val, (skipped_train, skipped_val), t0)
             self.report(epoch, metrics, (skipped_train, skipped_val))
         if self.mlflow is not None:  # metrics buffered during an MLflow outage go out now
             self.mlflow.close()
-        return {"history": self.history}
+        return {"history": self.history, "timings": self.timings}
+
+
+def _note_first(items, timings: dict, key: str):
+    """``items`` unchanged; the arrival time of the first one goes into ``timings[key]`` (once per run)."""
+    for i, item in enumerate(items):
+        if i == 0:
+            timings.setdefault(key, time.time())
+        yield item
 
 
 def train_loop_per_worker(config: dict) -> dict:

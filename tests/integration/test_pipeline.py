@@ -43,22 +43,24 @@ def _loop(config):
     import ray.train
 
     from etva.config import config_from_dict
-    from ray_jobs.batches import SkipTracker, train_batches
+    from ray_jobs.batches import EpochPrefetch, SkipTracker, train_batches, train_rows
     from ray_jobs.data import eval_shard_name
 
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     shard = ray.train.get_dataset_shard("train")
-    seen = {}
+    seen, early = {}, None
     for epoch in range(2):
         tracker = SkipTracker()
         order, shapes = [], {}
-        for batch in train_batches(shard, cfg, epoch, rank, world, tracker):
+        for batch in train_batches(shard, cfg, epoch, rank, world, tracker, early):
             order += [int(v) for v in batch["video_index"]]
             shapes = {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in batch.items()}
             assert np.all(batch["input_ids"][:, 0] == 2), "captions start with [CLS]"
         seen[epoch] = {"order": order, "skipped": sorted(tracker.skipped), "shapes": shapes}
+        if epoch == 0:  # epoch 1 is read ahead, as the recipe does during evaluation
+            early = EpochPrefetch(train_rows(shard, cfg, 1, rank), 1)
     val = ray.train.get_dataset_shard(eval_shard_name("val", rank))
     torch_batches = list(val.iter_torch_batches(batch_size=4))
     seen["val_videos"] = sorted(int(v) for b in torch_batches for v in b["video_index"])
