@@ -86,23 +86,27 @@ class TrainRecipe:
         import ray.train
         import ray.train.torch
 
-        from etva.training import build_training
-
         cfg = self.cfg
-        torch.set_num_threads(max(1, self.inputs.torch_threads))
-        device = ray.train.torch.get_device()
-        steps_per_epoch = max(1, self.inputs.num_train_videos // (cfg.train.batch_size * self.world))
         state = None
         ckpt = ray.train.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 state = load_checkpoint(d)
+        self.train_shard = ray.train.get_dataset_shard("train")
+        first = int(state["meta"]["epoch"]) + 1 if state is not None else 0
+        if first < cfg.train.epochs:  # Ray Data starts up while the model is built (about 2 s of imports)
+            self.prefetch = EpochPrefetch(train_rows(self.train_shard, cfg, first, self.rank), first)
+
+        from etva.training import build_training
+
+        torch.set_num_threads(max(1, self.inputs.torch_threads))
+        device = ray.train.torch.get_device()
+        steps_per_epoch = max(1, self.inputs.num_train_videos // (cfg.train.batch_size * self.world))
         ts = build_training(cfg, self.inputs.vocab_size, steps_per_epoch * cfg.train.epochs, device, state)
         self.ts, self.device, self.model = ts, device, ts.model
         if state is not None:
             self._resumed(ts)
         self.ddp_model = ray.train.torch.prepare_model(self.model) if self.world > 1 else self.model
-        self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = ray.train.get_dataset_shard(eval_shard_name("val", self.rank))
 
     def _resumed(self, ts) -> None:
@@ -184,29 +188,31 @@ class TrainRecipe:
         return metrics
 
     def report(self, epoch: int, metrics: dict[str, float], skipped: tuple[list[int], list[int]]) -> None:
-        """Report from every rank; rank 0 attaches an atomically written checkpoint, then logs to MLflow."""
+        """Report from every rank; rank 0 attaches an atomically written checkpoint. Every rank goes on
+        only once Ray has committed it (a failure in the next epoch then always resumes from this one,
+        however early it comes: the next epoch's first batch is already read ahead); rank 0 then logs
+        the epoch to MLflow."""
         import ray.train
 
         self.history[str(epoch)] = metrics
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
-            return
-        names = {
-            "train": [self.inputs.train_video_ids[i] for i in skipped[0]],
-            "val": [self.inputs.val_video_ids[i] for i in skipped[1]],
-        }
-        with tempfile.TemporaryDirectory() as tmp:
-            out = self._save(Path(tmp) / "ckpt", epoch, metrics, names)
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(str(out)),
-                checkpoint_dir_name=f"epoch_{epoch:04d}",
-            )
-        # MLflow gets the epoch only once its checkpoint is committed; an epoch committed but not yet
-        # logged is back-filled from the checkpoint on resume
+        else:
+            names = {
+                "train": [self.inputs.train_video_ids[i] for i in skipped[0]],
+                "val": [self.inputs.val_video_ids[i] for i in skipped[1]],
+            }
+            with tempfile.TemporaryDirectory() as tmp:
+                out = self._save(Path(tmp) / "ckpt", epoch, metrics, names)
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(str(out)),
+                    checkpoint_dir_name=f"epoch_{epoch:04d}",
+                )
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-        self.mlflow.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-        self._log_line(epoch, metrics)
+        if self.rank == 0:  # an epoch committed but not yet logged is back-filled from it on resume
+            self.mlflow.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            self._log_line(epoch, metrics)
 
     def _save(self, out: Path, epoch: int, metrics: dict, skipped_names: dict) -> Path:
         return save_checkpoint(
