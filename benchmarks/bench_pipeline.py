@@ -13,10 +13,16 @@ Goal: ray-data >= 80% of the faster plain mode.
     python -m benchmarks.bench_pipeline --num-videos 240
     python -m benchmarks.bench_pipeline --quick   # 64 videos, 1 round
 
+Every mode decodes with one BLAS thread per process (`OMP_NUM_THREADS=1`, set here before numpy is
+imported), as Ray does for its tasks: otherwise the plain modes' OpenBLAS threads double the log-mel CPU
+per clip on 2 cores (docs/platform.md).
+
 Starts a local Ray instance itself (``ray.init(num_cpus=--procs)``) and shuts it down at the end.
 """
 
-from __future__ import annotations
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy: see the docstring
 
 import argparse
 import json

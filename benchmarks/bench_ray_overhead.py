@@ -11,7 +11,8 @@ training pass and an evaluation of the val split, in both paths:
   C  B' with 2 workers (training-pass time, for the scaling report).
 
 Figures are the steady state (epochs 2..N): training-pass clips/s and data-stall share, training-pass time,
-and whole-epoch time (training pass + evaluation; checkpointing excluded). Start-up is split by marks the
+training pass + evaluation, and the whole epoch (start of one epoch to the start of the next: training,
+evaluation and the checkpoint, which the plain path writes too with `etva.checkpoint.save_checkpoint`). Start-up is split by marks the
 worker returns (`ray_jobs.recipe.TrainRecipe.run`): fit() -> worker process created -> training loop
 entered -> setup done -> first training batch.
 
@@ -25,7 +26,7 @@ clip (OpenBLAS threads in the log-mel product, on 2 cores; docs/platform.md).
 
 `--profile` adds an epoch after the measured ones, profiled by `ray_jobs.profiling` in both paths (CPU
 seconds by process role, cProfile of the training loop, Ray Data's own stats). Starts a local Ray instance
-itself (``ray.init(num_cpus=4)``) and shuts it down at the end.
+itself as a job driver does (``ray_jobs.driver.init_ray``, 4 logical CPUs) and shuts it down at the end.
 """
 
 import os
@@ -88,14 +89,14 @@ def _loader(ds, batch_size: int, decode_procs: int, train: bool):
 
 
 def run_plain(cfg, prepared, epochs: int, decode_procs: int, label: str = "plain") -> list[dict]:
-    """Path A: per epoch, a training pass and an evaluation of the val split (as the Ray worker does);
-    returns per-epoch figures under the Ray history's key names."""
-    from etva.engine import build_optimizer, build_scheduler, evaluate, train_epoch
-    from etva.losses import build_loss
-    from etva.model import build_model
+    """Path A: per epoch, a training pass, an evaluation of the val split and a checkpoint, as the Ray
+    worker does; returns per-epoch figures under the Ray history's key names (``epoch_period_s``: the
+    whole epoch, checkpoint included)."""
+    from etva.checkpoint import save_checkpoint
+    from etva.engine import evaluate, train_epoch
+    from etva.training import build_training
     from ray_jobs.batches import eval_caption_batches
 
-    torch.manual_seed(cfg.train.seed)
     tr, val = prepared["train"], prepared["val"]
     ds = _ClipDataset(
         tr.records, tr.captions.per_video(32), tr.captions.first, tr.captions.count, cfg.data, cfg.train.seed
@@ -107,22 +108,30 @@ def run_plain(cfg, prepared, epochs: int, decode_procs: int, label: str = "plain
         decode_procs,
         False,
     )
-    model = build_model(cfg.model, vocab_size=prepared["vocab"])
-    loss_fn = build_loss(cfg.loss)
-    opt = build_optimizer(torch.nn.ModuleList([model, loss_fn]), cfg.optim)
-    sched = build_scheduler(opt, cfg.optim, epochs * len(loader))
+    ts = build_training(cfg, prepared["vocab"], epochs * len(loader), "cpu")
     out = []
-    for epoch in range(epochs):
-        ds.epoch = epoch
-        t0 = time.perf_counter()
-        with _profile(epoch, f"{label}-epoch{epoch}") as profile:
-            stats = train_epoch(model, loss_fn, opt, sched, loader, "cpu", epoch=epoch, log_every=0)
-            profile.update(stats)
-        captions = eval_caption_batches(val.caption_arrays(), 0, 1, cfg.train.eval_batch_size)
-        metrics = evaluate(model, val_loader, captions, "cpu")
-        hist = {f"train/{k}": v for k, v in stats.items()}
-        hist.update({f"val/{k}": v for k, v in metrics.items()}, epoch_time_s=time.perf_counter() - t0)
-        out.append(hist)
+    with tempfile.TemporaryDirectory() as ckpt_dir:
+        for epoch in range(epochs):
+            ds.epoch = epoch
+            t0 = time.perf_counter()
+            with _profile(epoch, f"{label}-epoch{epoch}") as profile:
+                stats = train_epoch(
+                    ts.model, ts.loss_fn, ts.optimizer, ts.scheduler, loader, "cpu", epoch=epoch
+                )
+                profile.update(stats)
+            captions = eval_caption_batches(val.caption_arrays(), 0, 1, cfg.train.eval_batch_size)
+            metrics = evaluate(ts.model, val_loader, captions, "cpu")
+            hist = {f"train/{k}": v for k, v in stats.items()}
+            hist.update({f"val/{k}": v for k, v in metrics.items()}, epoch_time_s=time.perf_counter() - t0)
+            meta = {"epoch": epoch, "metrics": hist}
+            save_checkpoint(
+                Path(ckpt_dir) / f"epoch_{epoch:04d}",
+                ts.model_state(),
+                meta,
+                optimizer_state=ts.optimizer_state(),
+            )
+            hist["epoch_period_s"] = time.perf_counter() - t0
+            out.append(hist)
     return out
 
 
@@ -150,7 +159,10 @@ def run_ray(cfg, run_name: str, storage: str) -> tuple[list[dict], dict]:
     hist = result.return_value["history"]
     hist = [hist[k] for k in sorted(hist, key=int)]
     marks = result.return_value.get("timings")
-    if not marks:  # code from before the worker returned its start-up marks
+    starts = (marks or {}).get("epoch_starts", []) + [(marks or {}).get("end", 0.0)]
+    for h, (a, b) in zip(hist, zip(starts, starts[1:])):  # epoch start to the next: checkpoint included
+        h["epoch_period_s"] = b - a
+    if "first_batch" not in (marks or {}):  # code from before the worker returned its start-up marks
         return hist, {"fit_wall_minus_epochs_s": wall - sum(h["epoch_time_s"] for h in hist)}
     startup = {
         "fit_to_worker_process_s": marks["process_start"] - t0,
@@ -192,6 +204,7 @@ def main() -> None:
         os.environ[PROFILE_DIR_ENV] = str(Path(args.profile).resolve())
     import ray
 
+    from ray_jobs.driver import init_ray
     from ray_jobs.prepare import prepare_splits
 
     torch.set_num_threads(1)
@@ -213,7 +226,8 @@ def main() -> None:
         generate_dataset(root, args.num_videos, 0, cfg=cfg.data.synth, progress=False)
         tok, prepared = prepare_splits(cfg, Path(tmp) / "tok", {"train": "train", "val": "test"})
         prepared["vocab"] = len(tok)
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        # the job driver's own ray.init (ray_jobs.driver.init_ray): Train's controller polls every 0.1 s
+        init_ray("local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         cached = copy.deepcopy(cfg)
         cached.data.cache = args.cache
@@ -246,6 +260,7 @@ def summarize(runs: dict, startup: dict, args) -> dict:
             "data_stall_share": steady(name, "train/data_stall_share"),
             "train_pass_s": steady(name, "train/epoch_time_s"),
             "epoch_s": steady(name, "epoch_time_s"),
+            "epoch_period_s": steady(name, "epoch_period_s"),
         }
         for name in runs
     }
@@ -259,8 +274,8 @@ def summarize(runs: dict, startup: dict, args) -> dict:
         "runs": per_run,
         "startup": startup,
         "ray_1w_train_pass_slowdown": plain["train_clips_per_s"] / per_run["ray_1w"]["train_clips_per_s"],
-        "ray_1w_epoch_slowdown": per_run["ray_1w"]["epoch_s"] / plain["epoch_s"],
-        "ray_1w_cached_epoch_slowdown": per_run["ray_1w_cached"]["epoch_s"] / plain["epoch_s"],
+        "ray_1w_epoch_slowdown": per_run["ray_1w"]["epoch_period_s"] / plain["epoch_period_s"],
+        "ray_1w_cached_epoch_slowdown": per_run["ray_1w_cached"]["epoch_period_s"] / plain["epoch_period_s"],
         "epoch_2w_over_1w_cached": per_run["ray_2w_cached"]["train_pass_s"]
         / per_run["ray_1w_cached"]["train_pass_s"],
     }
@@ -270,13 +285,13 @@ def report(res: dict) -> str:
     r = res["runs"]
     lines = [
         "",
-        "| run | train clips/s | data stall | train pass s | epoch s (train + eval) |",
-        "|---|---|---|---|---|",
+        "| run | train clips/s | data stall | train pass s | train + eval s | whole epoch s (+ checkpoint) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, v in r.items():
         lines.append(
             f"| {name} | {v['train_clips_per_s']:.1f} | {100 * v['data_stall_share']:.1f}% | "
-            f"{v['train_pass_s']:.2f} | {v['epoch_s']:.2f} |"
+            f"{v['train_pass_s']:.2f} | {v['epoch_s']:.2f} | {v['epoch_period_s']:.2f} |"
         )
     lines += [
         "",

@@ -241,6 +241,8 @@ def start_ray_head(s: LocalSettings | None = None) -> LocalCluster:
     env.update(ray_client_env(s))
     # job entrypoints inherit this environment: `python` must be this interpreter, not the system one
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # submitted jobs too: Train's controller polls every 0.1 s, not 2 s (each report waits for a poll)
+    env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     cmd = [
         str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={s.ray_port}",
         f"--dashboard-host={s.host}", f"--dashboard-port={s.dashboard_port}", f"--num-cpus={s.num_cpus}",

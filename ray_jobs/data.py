@@ -131,7 +131,7 @@ def build_video_dataset(
         rows = rows[rank::world]
     if shuffle:  # each block a random set of videos, not a run of neighbours (one movie, one source)
         rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
-    ds = ray.data.from_items(rows, override_num_blocks=_num_blocks(len(rows)))
+    ds = ray.data.from_items(rows, override_num_blocks=_num_blocks(len(rows), ray_cfg.decode_concurrency))
     streaming = data_cfg.cache == "none"
     if shuffle and streaming:
         # a new block order every epoch (re-executed); rows mix in the worker's local shuffle buffer
@@ -157,5 +157,7 @@ def eval_shard_name(split: str, rank: int) -> str:
     return f"{split}_shard{rank}"
 
 
-def _num_blocks(n: int) -> int:
-    return max(1, min(200, math.ceil(n / 16)))
+def _num_blocks(n: int, concurrency: int) -> int:
+    """About 16 rows per block (a block is one decode task and the unit the training set is shuffled
+    in), and at least one block per decode task, so that a small split still decodes in parallel."""
+    return max(1, min(n, max(concurrency, min(2000, math.ceil(n / 16)))))

@@ -239,13 +239,15 @@ class TrainRecipe:
         )  # fmt: skip
 
     def run(self) -> dict:
-        """Train every remaining epoch. Returns the history and the start-up timings (unix times: worker
-        process created, loop entered, setup done, first training batch in hand)."""
+        """Train every remaining epoch. Returns the history and timings (unix times: worker process
+        created, loop entered, setup done, first training batch in hand, each epoch's start, the end)."""
         self.timings = {"process_start": process_started_at(), "loop_start": time.time()}
         self.setup()
         self.timings["setup_done"] = time.time()
+        starts = self.timings.setdefault("epoch_starts", [])
         for epoch in range(self.start_epoch, self.cfg.train.epochs):
             t0 = time.time()
+            starts.append(t0)
             stats, skipped_train = self.train_epoch(epoch)
             if epoch + 1 < self.cfg.train.epochs:  # next epoch's data starts during eval + checkpoint
                 rows = train_rows(self.train_shard, self.cfg, epoch + 1, self.rank)
@@ -253,6 +255,7 @@ class TrainRecipe:
             val, skipped_val = self.evaluate()
             metrics = self.epoch_metrics(epoch, stats, val, (skipped_train, skipped_val), t0)
             self.report(epoch, metrics, (skipped_train, skipped_val))
+        self.timings["end"] = time.time()
         if self.mlflow is not None:  # metrics buffered during an MLflow outage go out now
             self.mlflow.close()
         return {"history": self.history, "timings": self.timings}
