@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_eval": [],
     "bench_pipeline": [],
     "bench_ray_overhead": [],
+    "bench_data_start": [],
     "ablation": [],
     "bench_search": [],
     "bench_scaling": ["--png", "benchmarks/scaling_quick.png"],
