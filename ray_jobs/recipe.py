@@ -86,23 +86,27 @@ class TrainRecipe:
         import ray.train
         import ray.train.torch
 
-        from etva.training import build_training
-
         cfg = self.cfg
-        torch.set_num_threads(max(1, self.inputs.torch_threads))
-        device = ray.train.torch.get_device()
-        steps_per_epoch = max(1, self.inputs.num_train_videos // (cfg.train.batch_size * self.world))
         state = None
         ckpt = ray.train.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 state = load_checkpoint(d)
+        self.train_shard = ray.train.get_dataset_shard("train")
+        first = int(state["meta"]["epoch"]) + 1 if state is not None else 0
+        if first < cfg.train.epochs:  # Ray Data starts up while the model is built (about 2 s of imports)
+            self.prefetch = EpochPrefetch(train_rows(self.train_shard, cfg, first, self.rank), first)
+
+        from etva.training import build_training
+
+        torch.set_num_threads(max(1, self.inputs.torch_threads))
+        device = ray.train.torch.get_device()
+        steps_per_epoch = max(1, self.inputs.num_train_videos // (cfg.train.batch_size * self.world))
         ts = build_training(cfg, self.inputs.vocab_size, steps_per_epoch * cfg.train.epochs, device, state)
         self.ts, self.device, self.model = ts, device, ts.model
         if state is not None:
             self._resumed(ts)
         self.ddp_model = ray.train.torch.prepare_model(self.model) if self.world > 1 else self.model
-        self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = ray.train.get_dataset_shard(eval_shard_name("val", self.rank))
 
     def _resumed(self, ts) -> None:
