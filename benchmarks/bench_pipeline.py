@@ -65,7 +65,13 @@ def main() -> None:
         root = Path(tmp) / "shapes"
         cfg = load_config(
             REPO / "ray_jobs/configs/shapes.yaml",
-            [f"data.root={root}", f"ray.decode_concurrency={args.procs}", "ray.decode_cpus=1"],
+            # data.cache=none: shapes.yaml caches decoded clips, and the timed second pass would decode nothing
+            [
+                f"data.root={root}",
+                f"ray.decode_concurrency={args.procs}",
+                "ray.decode_cpus=1",
+                "data.cache=none",
+            ],
         )
         generate_dataset(root, args.num_videos, 0, cfg=cfg.data.synth, progress=False)
         records = load_records("msrvtt", root, "train", subset="1k-A")
