@@ -277,6 +277,9 @@ def _ray_cli() -> str:
     return found
 
 
+PROFILE_ENV = ("ETVA_PROFILE_EPOCH", "ETVA_PROFILE_DIR")
+
+
 def build_job(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """Validate everything and return (command, extra environment) for ``args``; runs nothing."""
     spec = JOBS[args.job]
@@ -307,6 +310,8 @@ def build_job(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     env_vars = {"MLFLOW_TRACKING_URI": uri} if uri else {}
     if commit := _git_commit(working_dir):
         env_vars["ETVA_GIT_COMMIT"] = commit  # MLflow's mlflow.source.git.commit of the run
+    # one epoch's profile asked for in this shell (ray_jobs/profiling.py; files on rank 0's node)
+    env_vars.update({k: os.environ[k] for k in PROFILE_ENV if os.environ.get(k)})
     if env_vars:
         submit += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
     return [*submit, "--", "python", "-m", spec.module, *job_argv], {}

@@ -158,6 +158,17 @@ def test_submit_builds_ray_job_submit_with_mlflow_env(env, fake_server, monkeypa
     ]  # fmt: skip
 
 
+def test_submit_passes_a_profiling_request_to_the_job(env, fake_server, monkeypatch, capsys):
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", fake_server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fake_server)
+    monkeypatch.setenv("ETVA_PROFILE_EPOCH", "2")
+    monkeypatch.setenv("ETVA_PROFILE_DIR", "/shared/profiles")
+    assert main(["train", "--config", str(TINY), "--no-wait", "--dry-run", "data.root=ds"]) == 0
+    cmd = _command(capsys)
+    env_vars = json.loads(cmd[cmd.index("--runtime-env-json") + 1])["env_vars"]
+    assert env_vars["ETVA_PROFILE_EPOCH"] == "2" and env_vars["ETVA_PROFILE_DIR"] == "/shared/profiles"
+
+
 def test_tune_validates_the_space_and_passes_it(env, fake_server, tmp_path, capsys):
     rc = main(["tune", "--address", fake_server, "--config", str(TINY), "--space", str(REPO / "tuning/spaces/clusters.yaml"),
                "--name", "sw", "--dry-run", "data.root=ds"])  # fmt: skip
