@@ -243,7 +243,6 @@ def _wait_text(driver, ready, what: str, timeout: float = 30.0) -> str:
 def test_register_alias_in_the_browser_then_eval(browser, local_cluster, trained, tmp_path):
     import re
 
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     from ray_jobs.tracking import get_client
@@ -266,7 +265,7 @@ def test_register_alias_in_the_browser_then_eval(browser, local_cluster, trained
     _click(browser, "button", text="Register model")
     _click(browser, "#selectedModel")
     _click(browser, ".du-bois-light-select-item-option", text="Create New Model")
-    browser.find_element(By.CSS_SELECTOR, "[role=dialog] input#modelName").send_keys(FLOW_MODEL)
+    _click(browser, "[role=dialog] input#modelName").send_keys(FLOW_MODEL)  # waits for the dialog
     _shot(browser, tmp_path, "flow_3_register_dialog")
     _click(browser, "[data-testid=confirm-register-model]")
     deadline = time.monotonic() + 30
@@ -285,7 +284,7 @@ def test_register_alias_in_the_browser_then_eval(browser, local_cluster, trained
         "version page",
     )
     _click(browser, "[data-component-id$='modelversionviewaliaseditor.tsx_29']")
-    alias_input = browser.find_element(By.CSS_SELECTOR, "[role=dialog] input")
+    alias_input = _click(browser, "[role=dialog] input")  # the dialog opens after the click: wait for it
     alias_input.send_keys("champion", Keys.ENTER)
     _shot(browser, tmp_path, "flow_4_alias_dialog")
     _click(browser, "[data-component-id='mlflow.edit-aliases-modal.save-button']")
