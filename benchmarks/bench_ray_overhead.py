@@ -96,6 +96,7 @@ def run_plain(cfg, prepared, epochs: int, decode_procs: int, label: str = "plain
     from etva.engine import evaluate, train_epoch
     from etva.training import build_training
     from ray_jobs.batches import eval_caption_batches
+    from ray_jobs.profiling import profile_for_epoch
 
     tr, val = prepared["train"], prepared["val"]
     ds = _ClipDataset(
@@ -114,11 +115,12 @@ def run_plain(cfg, prepared, epochs: int, decode_procs: int, label: str = "plain
         for epoch in range(epochs):
             ds.epoch = epoch
             t0 = time.perf_counter()
-            with _profile(epoch, f"{label}-epoch{epoch}") as profile:
+            with profile_for_epoch(epoch, 0, f"{label}-epoch{epoch}") as profile:
                 stats = train_epoch(
                     ts.model, ts.loss_fn, ts.optimizer, ts.scheduler, loader, "cpu", epoch=epoch
                 )
-                profile.update(stats)
+                if profile is not None:
+                    profile.update(stats)
             captions = eval_caption_batches(val.caption_arrays(), 0, 1, cfg.train.eval_batch_size)
             metrics = evaluate(ts.model, val_loader, captions, "cpu")
             hist = {f"train/{k}": v for k, v in stats.items()}
@@ -133,17 +135,6 @@ def run_plain(cfg, prepared, epochs: int, decode_procs: int, label: str = "plain
             hist["epoch_period_s"] = time.perf_counter() - t0
             out.append(hist)
     return out
-
-
-def _profile(epoch: int, label: str):
-    """The plain path's profiled epoch: the same ``ray_jobs.profiling`` code and env as the Ray worker."""
-    from contextlib import nullcontext
-
-    from ray_jobs.profiling import PROFILE_DIR_ENV, PROFILE_EPOCH_ENV, epoch_profile
-
-    if os.environ.get(PROFILE_EPOCH_ENV, "") != str(epoch):
-        return nullcontext({})
-    return epoch_profile(label, os.environ[PROFILE_DIR_ENV])
 
 
 def run_ray(cfg, run_name: str, storage: str) -> tuple[list[dict], dict]:

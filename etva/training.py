@@ -95,6 +95,11 @@ def build_training(
     return out
 
 
+def start_epoch(state: dict[str, Any] | None) -> int:
+    """The epoch a run resumed from ``state`` (a loaded checkpoint, or None) starts at."""
+    return int(state["meta"]["epoch"]) + 1 if state is not None else 0
+
+
 def _resume(ts: TrainingState, state: dict[str, Any]) -> None:
     """Load optimizer/schedule/scaler state (the parameters are already on the device) and the meta."""
     saved = state.get("optimizer")
@@ -108,6 +113,6 @@ def _resume(ts: TrainingState, state: dict[str, Any]) -> None:
     if ts.scaler is not None and saved.get("scaler"):
         ts.scaler.load_state_dict(saved["scaler"])
     meta = state["meta"]
-    ts.start_epoch = int(meta["epoch"]) + 1
+    ts.start_epoch = start_epoch(state)
     ts.history = dict(meta.get("history", {}))
     log.info("resumed at epoch %d (global step %d)", ts.start_epoch, ts.scheduler.last_epoch)

@@ -136,7 +136,7 @@ def build_video_dataset(
     if shuffle and streaming:
         # a new block order every epoch (re-executed); rows mix in the worker's local shuffle buffer
         # (ray_jobs.batches). Not random_shuffle(): its all-to-all stage holds back every decode task
-        # until it finishes (2.7 s of a 4 s epoch, benchmarks/RESULTS.md "Where the Ray overhead went")
+        # until it finishes (docs/platform.md; benchmarks/RESULTS.md "Where an epoch's time goes")
         ds = ds.randomize_block_order()
     decoded = ds.map_batches(
         decode_stage,

@@ -5,12 +5,14 @@ job: rank 0 wraps the training pass of epoch ``n`` in :func:`epoch_profile`, whi
 
 - ``<label>.json``: the pass's wall time; the CPU seconds every process on the node used during it,
   summed by role (train worker, decode tasks, Ray Data coordinator, Ray Train controller, Ray system
-  daemons, driver, other); this process's CPU by thread; the step timings the caller adds.
-- ``<label>.pstats.txt``: cProfile of the calling thread (the training loop), top functions by own time.
+  daemons, other); this process's CPU by thread; the step timings the caller adds.
+- ``<label>.pstats.txt``: cProfile of the calling thread (the training loop), top functions by own time;
+- ``<label>.<name>.txt`` for each text the caller adds under ``notes`` (Ray Data's stats).
 
 A process that exits before the end of the block takes its CPU time with it (Ray's task workers and
-DataLoader's persistent workers outlive an epoch). The plain-PyTorch path of ``benchmarks.bench_ray_overhead`` uses the same context manager, so both paths
-are measured by one piece of code. Reads ``/proc`` (Linux); elsewhere the CPU tables are empty.
+DataLoader's persistent workers outlive an epoch). The plain-PyTorch path of
+``benchmarks.bench_ray_overhead`` uses the same code, so both paths are measured by one piece of code.
+Reads ``/proc`` (Linux); elsewhere the CPU tables are empty.
 """
 
 from __future__ import annotations
@@ -35,8 +37,6 @@ ROLES = (
     ("ray::SplitCoordinator", "ray data coordinator"),
     ("ray::MapBatches", "decode tasks"),
     ("ray::ReadItems", "decode tasks"),
-    ("ray::RandomShuffle", "ray data shuffle"),
-    ("ray::random_shuffle", "ray data shuffle"),
     ("ray::TrainController", "ray train controller"),
     ("ray::IDLE", "ray idle workers"),
     ("ray::", "ray other tasks"),
@@ -57,9 +57,14 @@ def _read(path: str) -> str:
         return ""
 
 
+def _stat_fields(stat: str) -> list[str]:
+    """The fields of a /proc/<pid>/stat line after the parenthesised name (field 3 onwards)."""
+    return stat[stat.rfind(")") + 2 :].split()
+
+
 def _cpu_seconds(stat: str) -> float:
-    """utime + stime of a /proc/<pid>/stat line (fields after the parenthesised name)."""
-    fields = stat[stat.rfind(")") + 2 :].split()
+    """utime + stime of a /proc/<pid>/stat line."""
+    fields = _stat_fields(stat)
     return (int(fields[11]) + int(fields[12])) / _TICK if len(fields) > 12 else 0.0
 
 
@@ -93,24 +98,22 @@ def process_started_at(pid: int | str = "self") -> float:
     """Unix time at which process ``pid`` was created (from /proc; 0.0 where /proc is missing)."""
     stat, boot = _read(f"/proc/{pid}/stat"), _read("/proc/stat")
     btime = [line.split()[1] for line in boot.splitlines() if line.startswith("btime ")]
-    fields = stat[stat.rfind(")") + 2 :].split()
+    fields = _stat_fields(stat)
     if not btime or len(fields) < 20:
         return 0.0
     return int(btime[0]) + int(fields[19]) / _TICK
 
 
-def role(title: str, pid: int, me: int, driver: int | None) -> str:
+def role(title: str, pid: int, me: int) -> str:
     if pid == me:
         return "this process"
-    if driver is not None and pid == driver:
-        return "driver"
     for needle, name in ROLES:
         if needle in title:
             return name
     return "other"
 
 
-def cpu_by_role(before: dict, after: dict, me: int, driver: int | None = None, children=()) -> dict:
+def cpu_by_role(before: dict, after: dict, me: int, children=()) -> dict:
     """CPU seconds used between two :func:`node_cpu` snapshots, summed by role (new processes count from 0)."""
     kids = set(children)
     roles: dict[str, float] = {}
@@ -118,7 +121,7 @@ def cpu_by_role(before: dict, after: dict, me: int, driver: int | None = None, c
         used = cpu - before.get(pid, (title, 0.0))[1]
         if used <= 0:
             continue
-        name = "loader workers" if pid in kids else role(title, pid, me, driver)
+        name = "loader workers" if pid in kids else role(title, pid, me)
         roles[name] = roles.get(name, 0.0) + used
     return dict(sorted(roles.items(), key=lambda kv: -kv[1]))
 
@@ -131,13 +134,13 @@ def _children(pid: int) -> list[int]:
 
 
 @contextmanager
-def epoch_profile(label: str, out_dir: str | Path, driver_pid: int | None = None):
+def epoch_profile(label: str, out_dir: str | Path):
     """Profile the enclosed block (one training pass). Yields a dict the caller may add figures to
-    (e.g. ``clips``, ``data_stall_s``); everything is written to ``out_dir/<label>.json`` at exit."""
+    (e.g. ``clips``, ``data_wait_s``) and ``notes`` ({name: text}); written to ``out_dir`` at exit."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     me = os.getpid()
-    extra: dict = {"_prefix": str(out / label)}
+    extra: dict = {}
     nodes0, threads0 = node_cpu(), thread_cpu(me)
     prof = cProfile.Profile()
     t0 = time.perf_counter()
@@ -148,7 +151,7 @@ def epoch_profile(label: str, out_dir: str | Path, driver_pid: int | None = None
         prof.disable()
         wall = time.perf_counter() - t0
         nodes1, threads1 = node_cpu(), thread_cpu(me)
-        by_role = cpu_by_role(nodes0, nodes1, me, driver_pid, _children(me))
+        by_role = cpu_by_role(nodes0, nodes1, me, _children(me))
         threads = {t: round(c - threads0.get(t, 0.0), 3) for t, c in threads1.items()}
         report = {
             "label": label,
@@ -158,23 +161,20 @@ def epoch_profile(label: str, out_dir: str | Path, driver_pid: int | None = None
             "cpu_s_total": round(sum(by_role.values()), 3),
             "idle_core_s": round(max(0.0, wall * (os.cpu_count() or 1) - sum(by_role.values())), 3),
             "this_process_threads_cpu_s": dict(sorted(threads.items(), key=lambda kv: -kv[1])[:12]),
-            **{k: v for k, v in extra.items() if k != "_prefix"},
+            **{k: v for k, v in extra.items() if k != "notes"},
         }
         (out / f"{label}.json").write_text(json.dumps(report, indent=2))
         text = io.StringIO()
         pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
         (out / f"{label}.pstats.txt").write_text(text.getvalue())
-
-
-def profile_note(profile: dict, name: str, text: str) -> None:
-    """Write ``text`` beside a finished profile as ``<label>.<name>.txt`` (no-op when not profiling)."""
-    if profile.get("_prefix"):
-        Path(f"{profile['_prefix']}.{name}.txt").write_text(str(text))
+        for name, note in extra.get("notes", {}).items():
+            (out / f"{label}.{name}.txt").write_text(str(note))
 
 
 def profile_for_epoch(epoch: int, rank: int, label: str):
-    """The :func:`epoch_profile` of this epoch when ``ETVA_PROFILE_EPOCH`` asks for it (rank 0 only)."""
+    """The :func:`epoch_profile` of this epoch when ``ETVA_PROFILE_EPOCH`` asks for it (rank 0 only);
+    otherwise a context that yields None."""
     wanted = os.environ.get(PROFILE_EPOCH_ENV, "").strip()
     if rank != 0 or not wanted or int(wanted) != epoch:
-        return nullcontext({})
+        return nullcontext(None)
     return epoch_profile(label, os.environ.get(PROFILE_DIR_ENV) or "/tmp/etva-profile")

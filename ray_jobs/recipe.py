@@ -33,7 +33,7 @@ from ray_jobs.batches import (
 )
 from ray_jobs.data import eval_shard_name
 from ray_jobs.driver import setup_logging
-from ray_jobs.profiling import process_started_at, profile_for_epoch, profile_note
+from ray_jobs.profiling import process_started_at, profile_for_epoch
 from ray_jobs.tracking import EpochLogger
 
 __all__ = ["WorkerInputs", "TrainRecipe", "train_loop_per_worker", "eval_loop_per_worker"]
@@ -77,7 +77,7 @@ class TrainRecipe:
         self.start_epoch = 0
         self.truncated = 0
         self.prefetch: EpochPrefetch | None = None
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, Any] = {}
         self.mlflow = EpochLogger(inputs.mlflow_uri, inputs.mlflow_run_id) if self.rank == 0 else None
 
     def setup(self) -> None:
@@ -93,11 +93,9 @@ class TrainRecipe:
             with ckpt.as_directory() as d:
                 state = load_checkpoint(d)
         self.train_shard = ray.train.get_dataset_shard("train")
-        first = int(state["meta"]["epoch"]) + 1 if state is not None else 0
-        if first < cfg.train.epochs:  # Ray Data starts up while the model is built (about 2 s of imports)
-            self.prefetch = EpochPrefetch(train_rows(self.train_shard, cfg, first, self.rank), first)
+        from etva.training import build_training, start_epoch
 
-        from etva.training import build_training
+        self._read_ahead(start_epoch(state))  # Ray Data starts up while the model is built (2 s of imports)
 
         torch.set_num_threads(max(1, self.inputs.torch_threads))
         device = ray.train.torch.get_device()
@@ -108,6 +106,12 @@ class TrainRecipe:
             self._resumed(ts)
         self.ddp_model = ray.train.torch.prepare_model(self.model) if self.world > 1 else self.model
         self.val_shard = ray.train.get_dataset_shard(eval_shard_name("val", self.rank))
+
+    def _read_ahead(self, epoch: int) -> None:
+        """Start reading ``epoch``'s training rows now (:class:`EpochPrefetch`), if the run has it."""
+        if epoch < self.cfg.train.epochs:
+            rows = train_rows(self.train_shard, self.cfg, epoch, self.rank)
+            self.prefetch = EpochPrefetch(rows, epoch)
 
     def _resumed(self, ts) -> None:
         self.start_epoch, self.history = ts.start_epoch, ts.history
@@ -134,9 +138,8 @@ class TrainRecipe:
                 epoch=epoch, log_every=self.cfg.train.log_every, grad_clip=self.cfg.optim.grad_clip,
                 report=self._step_report(), precision=ts.precision, scaler=ts.scaler,
             )  # fmt: skip
-            profile.update(stats)
-        if profile:  # Ray Data's own breakdown of the shard's pipeline (operators, iterator wait)
-            profile_note(profile, "ray_data_stats", self.train_shard.stats())
+            if profile is not None:  # + Ray Data's own breakdown of the shard's pipeline
+                profile.update(stats, notes={"ray_data_stats": self.train_shard.stats()})
         skipped, seen, truncated = gather_skips(tracker, self.world)
         check_skips("train", skipped, seen, self.inputs.train_video_ids, self.cfg.data.max_skip_fraction)
         self.truncated = truncated
@@ -249,9 +252,7 @@ class TrainRecipe:
             t0 = time.time()
             starts.append(t0)
             stats, skipped_train = self.train_epoch(epoch)
-            if epoch + 1 < self.cfg.train.epochs:  # next epoch's data starts during eval + checkpoint
-                rows = train_rows(self.train_shard, self.cfg, epoch + 1, self.rank)
-                self.prefetch = EpochPrefetch(rows, epoch + 1)
+            self._read_ahead(epoch + 1)  # the next epoch's data starts during eval + checkpoint
             val, skipped_val = self.evaluate()
             metrics = self.epoch_metrics(epoch, stats, val, (skipped_train, skipped_val), t0)
             self.report(epoch, metrics, (skipped_train, skipped_val))

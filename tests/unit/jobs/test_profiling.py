@@ -20,7 +20,6 @@ from ray_jobs.profiling import (
     node_cpu,
     process_started_at,
     profile_for_epoch,
-    profile_note,
     role,
 )
 
@@ -36,13 +35,12 @@ def _burner(title: str, seconds: float) -> subprocess.Popen:
 
 
 def test_roles_follow_ray_process_titles():
-    assert role("ray::MapBatches(decode_stage)", 5, 1, None) == "decode tasks"
-    assert role("ray::RayTrainWorker._execute", 5, 1, None) == "train worker"
-    assert role("ray::SplitCoordinator.get", 5, 1, None) == "ray data coordinator"
-    assert role("/usr/bin/raylet --node", 5, 1, None) == "ray system"
-    assert role("anything", 1, 1, None) == "this process"
-    assert role("python bench.py", 7, 1, 7) == "driver"
-    assert role("kworker/0:1", 5, 1, None) == "other"
+    assert role("ray::MapBatches(decode_stage)", 5, 1) == "decode tasks"
+    assert role("ray::RayTrainWorker._execute", 5, 1) == "train worker"
+    assert role("ray::SplitCoordinator.get", 5, 1) == "ray data coordinator"
+    assert role("/usr/bin/raylet --node", 5, 1) == "ray system"
+    assert role("anything", 1, 1) == "this process"
+    assert role("kworker/0:1", 5, 1) == "other"
 
 
 @needs_proc
@@ -51,13 +49,14 @@ def test_cpu_of_a_busy_child_process_is_counted_as_loader_work(tmp_path):
     try:
         with epoch_profile("demo", tmp_path) as extra:
             time.sleep(1.0)
-            extra["clips"] = 12
+            extra.update(clips=12, notes={"ray_data_stats": "Operator 1 MapBatches"})
     finally:
         proc.kill()
         proc.wait()
     report = json.loads((tmp_path / "demo.json").read_text())
     assert report["cpu_s_by_role"]["loader workers"] >= 0.3
-    assert report["clips"] == 12 and "_prefix" not in report
+    assert report["clips"] == 12 and "notes" not in report
+    assert (tmp_path / "demo.ray_data_stats.txt").read_text() == "Operator 1 MapBatches"
     assert report["wall_s"] >= 0.4 and report["cpu_s_total"] >= 0.3
     assert report["idle_core_s"] >= 0.0
     assert "function calls" in (tmp_path / "demo.pstats.txt").read_text()
@@ -93,11 +92,10 @@ def test_profile_only_the_asked_epoch_on_rank_0(tmp_path, monkeypatch):
     monkeypatch.setenv(PROFILE_EPOCH_ENV, "1")
     for epoch, rank in ((0, 0), (1, 1)):
         with profile_for_epoch(epoch, rank, f"e{epoch}r{rank}") as extra:
-            profile_note(extra, "stats", "nothing")
+            assert extra is None
     assert list(tmp_path.iterdir()) == []
     with profile_for_epoch(1, 0, "e1r0") as extra:
-        pass
-    profile_note(extra, "stats", "Ray Data stats text")
+        extra["notes"] = {"stats": "Ray Data stats text"}
     assert (tmp_path / "e1r0.stats.txt").read_text() == "Ray Data stats text"
     assert json.loads((tmp_path / "e1r0.json").read_text())["label"] == "e1r0"
 
