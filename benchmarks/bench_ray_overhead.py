@@ -167,7 +167,7 @@ def run_ray(cfg, run_name: str, storage: str) -> tuple[list[dict], dict]:
     return hist, startup
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--num-videos", type=int, default=160)
     ap.add_argument("--epochs", type=int, default=3)
@@ -186,6 +186,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.num_videos, args.epochs = 64, 2
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     run_epochs = args.epochs
     if args.profile:  # the profiled epoch runs after the measured ones and is not in the figures
         from ray_jobs.profiling import PROFILE_DIR_ENV, PROFILE_EPOCH_ENV

@@ -36,7 +36,6 @@ Upstream quirks met here (Ray 2.60, MLflow 3.17) and what this module does about
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -47,152 +46,24 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster import local_procs
+from cluster.local_state import (
+    LocalCluster,
+    LocalSettings,
+    read_record,
+    record_path,
+    require_free,
+    running_record,
+    wait_until,
+    write_record,
+)
+from etva.settings import CLI_LOG_FORMAT, setup_logging
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MAX_RAY_TEMP_DIR_LEN = 40  # <temp>/session_<date>_<pid>/sockets/plasma_store must fit AF_UNIX's 107 bytes
 HUEY_ENV = "_MLFLOW_HUEY_STORAGE_PATH"  # MLflow's job-runner scratch dir (a /dev/shm/tmp* folder)
-
-
-@dataclass
-class LocalSettings:
-    """Where the local cluster keeps its state and which ports it uses."""
-
-    state_dir: Path
-    host: str = "127.0.0.1"
-    ray_port: int = 6380  # GCS
-    dashboard_port: int = 8265  # dashboard + Jobs API
-    mlflow_port: int = 5000
-    num_cpus: int = 4  # logical CPUs: Ray Data stages + 2 Train workers need more than 2 (docs/platform.md)
-    ray_client_port: int | None = None  # None = Ray's default 10001
-    dashboard_agent_port: int | None = None  # None = Ray's default 52365
-    token_path: Path | None = None  # None = <state>/ray_auth_token
-    ray_temp_dir: Path | None = None  # None = <state>/ray, or /tmp/etva-ray-<hash> if that is too long
-    mlflow_workers: int = 1
-    start_timeout_s: float = 90.0
-
-    @classmethod
-    def from_env(cls, **overrides: object) -> LocalSettings:
-        """Settings from ETVA_* environment variables; keyword overrides (not None) win."""
-        env = os.environ
-
-        def opt_int(name: str) -> int | None:
-            return int(env[name]) if env.get(name) else None
-
-        values: dict[str, object] = {
-            "state_dir": Path(env.get("ETVA_STATE_DIR") or REPO_ROOT / "runs" / "local"),
-            "ray_port": opt_int("ETVA_RAY_PORT"),
-            "dashboard_port": opt_int("ETVA_DASHBOARD_PORT"),
-            "mlflow_port": opt_int("ETVA_MLFLOW_PORT"),
-            "num_cpus": opt_int("ETVA_NUM_CPUS"),
-            "ray_client_port": opt_int("ETVA_RAY_CLIENT_PORT"),
-            "dashboard_agent_port": opt_int("ETVA_DASHBOARD_AGENT_PORT"),
-            "token_path": Path(env["ETVA_RAY_TOKEN_PATH"]) if env.get("ETVA_RAY_TOKEN_PATH") else None,
-            "ray_temp_dir": Path(env["ETVA_RAY_TEMP_DIR"]) if env.get("ETVA_RAY_TEMP_DIR") else None,
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
-
-    def __post_init__(self) -> None:
-        self.state_dir = Path(self.state_dir).expanduser().resolve()
-
-    @property
-    def token_file(self) -> Path:
-        return Path(self.token_path or self.state_dir / "ray_auth_token").expanduser().resolve()
-
-    @property
-    def temp_dir(self) -> Path:
-        if self.ray_temp_dir is not None:
-            return Path(self.ray_temp_dir).expanduser().resolve()
-        inside = self.state_dir / "ray"
-        if len(str(inside)) <= MAX_RAY_TEMP_DIR_LEN:
-            return inside
-        digest = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
-        return Path(tempfile.gettempdir()) / f"etva-ray-{digest}"
-
-    @property
-    def dashboard_url(self) -> str:
-        return f"http://{self.host}:{self.dashboard_port}"
-
-    @property
-    def mlflow_uri(self) -> str:
-        return f"http://{self.host}:{self.mlflow_port}"
-
-    @property
-    def mlflow_db(self) -> Path:
-        return self.state_dir / "mlflow.db"
-
-
-@dataclass
-class LocalCluster:
-    """Addresses of the running local services, and the environment a client process needs."""
-
-    state_dir: Path
-    ray_address: str | None = None  # GCS host:port, for ray.init(address=...)
-    dashboard_url: str | None = None  # Jobs API, for `ray job submit` / JobSubmissionClient
-    mlflow_uri: str | None = None
-    token_path: Path | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    pgids: dict[str, int] = field(default_factory=dict)
-    settings: LocalSettings | None = None
-
-    def subprocess_env(self) -> dict[str, str]:
-        """os.environ plus this cluster's client variables (for subprocesses)."""
-        return {**os.environ, **self.env}
-
-
-# ----------------------------------------------------------------------------------------- records
-def _record_path(s: LocalSettings, name: str) -> Path:
-    return s.state_dir / f"{name}.json"
-
-
-def _read_record(s: LocalSettings, name: str) -> dict | None:
-    try:
-        return json.loads(_record_path(s, name).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _write_record(s: LocalSettings, name: str, record: dict) -> None:
-    s.state_dir.mkdir(parents=True, exist_ok=True)
-    _record_path(s, name).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _require_free(s: LocalSettings, ports: dict[str, int | None]) -> None:
-    for env_name, port in ports.items():
-        if port is not None and not local_procs.port_free("0.0.0.0", port):
-            raise RuntimeError(f"port {port} is already in use; choose another with {env_name}=<port>")
-
-
-def _running(s: LocalSettings, name: str, marker: str) -> tuple[dict | None, list[local_procs.Proc]]:
-    """The record and live processes of service `name` (stale records are removed)."""
-    record = _read_record(s, name)
-    if record is None:
-        return None, []
-    procs = local_procs.collect(record.get("pgid"), marker)
-    if not procs:
-        log.info("removing stale %s record (pgid %s is gone)", name, record.get("pgid"))
-        _record_path(s, name).unlink(missing_ok=True)
-        return None, []
-    return record, procs
-
-
-def _wait_until(check, timeout_s: float, what: str, proc: subprocess.Popen | None, log_file: Path):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        if proc is not None and proc.poll() not in (None, 0):
-            break
-        time.sleep(0.25)
-    tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else ""
-    raise RuntimeError(f"{what} did not come up within {timeout_s:.0f} s; log {log_file}:\n{tail}")
 
 
 # ------------------------------------------------------------------------------------------- Ray
@@ -223,11 +94,11 @@ def _ray_ready(s: LocalSettings, token: str) -> str | None:
 def start_ray_head(s: LocalSettings | None = None) -> LocalCluster:
     """Start the Ray head (idempotent) and return its addresses."""
     s = s or LocalSettings.from_env()
-    record, _ = _running(s, "ray", str(s.temp_dir))
+    record, _ = running_record(s, "ray", str(s.temp_dir))
     if record is not None:
         print(f"Ray head already running (pgid {record['pgid']}) at {record.get('gcs_address')}")
         return _ray_cluster(s, record)
-    _require_free(
+    require_free(
         s,
         {
             "ETVA_RAY_PORT": s.ray_port,
@@ -259,14 +130,14 @@ def start_ray_head(s: LocalSettings | None = None) -> LocalCluster:
     t0 = time.monotonic()
     proc = local_procs.spawn_detached(cmd, env, log_file)
     record = {"pid": proc.pid, "pgid": proc.pid, "temp_dir": str(s.temp_dir), "cmd": cmd}
-    _write_record(s, "ray", record)  # written before waiting: a failed start can still be stopped
+    write_record(s, "ray", record)  # written before waiting: a failed start can still be stopped
     if proc.wait(timeout=s.start_timeout_s) != 0:
         stop_ray_head(s)
         tail = log_file.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"`ray start` failed (exit {proc.returncode}); log {log_file}:\n{tail}")
-    gcs = _wait_until(lambda: _ray_ready(s, token), s.start_timeout_s, "Ray Jobs API", None, log_file)
+    gcs = wait_until(lambda: _ray_ready(s, token), s.start_timeout_s, "Ray Jobs API", None, log_file)
     record.update(gcs_address=gcs, dashboard_url=s.dashboard_url, start_s=round(time.monotonic() - t0, 2))
-    _write_record(s, "ray", record)
+    write_record(s, "ray", record)
     print(
         f"Ray head started in {record['start_s']} s (pgid {proc.pid}): GCS {gcs}, Jobs API {s.dashboard_url}"
     )
@@ -291,13 +162,13 @@ def _ray_cluster(s: LocalSettings, record: dict) -> LocalCluster:
 def stop_ray_head(s: LocalSettings | None = None, all_ray: bool = False, grace_s: float = 1.0) -> list[int]:
     """Stop this cluster's Ray processes; returns pids left alive (expected: none)."""
     s = s or LocalSettings.from_env()
-    record = _read_record(s, "ray")
+    record = read_record(s, "ray")
     procs = local_procs.collect(record["pgid"] if record else None, str(s.temp_dir))
     left = local_procs.terminate(procs, grace_s) if procs else []
     if all_ray:  # machine-wide: kills other users' Ray processes too
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], check=False)
     if not left:
-        _record_path(s, "ray").unlink(missing_ok=True)
+        record_path(s, "ray").unlink(missing_ok=True)
     print(f"Ray head stopped ({len(procs)} process(es))" if procs else "Ray head was not running")
     return left
 
@@ -306,11 +177,11 @@ def stop_ray_head(s: LocalSettings | None = None, all_ray: bool = False, grace_s
 def start_mlflow(s: LocalSettings | None = None) -> LocalCluster:
     """Start the MLflow tracking server (idempotent) and return its URI."""
     s = s or LocalSettings.from_env()
-    record, _ = _running(s, "mlflow", str(s.mlflow_db))
+    record, _ = running_record(s, "mlflow", str(s.mlflow_db))
     if record is not None:
         print(f"MLflow already running (pgid {record['pgid']}) at {record['uri']}")
         return _mlflow_cluster(s, record)
-    _require_free(s, {"ETVA_MLFLOW_PORT": s.mlflow_port})
+    require_free(s, {"ETVA_MLFLOW_PORT": s.mlflow_port})
     s.state_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # 2 processes/~490 MB, not 10/~1.5 GB
@@ -324,9 +195,9 @@ def start_mlflow(s: LocalSettings | None = None) -> LocalCluster:
     t0 = time.monotonic()
     proc = local_procs.spawn_detached(cmd, env, log_file)
     record = {"pid": proc.pid, "pgid": proc.pid, "uri": s.mlflow_uri, "cmd": cmd}
-    _write_record(s, "mlflow", record)
+    write_record(s, "mlflow", record)
     try:
-        _wait_until(
+        wait_until(
             lambda: local_procs.http_status(f"{s.mlflow_uri}/health") == 200,
             s.start_timeout_s,
             "MLflow",
@@ -337,7 +208,7 @@ def start_mlflow(s: LocalSettings | None = None) -> LocalCluster:
         stop_mlflow(s)
         raise
     record["start_s"] = round(time.monotonic() - t0, 2)
-    _write_record(s, "mlflow", record)
+    write_record(s, "mlflow", record)
     print(f"MLflow started in {record['start_s']} s (pgid {proc.pid}): {s.mlflow_uri}")
     return _mlflow_cluster(s, record)
 
@@ -352,7 +223,7 @@ def _mlflow_cluster(s: LocalSettings, record: dict) -> LocalCluster:
 def stop_mlflow(s: LocalSettings | None = None, grace_s: float = 5.0) -> list[int]:
     """Stop the MLflow server's process group; remove its /dev/shm job-runner folder if it made one."""
     s = s or LocalSettings.from_env()
-    record = _read_record(s, "mlflow")
+    record = read_record(s, "mlflow")
     procs = local_procs.collect(record["pgid"] if record else None, str(s.mlflow_db))
     scratch = {local_procs.read_environ(p.pid).get(HUEY_ENV) for p in procs} - {None, ""}
     left = local_procs.terminate(procs, grace_s) if procs else []
@@ -360,7 +231,7 @@ def stop_mlflow(s: LocalSettings | None = None, grace_s: float = 5.0) -> list[in
         if path.name.startswith("tmp") and path.parent in (Path("/dev/shm"), Path(tempfile.gettempdir())):
             shutil.rmtree(path, ignore_errors=True)
     if not left:
-        _record_path(s, "mlflow").unlink(missing_ok=True)
+        record_path(s, "mlflow").unlink(missing_ok=True)
     print(f"MLflow stopped ({len(procs)} process(es))" if procs else "MLflow was not running")
     return left
 
@@ -384,7 +255,7 @@ def client_env(s: LocalSettings, gcs_address: str | None = None) -> dict[str, st
         **ray_client_env(s),
         "MLFLOW_TRACKING_URI": s.mlflow_uri,
     }
-    gcs_address = gcs_address or (_read_record(s, "ray") or {}).get("gcs_address")
+    gcs_address = gcs_address or (read_record(s, "ray") or {}).get("gcs_address")
     if gcs_address:
         env["RAY_ADDRESS"] = gcs_address
     return env
@@ -435,7 +306,7 @@ def status(s: LocalSettings | None = None) -> dict:
         ("ray", str(s.temp_dir), f"{s.dashboard_url}/api/gcs_healthz"),
         ("mlflow", str(s.mlflow_db), f"{s.mlflow_uri}/health"),
     ):
-        record, procs = _running(s, name, marker)
+        record, procs = running_record(s, name, marker)
         out[name] = {"running": record is not None, "healthy": local_procs.http_status(url) == 200}
         if record is not None:
             keep = ("pgid", "gcs_address", "dashboard_url", "uri", "start_s")
@@ -456,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlflow-port", type=int)
     parser.add_argument("--all-ray", action="store_true", help="stop: also `ray stop --force` (machine-wide)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO, CLI_LOG_FORMAT)
     s = LocalSettings.from_env(
         state_dir=args.state_dir, num_cpus=args.num_cpus, ray_port=args.ray_port,
         dashboard_port=args.dashboard_port, mlflow_port=args.mlflow_port,

@@ -36,6 +36,7 @@ __all__ = [
     "TrainedState",
     "EncodedVideos",
     "read_trained",
+    "build_trained_model",
     "load_trained",
     "encode_tokens",
     "encode_texts",
@@ -77,15 +78,23 @@ def read_trained(ckpt_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> 
     )  # fmt: skip
 
 
+def build_trained_model(cfg: Config, vocab_size: int, weights: dict[str, torch.Tensor]) -> ETVA:
+    """The ETVA model of ``cfg`` holding trained ``weights`` (a :class:`TrainedState`'s), in eval mode on
+    the CPU. Used by :func:`load_trained` and by the distributed evaluation worker, which gets the
+    weights through Ray's object store instead of reading the checkpoint on every rank."""
+    model = build_model(cfg.model, vocab_size=vocab_size)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
 def load_trained(ckpt_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[ETVA, Config, Any]:
     """``(model in eval mode on the CPU, config, tokenizer)`` of a checkpoint directory.
 
     Raises the errors of :func:`read_trained`.
     """
     trained = read_trained(ckpt_dir, overrides)
-    model = build_model(trained.cfg.model, vocab_size=trained.vocab_size)
-    model.load_state_dict(trained.weights)
-    return model.eval(), trained.cfg, load_tokenizer(trained.tokenizer_dir)
+    model = build_trained_model(trained.cfg, trained.vocab_size, trained.weights)
+    return model, trained.cfg, load_tokenizer(trained.tokenizer_dir)
 
 
 def _device(model: torch.nn.Module) -> torch.device:

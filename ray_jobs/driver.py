@@ -1,7 +1,7 @@
 """What every job driver (train, evaluate, sweep, extract) does before its own work, in one place.
 
 - :func:`setup_logging`: one log format, library chatter quiet (one line per epoch plus errors);
-- :func:`job_parser`: ``--config`` (default :data:`DEFAULT_CONFIG`) and ``a.b=c`` overrides;
+- :func:`job_parser`: ``--config`` (default :data:`etva.settings.DEFAULT_CONFIG`) and ``a.b=c`` overrides;
 - :func:`load_job_config`: load the config and make its data paths absolute (workers run elsewhere);
 - :func:`init_ray`: connect to the cluster (or start a local one), with the environment our jobs need;
 - :func:`storage_path`: where Ray Train / Tune keep runs and checkpoints.
@@ -14,12 +14,10 @@ import logging
 import os
 from pathlib import Path
 
+from etva import settings
 from etva.config import Config, load_config
 
 __all__ = [
-    "REPO",
-    "DEFAULT_CONFIG",
-    "LOG_FORMAT",
     "setup_logging",
     "job_parser",
     "load_job_config",
@@ -28,12 +26,6 @@ __all__ = [
     "storage_path",
     "disable_mlflow_telemetry",
 ]
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "ray_jobs" / "configs" / "shapes.yaml"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# libraries that log at INFO on every call or epoch; their warnings and errors still show
-QUIET_LOGGERS = ("urllib3", "alembic", "mlflow", "ray.data", "ray.train", "filelock", "matplotlib")
 
 
 # MLflow's per-download progress bars and the run links it prints whenever a fluent run ends
@@ -45,10 +37,9 @@ QUIET_ENV = {
 
 def setup_logging(level: int = logging.INFO) -> None:
     """The project's log format on the root logger, libraries quiet: one line per epoch plus warnings and
-    errors in a job log (idempotent: safe in every worker and driver)."""
-    logging.basicConfig(level=level, format=LOG_FORMAT)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    errors in a job log (idempotent: safe in every worker and driver). The library's
+    :func:`etva.settings.setup_logging`, plus MLflow's printing and Ray Train's per-report lines."""
+    settings.setup_logging(level)
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     _quiet_train_reports(level)
@@ -77,7 +68,7 @@ def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
     The caller adds its own options; ``overrides`` is added last so it collects the positional rest.
     """
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file")
+    p.add_argument("--config", default=str(settings.REPO / settings.DEFAULT_CONFIG), help="YAML config file")
     return p
 
 

@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+from etva import settings
 from etva.inference import read_trained
 from etva.metrics import format_table
 from ray_jobs.driver import add_overrides, init_ray, resolve_paths, setup_logging, storage_path
@@ -39,11 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def fetch_checkpoint(uri: str, dst: Path) -> Path:
     """A local checkpoint directory for a path, ``runs:/…`` or ``models:/…`` URI."""
     if uri.startswith(MLFLOW_SCHEMES):
-        import os
-
         from ray_jobs.tracking import download_checkpoint
 
-        return download_checkpoint(uri, dst, os.environ.get("MLFLOW_TRACKING_URI", ""))
+        return download_checkpoint(uri, dst, settings.tracking_uri())
     path = Path(uri).expanduser().resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"--checkpoint {uri}: no such checkpoint directory")
@@ -61,23 +60,24 @@ def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> t
     from ray.train.torch import TorchTrainer
 
     from ray_jobs.prepare import build_datasets, dataset_config, prepare_splits, scaling_config
-    from ray_jobs.recipe import eval_loop_per_worker
+    from ray_jobs.recipe import EvalInputs, eval_loop_per_worker
 
     trained = read_trained(ckpt_dir, overrides)
     cfg = resolve_paths(trained.cfg)
     split = split or cfg.data.val_split
     _, prepared = prepare_splits(cfg, trained.tokenizer_dir, {"eval": split})
     ev = prepared["eval"]
+    inputs = EvalInputs(
+        cfg=cfg,
+        vocab_size=trained.vocab_size,
+        weights_ref=ray.put(trained.weights),
+        split=split,
+        video_ids=ev.video_ids,
+        captions=ev.caption_arrays(),
+    )
     trainer = TorchTrainer(
         eval_loop_per_worker,
-        train_loop_config={
-            "cfg": cfg,
-            "vocab_size": trained.vocab_size,
-            "model_ref": ray.put(trained.weights),
-            "captions": ev.caption_arrays(),
-            "video_ids": ev.video_ids,
-            "split": split,
-        },
+        train_loop_config=inputs.loop_config(),
         scaling_config=scaling_config(cfg.ray),
         # a fresh name every time: re-using a Train run name would resume that run
         run_config=RunConfig(name=f"eval-{split}-{uuid.uuid4().hex[:12]}", storage_path=storage_path(cfg)),
@@ -94,7 +94,6 @@ def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> t
 
 def _log_to_mlflow(cfg, split: str, checkpoint: str, metrics: dict) -> None:
     from ray_jobs.tracking import (
-        git_commit,
         job_submission_id,
         log_dict,
         log_metrics,
@@ -106,7 +105,7 @@ def _log_to_mlflow(cfg, split: str, checkpoint: str, metrics: dict) -> None:
     tags = {
         "etva.kind": "evaluation",
         "etva.checkpoint": checkpoint,
-        "git_commit": git_commit(),
+        "git_commit": settings.git_commit(),
         "ray_job_submission_id": job_submission_id(),
         "dataset": cfg.data.dataset,
         "split": f"{cfg.data.subset}:{split}",

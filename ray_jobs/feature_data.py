@@ -19,7 +19,7 @@ import numpy as np
 from etva.config import DataConfig, RayConfig
 from etva.data.feature_store import open_stores
 from etva.data.records import ClipRecord
-from etva.data.sources.features import sample_indices
+from etva.data.sampling import sample_indices
 from ray_jobs.data import CaptionTable, index_rows
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,10 @@
 """The Ray Train worker as a recipe: ``setup`` (build + resume) -> per epoch ``train_epoch``,
-``evaluate``, ``report`` -> return the history. Shared by training runs and Tune trials.
+``evaluate``, ``report`` -> ``cleanup`` -> return the history. Shared by training runs and Tune trials;
+the evaluation job's worker (:func:`eval_loop_per_worker`) runs the same evaluation step
+(:func:`evaluate_split`) on a model built by ``etva.inference``.
 
-Inputs arrive as one frozen, typed :class:`WorkerInputs` (built by the driver in ``ray_jobs.train``);
+Inputs arrive as one frozen, typed :class:`WorkerInputs` (built by the driver in ``ray_jobs.train``) or
+:class:`EvalInputs` (``ray_jobs.evaluate``);
 the shards come from Ray Data (``ray_jobs.data``) and become batches in ``ray_jobs.batches``; the math is
 ``etva.engine``. Rank 0 writes the checkpoint (atomically) and logs each epoch to MLflow only after Ray
 has committed that checkpoint, so a resumed run never logs an epoch twice.
@@ -12,15 +15,17 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from etva import engine
 from etva.checkpoint import load_checkpoint, save_checkpoint
 from etva.config import Config
+from etva.inference import build_trained_model
 from ray_jobs.batches import (
     EpochPrefetch,
     SkipTracker,
@@ -36,7 +41,14 @@ from ray_jobs.driver import setup_logging
 from ray_jobs.profiling import process_started_at, profile_for_epoch
 from ray_jobs.tracking import EpochLogger
 
-__all__ = ["WorkerInputs", "TrainRecipe", "train_loop_per_worker", "eval_loop_per_worker"]
+__all__ = [
+    "WorkerInputs",
+    "EvalInputs",
+    "TrainRecipe",
+    "evaluate_split",
+    "train_loop_per_worker",
+    "eval_loop_per_worker",
+]
 
 logger = logging.getLogger("etva.worker")
 INPUTS_KEY = "inputs"  # the one key of Ray Train's train_loop_config that the recipe reads
@@ -57,11 +69,58 @@ class WorkerInputs:
     mlflow_uri: str = ""
     mlflow_run_id: str = ""
     torch_threads: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def loop_config(self, **extra: Any) -> dict[str, Any]:
-        """Ray Train's ``train_loop_config`` carrying these inputs (plus test hooks in ``extra``)."""
-        return {INPUTS_KEY: self, **extra}
+    def loop_config(self) -> dict[str, Any]:
+        """Ray Train's ``train_loop_config`` carrying these inputs."""
+        return {INPUTS_KEY: self}
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """Everything an evaluation worker needs besides its ``eval`` dataset shard."""
+
+    cfg: Config  # the checkpoint's config (+ overrides), data paths absolute
+    vocab_size: int
+    weights_ref: Any  # Ray object ref of the checkpoint's state dict (put once, read by every rank)
+    split: str  # the split's name: metric prefix and error messages
+    video_ids: list[str]  # of the split, in the order of the captions' video_index
+    captions: dict[str, np.ndarray]  # input_ids, attention_mask, video_index of the split
+    torch_threads: int = 1
+
+    def loop_config(self) -> dict[str, Any]:
+        """Ray Train's ``train_loop_config`` carrying these inputs."""
+        return {INPUTS_KEY: self}
+
+
+def evaluate_split(
+    model: torch.nn.Module,
+    shard,
+    captions: dict[str, np.ndarray],
+    video_ids: list[str],
+    split: str,
+    cfg: Config,
+    device: torch.device,
+) -> tuple[dict[str, float], list[int]]:
+    """Score one split over all ranks: every rank encodes its ``shard`` of videos and its share of the
+    captions, ``etva.engine.evaluate`` gathers and scores, then the ranks agree on the skipped clips and
+    fail when too many were skipped (``data.max_skip_fraction``). Returns (metrics, skipped indices
+    into ``video_ids``)."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    tracker = SkipTracker()
+    batch_size = cfg.train.eval_batch_size
+    metrics = engine.evaluate(
+        model,
+        eval_video_batches(shard, batch_size, tracker),
+        eval_caption_batches(captions, rank, world, batch_size),
+        device,
+        precision=cfg.train.precision,
+    )
+    skipped, seen, _ = gather_skips(tracker, world)
+    check_skips(split, skipped, seen, video_ids, cfg.data.max_skip_fraction)
+    return metrics, skipped
 
 
 class TrainRecipe:
@@ -123,8 +182,6 @@ class TrainRecipe:
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], list[int]]:
         """One pass over the training shard. Returns (engine stats, skipped video indices); the clips
         dropped to keep batches equal over ranks are in ``self.truncated``."""
-        from etva.engine import train_epoch
-
         tracker = SkipTracker()
         early, self.prefetch = self.prefetch, None
         rows = early if early is not None and early.epoch == epoch else None
@@ -133,7 +190,7 @@ class TrainRecipe:
         ts = self.ts
         label = f"ray-{self.world}w-cache-{self.cfg.data.cache}-epoch{epoch}"
         with profile_for_epoch(epoch, self.rank, label) as profile:
-            stats = train_epoch(
+            stats = engine.train_epoch(
                 self.ddp_model, ts.loss_fn, ts.optimizer, ts.scheduler, batches, self.device,
                 epoch=epoch, log_every=self.cfg.train.log_every, grad_clip=self.cfg.optim.grad_clip,
                 report=self._step_report(), precision=ts.precision, scaler=ts.scaler,
@@ -161,20 +218,8 @@ class TrainRecipe:
 
     def evaluate(self) -> tuple[dict[str, float], list[int]]:
         """Score the whole validation split. Returns (metrics, skipped video indices)."""
-        from etva.engine import evaluate
-
-        tracker = SkipTracker()
-        batch_size = self.cfg.train.eval_batch_size
-        metrics = evaluate(
-            self.model,
-            eval_video_batches(self.val_shard, batch_size, tracker),
-            eval_caption_batches(self.inputs.val_captions, self.rank, self.world, batch_size),
-            self.device,
-            precision=self.cfg.train.precision,
-        )
-        skipped, seen, _ = gather_skips(tracker, self.world)
-        check_skips("val", skipped, seen, self.inputs.val_video_ids, self.cfg.data.max_skip_fraction)
-        return metrics, skipped
+        i = self.inputs
+        return evaluate_split(self.model, self.val_shard, i.val_captions, i.val_video_ids, "val", self.cfg, self.device)
 
     def epoch_metrics(self, epoch: int, stats: dict, val: dict, skipped: tuple[list, list], t0: float):
         metrics = {f"val/{k}": float(v) for k, v in val.items()}
@@ -257,9 +302,15 @@ class TrainRecipe:
             metrics = self.epoch_metrics(epoch, stats, val, (skipped_train, skipped_val), t0)
             self.report(epoch, metrics, (skipped_train, skipped_val))
         self.timings["end"] = time.time()
-        if self.mlflow is not None:  # metrics buffered during an MLflow outage go out now
-            self.mlflow.close()
+        self.cleanup()
         return {"history": self.history, "timings": self.timings}
+
+    def cleanup(self) -> None:
+        """Flush rank 0's MLflow logger (metrics buffered during an outage go out now); drop a read-ahead
+        that no epoch will use."""
+        if self.mlflow is not None:
+            self.mlflow.close()
+        self.prefetch = None
 
 
 def _note_first(items, timings: dict, key: str):
@@ -277,39 +328,23 @@ def train_loop_per_worker(config: dict) -> dict:
 
 
 def eval_loop_per_worker(config: dict) -> dict:
-    """Evaluate given weights on the "eval" dataset: every rank encodes its shard, rank 0 scores all pairs.
-
-    ``config``: ``cfg`` (Config), ``vocab_size``, ``model_ref`` (object ref of the state dict),
-    ``captions`` (the split's caption arrays), ``video_ids``, ``split``, ``torch_threads``.
-    """
+    """Ray Train's entry point of the evaluation job: ``config[INPUTS_KEY]`` is an :class:`EvalInputs`.
+    Every rank encodes its shard of the "eval" dataset; the scores are over all pairs of the split."""
     import ray
     import ray.train
     import ray.train.torch
 
-    from etva.engine import evaluate
-    from etva.model import build_model
-
     setup_logging()
-    cfg: Config = config["cfg"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(config.get("torch_threads", 1))))
+    inputs: EvalInputs = config[INPUTS_KEY]
+    torch.set_num_threads(max(1, inputs.torch_threads))
     device = ray.train.torch.get_device()
-    model = build_model(cfg.model, vocab_size=config["vocab_size"])
-    model.load_state_dict(ray.get(config["model_ref"]))
-    model.to(device).eval()
-    tracker = SkipTracker()
-    batch_size = cfg.train.eval_batch_size
-    metrics = evaluate(
-        model,
-        eval_video_batches(ray.train.get_dataset_shard(eval_shard_name("eval", rank)), batch_size, tracker),
-        eval_caption_batches(config["captions"], rank, world, batch_size),
-        device,
-        precision=cfg.train.precision,
+    model = build_trained_model(inputs.cfg, inputs.vocab_size, ray.get(inputs.weights_ref)).to(device)
+    rank = ray.train.get_context().get_world_rank()
+    shard = ray.train.get_dataset_shard(eval_shard_name("eval", rank))
+    metrics, skipped = evaluate_split(
+        model, shard, inputs.captions, inputs.video_ids, "eval", inputs.cfg, device
     )
-    skipped, seen, _ = gather_skips(tracker, world)
-    check_skips("eval", skipped, seen, config["video_ids"], cfg.data.max_skip_fraction)
-    out = {f"{config['split']}/{k}": float(v) for k, v in metrics.items()}
+    out = {f"{inputs.split}/{k}": float(v) for k, v in metrics.items()}
     out["data/skipped_eval"] = len(skipped)
     ray.train.report(out)
-    return {"metrics": out, "skipped": [config["video_ids"][i] for i in skipped]}
+    return {"metrics": out, "skipped": [inputs.video_ids[i] for i in skipped]}

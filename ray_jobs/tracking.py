@@ -13,13 +13,13 @@ import json
 import logging
 import math
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from etva import settings
 from etva.config import Config, config_to_dict, flatten
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ PARAMS_PER_CALL, METRICS_PER_CALL = 90, 900  # below the server's log_batch limi
 
 def tracking_uri(cfg: Config) -> str:
     """The tracking server's http(s) address ("" = not tracking); a file/sqlite URI is refused."""
-    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    uri = settings.tracking_uri(cfg.mlflow.tracking_uri)
     if uri and not uri.startswith(("http://", "https://", "databricks")):
         raise ValueError(
             f"mlflow.tracking_uri={uri!r}: use the http:// address of a tracking server "
@@ -74,20 +74,6 @@ def find_run(client, exp_id: str, filter_string: str):
 def run_url(uri: str, exp_id: str, run_id: str) -> str:
     """The run's page in the MLflow UI (its model-training view)."""
     return f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
-
-
-def git_commit() -> str:
-    """The repository's commit (``$ETVA_GIT_COMMIT`` when set, e.g. inside a container)."""
-    if os.environ.get("ETVA_GIT_COMMIT"):
-        return os.environ["ETVA_GIT_COMMIT"]
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )  # fmt: skip
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def job_submission_id() -> str:

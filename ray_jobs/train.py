@@ -20,6 +20,7 @@ import yaml
 
 from etva.config import Config, config_to_dict
 from etva.metrics import format_table, selection_key
+from etva.settings import git_commit
 from ray_jobs.driver import add_overrides, init_ray, job_parser, load_job_config, setup_logging, storage_path
 
 logger = logging.getLogger("etva.train")
@@ -77,11 +78,9 @@ def build_trainer(
     callbacks=None,
     torch_threads: int = 1,
     mlflow_run: tuple[str, str] = ("", ""),
-    loop_extra: dict | None = None,
 ):
     """Return (TorchTrainer, prepared splits), preparing the data unless ``data`` is given. Shared by
-    training and Tune trials. ``loop_extra`` adds keys to the loop config beside the worker inputs
-    (test hooks only)."""
+    training and Tune trials."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -105,7 +104,7 @@ def build_trainer(
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=inputs.loop_config(**(loop_extra or {})),
+        train_loop_config=inputs.loop_config(),
         scaling_config=scaling_config(cfg.ray),
         run_config=RunConfig(
             name=run_name,
@@ -135,7 +134,7 @@ def best_of(result) -> tuple[dict, str | None]:
 
 def _tags(cfg: Config, config_file: str) -> dict[str, str]:
     from ray_jobs.run_record import source_tags
-    from ray_jobs.tracking import git_commit, job_submission_id
+    from ray_jobs.tracking import job_submission_id
 
     return {
         **source_tags("ray_jobs.train", git_commit()),

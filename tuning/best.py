@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etva.metrics import HEADLINE_METRICS, selection_key
+from etva.metrics import HEADLINE_METRICS, SELECTION_METRIC, selection_key
+from etva.settings import ranking_order_by, tracking_uri
 from ray_jobs.tracking import MODEL_ID_TAG, get_client
 from ray_jobs.tracking import download_checkpoint as _download
 
 logger = logging.getLogger(__name__)
 
-METRIC = "best/t2v_R1"
-TIE_METRIC = "best/t2v_MdR"
+METRIC = f"best/{SELECTION_METRIC}"  # a run without it has no result to rank
 ALIAS = "champion"
 TABLE_METRICS = tuple(f"best/{k}" for k in HEADLINE_METRICS)
 
@@ -49,8 +48,8 @@ class Pick:
     uri: str  # models:/<name>@champion ("" on a dry run)
 
 
-def _client(tracking_uri: str):
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+def _client(given_uri: str):
+    uri = tracking_uri(given_uri)
     if not uri:
         raise BestError("no MLflow tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
     return get_client(uri), uri
@@ -72,7 +71,7 @@ def rank_runs(client, experiment: str) -> list:
         page = client.search_runs(
             [exp.experiment_id],
             filter_string=f"metrics.`{METRIC}` >= 0",
-            order_by=[f"metrics.`{METRIC}` DESC", f"metrics.`{TIE_METRIC}` ASC"],
+            order_by=ranking_order_by("best/"),
             max_results=1000,
             page_token=token,
         )

@@ -16,12 +16,12 @@ from typing import Any
 
 from etva.config import Config
 from etva.metrics import HEADLINE_METRICS, selection_key
+from etva.settings import git_commit
 from ray_jobs.run_record import source_tags
 from ray_jobs.tracking import (
     RUN_NAME_TAG,
     config_params,
     find_run,
-    git_commit,
     log_metrics,
     log_params,
     log_text,

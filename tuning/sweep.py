@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from etva.config import Config, ConfigError, config_to_dict
+from etva.settings import DEFAULT_SPACE, REPO, git_commit
 from ray_jobs.driver import (
-    REPO,
     add_overrides,
     disable_mlflow_telemetry,
     init_ray,
@@ -125,7 +125,7 @@ def build_search(cfg: Config, space: SearchSpace, concurrency: int):
 
 
 def _space_path(args: argparse.Namespace, cfg: Config) -> str:
-    return args.space or cfg.tune.space or str(REPO / "tuning/spaces/default.yaml")
+    return args.space or cfg.tune.space or str(REPO / DEFAULT_SPACE)
 
 
 def _tracking(cfg: Config, name: str, space: SearchSpace, args: argparse.Namespace):
@@ -134,7 +134,6 @@ def _tracking(cfg: Config, name: str, space: SearchSpace, args: argparse.Namespa
     from ray_jobs.tracking import (
         experiment_id,
         get_client,
-        git_commit,
         job_submission_id,
         log_text,
         tracking_uri,

@@ -30,18 +30,17 @@ from pathlib import Path
 
 from etva.cli import seam
 from etva.cli.errors import UsageError
+from etva.settings import DEFAULT_CONFIG, DEFAULT_SPACE, REPO, UNKNOWN_COMMIT, git_commit, tracking_uri
 
 __all__ = ["add_train_parser", "add_tune_parser", "add_eval_parser", "check_url", "build_job", "run"]
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 START_HINT = "start one with: bash cluster/start_local.sh && source runs/local/env.sh (or pass --local)"
 MLFLOW_HINT = (
     "start one with: bash cluster/start_local.sh && source runs/local/env.sh, or unset MLFLOW_TRACKING_URI"
 )
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-DEFAULT_CONFIG = "ray_jobs/configs/shapes.yaml"  # relative to --working-dir (the job runs it from there)
 
 
 @dataclass(frozen=True)
@@ -215,10 +214,6 @@ def _check_dataset(cfg, mode: str, address: str) -> None:
                            f"generate one with: etva data synth --out {root} (or data.synthesize_if_missing=true)")  # fmt: skip
 
 
-def _tracking_uri(cfg) -> str:
-    return (cfg.mlflow.tracking_uri if cfg is not None else "") or os.environ.get("MLFLOW_TRACKING_URI", "")
-
-
 def _train_args(args: argparse.Namespace, working_dir: Path, mode: str) -> tuple[list[str], object]:
     config = _config_path(args.config, working_dir, relative=False)
     cfg = _load_config(config, args.overrides)
@@ -230,7 +225,7 @@ def _train_args(args: argparse.Namespace, working_dir: Path, mode: str) -> tuple
     if args.job == "train" and args.run_name:
         argv += ["--run-name", args.run_name]
     if args.job == "tune":
-        space = args.space or cfg.tune.space or str(REPO / "tuning/spaces/default.yaml")
+        space = args.space or cfg.tune.space or str(REPO / DEFAULT_SPACE)
         if not Path(space).is_file():
             raise _usage_error(f"--space {space}: no such file", "search spaces live in tuning/spaces/")
         _validate_space(space, cfg)
@@ -252,7 +247,7 @@ def _eval_args(args: argparse.Namespace) -> tuple[list[str], object]:
     ckpt = args.checkpoint
     if ckpt.startswith(MLFLOW_SCHEMES):
         cfg = _load_config(None, args.overrides)  # keys checked against the schema
-        if not os.environ.get("MLFLOW_TRACKING_URI") and not cfg.mlflow.tracking_uri:
+        if not tracking_uri(cfg.mlflow.tracking_uri):
             raise _usage_error(f"--checkpoint {ckpt}: an MLflow URI needs a tracking server",
                                "set MLFLOW_TRACKING_URI (source runs/local/env.sh)")  # fmt: skip
     else:
@@ -293,7 +288,7 @@ def build_job(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     job_argv, cfg = _eval_args(args) if args.job == "eval" else _train_args(args, working_dir, mode)
     if args.job != "eval":
         _check_dataset(cfg, mode, address)
-    uri = _tracking_uri(cfg)
+    uri = tracking_uri(cfg.mlflow.tracking_uri)
     if uri and not (args.job == "eval" and args.no_mlflow and not args.checkpoint.startswith(MLFLOW_SCHEMES)):
         check_url(f"{uri.rstrip('/')}/health", f"the MLflow server ({uri})", MLFLOW_HINT)
         if not cfg.mlflow.tracking_uri:
@@ -308,24 +303,13 @@ def build_job(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     submit += ["--no-wait"] if args.no_wait else []
     # the job's environment comes from the cluster, not this shell; the upload has no .git folder
     env_vars = {"MLFLOW_TRACKING_URI": uri} if uri else {}
-    if commit := _git_commit(working_dir):
+    if (commit := git_commit(working_dir)) != UNKNOWN_COMMIT:
         env_vars["ETVA_GIT_COMMIT"] = commit  # MLflow's mlflow.source.git.commit of the run
     # one epoch's profile asked for in this shell (ray_jobs/profiling.py; files on rank 0's node)
     env_vars.update({k: os.environ[k] for k in PROFILE_ENV if os.environ.get(k)})
     if env_vars:
         submit += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
     return [*submit, "--", "python", "-m", spec.module, *job_argv], {}
-
-
-def _git_commit(repo: Path) -> str:
-    """The commit checked out in ``repo`` ("" when it is not a git checkout)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=repo, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from etva.cli import best, data, jobs, search
 from etva.cli.errors import UsageError
+from etva.settings import CLI_LOG_FORMAT, setup_logging
 
 __all__ = ["UsageError", "COMMANDS", "build_parser", "main"]
 
@@ -67,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, CLI_LOG_FORMAT)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from etva.data.sources.features import sample_indices
+from etva.data.sampling import sample_indices
 
 __all__ = ["Clip", "DecodeError", "decode_clip", "open_container", "sample_times"]
 

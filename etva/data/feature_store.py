@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etva.data.sources.features import load_feature_manifest, sample_indices
+from etva.data.sampling import sample_indices
+from etva.data.sources.features import load_feature_manifest
 
 __all__ = [
     "FORMAT",

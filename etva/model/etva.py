@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from etva.config import ModelConfig
 from etva.model.alignment import GlobalAlignment
-from etva.model.experts import Expert, build_expert
+from etva.model.expert_base import Expert
+from etva.model.experts import build_expert
 from etva.model.fusion import VideoFusion, sinusoidal_positions
 from etva.model.netvlad import LocalAlignment
 from etva.model.text import TextEncoder, build_text_encoder

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from etva.config import ExpertConfig
+from etva.model.expert_base import Expert
+from etva.model.pretrained import build_pretrained_expert
 
 __all__ = ["EXPERT_BUILDERS", "build_expert", "Expert"]
 
@@ -43,12 +45,6 @@ def _frames_to_float(frames: Tensor) -> Tensor:
         raise ValueError(f"batch['frames']: expected (B, T, H, W, 3), got {tuple(frames.shape)}")
     x = frames.permute(0, 1, 4, 2, 3).float() / 255.0
     return (x - _PIXEL_MEAN) / _PIXEL_STD
-
-
-class Expert(nn.Module):
-    """Base class: ``forward(batch) -> (tokens (B, N, out_dim), mask (B, N) bool)``."""
-
-    out_dim: int
 
 
 class _MeanMaxHead(nn.Module):
@@ -165,18 +161,12 @@ class FeatureExpert(Expert):
         return self.norm(x), mask.bool()
 
 
-def _pretrained(name: str, cfg: ExpertConfig) -> Expert:
-    from etva.model.pretrained import build_pretrained_expert  # loads transformers vision/audio models
-
-    return build_pretrained_expert(name, cfg)
-
-
 EXPERT_BUILDERS: dict[str, Callable[[str, ExpertConfig], Expert]] = {
     "appearance": lambda name, cfg: AppearanceExpert(cfg.width),
     "motion": lambda name, cfg: MotionExpert(cfg.width),
     "audio": lambda name, cfg: AudioExpert(cfg.width),
     "features": lambda name, cfg: FeatureExpert(name, cfg.dim),
-    "pretrained": _pretrained,
+    "pretrained": build_pretrained_expert,
 }
 
 

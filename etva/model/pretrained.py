@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from etva.data.sources.features import sample_indices
-from etva.model.experts import Expert
+from etva.data.sampling import sample_indices
+from etva.model.expert_base import Expert
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from etva.data.records import AnnotationError, ClipRecord, LoadSummary, read_json, resolve_inside
+from etva.data.sampling import sample_indices
 
 __all__ = [
     "MANIFEST_NAME",
@@ -29,7 +30,6 @@ __all__ = [
     "default_features_dir",
     "attach_features",
     "read_features",
-    "sample_indices",
 ]
 
 MANIFEST_NAME = "features_manifest.json"
@@ -107,12 +107,6 @@ def attach_features(records: list[ClipRecord], features_dir: Path, summary: Load
                 summary.features_missing[name] += 1
         out.append(dataclasses.replace(rec, features=feats))
     return out
-
-
-def sample_indices(length: int, num: int) -> np.ndarray:
-    """``num`` indices into ``range(length)`` at the centres of ``num`` equal segments (repeats when
-    ``length < num``): ``floor((i + 0.5) * length / num)``."""
-    return np.floor((np.arange(num) + 0.5) * length / num).astype(np.int64)
 
 
 def read_features(

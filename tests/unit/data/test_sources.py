@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from etva.data import AnnotationError, ClipRecord, load_feature_manifest, load_records, read_features
-from etva.data.sources.features import FeatureError, sample_indices
+from etva.data.sampling import sample_indices
+from etva.data.sources.features import FeatureError
 from etva.data.sources.lsmdc import movie_of
 
 # ------------------------------------------------------------------------------------------ ActivityNet

@@ -1,0 +1,78 @@
+"""The project's defaults and shared rules, each written once.
+
+Every entry point (the ``etva`` command, the Ray jobs, the sweeps, the local cluster script) asks this
+module instead of repeating a rule:
+
+- :data:`REPO`, :data:`DEFAULT_CONFIG`, :data:`DEFAULT_SPACE`: where the code and the default config and
+  search space are (the two paths are relative to a checkout, since a submitted job runs from its copy);
+- :func:`tracking_uri`: the MLflow server, a given value or ``$MLFLOW_TRACKING_URI``;
+- :func:`git_commit`: the commit of a checkout (``$ETVA_GIT_COMMIT`` inside a container);
+- :func:`setup_logging`: one log format, libraries quiet;
+- :func:`ranking_order_by`: the selection rule of :func:`etva.metrics.selection_key` as an MLflow
+  ``order_by`` (what ``etva best`` asks the tracking server for).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+__all__ = [
+    "REPO",
+    "DEFAULT_CONFIG",
+    "DEFAULT_SPACE",
+    "UNKNOWN_COMMIT",
+    "LOG_FORMAT",
+    "CLI_LOG_FORMAT",
+    "tracking_uri",
+    "git_commit",
+    "setup_logging",
+    "ranking_order_by",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = "ray_jobs/configs/shapes.yaml"  # relative to a checkout (REPO or a job's working dir)
+DEFAULT_SPACE = "tuning/spaces/default.yaml"  # relative to a checkout
+UNKNOWN_COMMIT = "unknown"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # jobs and workers: their logs get times
+CLI_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # a terminal: the user sees the time
+# libraries that log at INFO on every call or epoch; their warnings and errors still show
+QUIET_LOGGERS = ("urllib3", "alembic", "mlflow", "ray.data", "ray.train", "filelock", "matplotlib")
+
+
+def tracking_uri(given: str = "") -> str:
+    """The MLflow tracking server: ``given`` (an argument or config value), else ``$MLFLOW_TRACKING_URI``,
+    else "" (no tracking server)."""
+    return given or os.environ.get("MLFLOW_TRACKING_URI", "")
+
+
+def git_commit(repo: str | Path = REPO) -> str:
+    """The commit checked out in ``repo``: ``$ETVA_GIT_COMMIT`` when set (a container, or a job whose
+    upload has no ``.git``), else ``git rev-parse HEAD``; :data:`UNKNOWN_COMMIT` when neither answers."""
+    if os.environ.get("ETVA_GIT_COMMIT"):
+        return os.environ["ETVA_GIT_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=repo, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return UNKNOWN_COMMIT
+    return (out.stdout.strip() if out.returncode == 0 else "") or UNKNOWN_COMMIT
+
+
+def setup_logging(level: int = logging.INFO, fmt: str = LOG_FORMAT) -> None:
+    """The project's log format on the root logger, chatty libraries at WARNING (idempotent)."""
+    logging.basicConfig(level=level, format=fmt)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def ranking_order_by(prefix: str = "best/") -> list[str]:
+    """:func:`etva.metrics.selection_key` (highest R@1, ties by lowest MdR) as an MLflow ``order_by``
+    over the metrics ``{prefix}t2v_R1`` and ``{prefix}t2v_MdR``."""
+    # lazy: etva.metrics brings numpy (140-210 ms measured), and the `etva` command imports this module
+    from etva.metrics import SELECTION_METRIC, TIE_BREAK_METRIC
+
+    return [f"metrics.`{prefix}{SELECTION_METRIC}` DESC", f"metrics.`{prefix}{TIE_BREAK_METRIC}` ASC"]
