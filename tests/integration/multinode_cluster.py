@@ -49,8 +49,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-ENV_KEYS = ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+from unittest import mock
 
 
 def _free_port() -> int:
@@ -131,25 +130,18 @@ def private_ray_env(state_dir: Path) -> Iterator[None]:
     token = state_dir / "auth_token"
     token.write_text(os.urandom(32).hex())
     token.chmod(0o600)
-    saved = {k: os.environ.get(k) for k in ENV_KEYS}
-    os.environ.update(
-        {
-            "RAY_TMPDIR": str(state_dir),
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(token),
-            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-        }
-    )
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+    env = {
+        "RAY_TMPDIR": str(state_dir),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    }
     try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        with mock.patch.dict(os.environ, env):  # the previous values come back on exit
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
+            yield
+    finally:  # after the restore: Ray reads the outer environment again
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
 

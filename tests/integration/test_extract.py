@@ -11,15 +11,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
-from transformers import (
-    ASTConfig,
-    ASTModel,
-    CLIPVisionConfig,
-    CLIPVisionModelWithProjection,
-    VideoMAEConfig,
-    VideoMAEModel,
-)
 
 from etva.config import load_config
 from etva.data.feature_store import FeatureStore, open_stores
@@ -30,31 +21,14 @@ from ray_jobs.extract import extraction_rows, main, run_extract
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 N = 16
-TINY = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-
-
-def _models(root: Path) -> dict[str, str]:
-    torch.manual_seed(0)
-    CLIPVisionModelWithProjection(
-        CLIPVisionConfig(**TINY, image_size=32, patch_size=8, projection_dim=12)
-    ).save_pretrained(root / "clip")
-    VideoMAEModel(VideoMAEConfig(**TINY, image_size=32, patch_size=16, num_frames=4)).save_pretrained(
-        root / "videomae"
-    )
-    ASTModel(
-        ASTConfig(**TINY, patch_size=16, num_mel_bins=32, max_length=64, frequency_stride=16, time_stride=16)
-    ).save_pretrained(root / "ast")
-    return {k: str(root / k) for k in ("clip", "videomae", "ast")}
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_encoders):
     root = tmp_path_factory.mktemp("shapes")
     cfg = load_config(REPO / "ray_jobs/configs/tiny.yaml", [f"data.root={root}"])
     generate_dataset(root, N, 0, cfg=cfg.data.synth, workers=2, progress=False)
     broken = sorted((root / "videos/all").glob("*.mp4"))[0]
     broken.write_bytes(b"")  # must be listed as failed, never crash the job
-    return root, _models(tmp_path_factory.mktemp("models")), broken.stem
+    return root, tiny_encoders, broken.stem
 
 
 def _overrides(root, models, out, *extra) -> list[str]:

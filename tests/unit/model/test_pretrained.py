@@ -1,18 +1,11 @@
-"""Frozen pretrained encoders: tiny random configs saved with save_pretrained and loaded back."""
+"""Frozen pretrained encoders: tiny random models (the ``tiny_encoders`` fixture) loaded back."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from transformers import (
-    ASTConfig,
-    ASTModel,
-    CLIPVisionConfig,
-    CLIPVisionModelWithProjection,
-    VideoMAEConfig,
-    VideoMAEModel,
-)
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from etva.config import ExpertConfig
 from etva.model import build_model
@@ -21,49 +14,15 @@ from etva.model.pretrained import load_encoder, weight_hashes
 
 from .conftest import VOCAB, tiny_model_config
 
-TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
-
-
-def save_clip(folder) -> str:
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(**TINY, image_size=32, patch_size=8, projection_dim=12)
-    CLIPVisionModelWithProjection(cfg).save_pretrained(folder)
-    return str(folder)
-
-
-def save_videomae(folder) -> str:
-    torch.manual_seed(0)
-    cfg = VideoMAEConfig(**TINY, image_size=32, patch_size=16, num_frames=4, tubelet_size=2)
-    VideoMAEModel(cfg).save_pretrained(folder)
-    return str(folder)
-
-
-def save_ast(folder) -> str:
-    torch.manual_seed(0)
-    cfg = ASTConfig(
-        **TINY, patch_size=16, num_mel_bins=32, max_length=64, frequency_stride=16, time_stride=16
-    )
-    ASTModel(cfg).save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {
-        "clip": save_clip(root / "clip"),
-        "videomae": save_videomae(root / "videomae"),
-        "ast": save_ast(root / "ast"),
-    }
-
+# the encoders are the session fixture ``tiny_encoders`` (tests/conftest.py)
 
 def _frames(b=2, t=6, s=40, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 255, (b, t, s, s, 3), dtype=np.uint8))
 
 
 @pytest.mark.parametrize("pooling,dim", [("proj", 12), ("cls", 16), ("mean", 16)])
-def test_clip_per_frame_embeddings(folders, pooling, dim):
-    enc = load_encoder("clip", folders["clip"], pooling=pooling)
+def test_clip_per_frame_embeddings(tiny_encoders, pooling, dim):
+    enc = load_encoder("clip", tiny_encoders["clip"], pooling=pooling)
     frames = _frames()
     y = enc(frames)
     assert y.shape == (2, 6, dim) and enc.dim == dim
@@ -72,34 +31,34 @@ def test_clip_per_frame_embeddings(folders, pooling, dim):
     assert not any(p.requires_grad for p in enc.parameters())
 
 
-def test_clip_weights_round_trip(folders):
+def test_clip_weights_round_trip(tiny_encoders):
     """The loaded weights are the saved ones (not a fresh random init)."""
-    enc = load_encoder("clip", folders["clip"])
-    ref = CLIPVisionModelWithProjection.from_pretrained(folders["clip"])
+    enc = load_encoder("clip", tiny_encoders["clip"])
+    ref = CLIPVisionModelWithProjection.from_pretrained(tiny_encoders["clip"])
     for (name, a), (_, b) in zip(enc.model.state_dict().items(), ref.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
 
 
-def test_clip_layer_selection(folders):
-    enc_last = load_encoder("clip", folders["clip"], pooling="mean")
-    enc_l1 = load_encoder("clip", folders["clip"], layer=1, pooling="mean")
+def test_clip_layer_selection(tiny_encoders):
+    enc_last = load_encoder("clip", tiny_encoders["clip"], pooling="mean")
+    enc_l1 = load_encoder("clip", tiny_encoders["clip"], layer=1, pooling="mean")
     frames = _frames()
     assert not torch.allclose(enc_last(frames), enc_l1(frames))
     with pytest.raises(ValueError, match="layer 9 out of range"):
-        load_encoder("clip", folders["clip"], layer=9, pooling="mean")(frames)
+        load_encoder("clip", tiny_encoders["clip"], layer=9, pooling="mean")(frames)
 
 
 @pytest.mark.parametrize("pooling,tokens", [("time", 2), ("mean", 1)])
-def test_videomae(folders, pooling, tokens):
-    enc = load_encoder("videomae", folders["videomae"], pooling=pooling)
+def test_videomae(tiny_encoders, pooling, tokens):
+    enc = load_encoder("videomae", tiny_encoders["videomae"], pooling=pooling)
     y = enc(_frames(t=7))
     assert y.shape == (2, tokens, 16)
     assert torch.isfinite(y).all()
 
 
 @pytest.mark.parametrize("pooling,tokens", [("cls", 1), ("mean", 1), ("time", 4)])
-def test_ast_from_waveform(folders, pooling, tokens):
-    enc = load_encoder("ast", folders["ast"], pooling=pooling)
+def test_ast_from_waveform(tiny_encoders, pooling, tokens):
+    enc = load_encoder("ast", tiny_encoders["ast"], pooling=pooling)
     t = np.arange(16000, dtype=np.float32) / 16000
     fb = enc.fbank(np.sin(2 * np.pi * 440 * t).astype(np.float32), 16000)
     assert fb.shape == (64, 32)
@@ -109,31 +68,31 @@ def test_ast_from_waveform(folders, pooling, tokens):
         enc.fbank(t, 8000)
 
 
-def test_errors_name_the_key_and_folder(folders, tmp_path):
+def test_errors_name_the_key_and_folder(tiny_encoders, tmp_path):
     with pytest.raises(ValueError, match="model.experts.a.pretrained_path: a local folder"):
         load_encoder("clip", "", where="model.experts.a")
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         load_encoder("clip", str(tmp_path), where="model.experts.a")
     with pytest.raises(ValueError, match="model.experts.a.encoder: unknown 'resnet'"):
-        load_encoder("resnet", folders["clip"], where="model.experts.a")
+        load_encoder("resnet", tiny_encoders["clip"], where="model.experts.a")
     with pytest.raises(ValueError, match="pooling: 'time' is not one of"):
-        load_encoder("clip", folders["clip"], pooling="time")
+        load_encoder("clip", tiny_encoders["clip"], pooling="time")
 
 
-def test_weight_hashes_change_with_weights(folders, tmp_path):
-    h1 = weight_hashes(folders["clip"])
+def test_weight_hashes_change_with_weights(tiny_encoders, tmp_path):
+    h1 = weight_hashes(tiny_encoders["clip"])
     assert list(h1) == ["model.safetensors"] and len(h1["model.safetensors"]) == 64
     torch.manual_seed(1)
-    cfg = CLIPVisionConfig(**TINY, image_size=32, patch_size=8, projection_dim=12)
+    cfg = CLIPVisionConfig.from_pretrained(tiny_encoders["clip"])  # same shape, other weights
     CLIPVisionModelWithProjection(cfg).save_pretrained(tmp_path / "other")
     assert weight_hashes(tmp_path / "other") != h1
 
 
-def test_inline_pretrained_expert_in_the_model(folders):
+def test_inline_pretrained_expert_in_the_model(tiny_encoders):
     """kind=pretrained: a frozen CLIP expert beside a trainable one; only the rest gets gradients."""
     cfg = tiny_model_config()
     cfg.experts = {
-        "clip": ExpertConfig(kind="pretrained", encoder="clip", pretrained_path=folders["clip"]),
+        "clip": ExpertConfig(kind="pretrained", encoder="clip", pretrained_path=tiny_encoders["clip"]),
         "audio": ExpertConfig(kind="audio", width=16),
     }
     model = build_model(cfg, VOCAB)
