@@ -39,10 +39,10 @@ def setup_logging(level: int = logging.INFO) -> None:
     """The project's log format on the root logger, libraries quiet: one line per epoch plus warnings and
     errors in a job log (idempotent: safe in every worker and driver). The library's
     :func:`etva.settings.setup_logging`, plus MLflow's printing and Ray Train's per-report lines."""
+    _quiet_train_reports(level)  # first: importing Ray Train imports Ray Data, which sets its logger to DEBUG
     settings.setup_logging(level)
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    _quiet_train_reports(level)
 
 
 def _quiet_train_reports(level: int) -> None:

@@ -46,6 +46,8 @@ __all__ = [
     "EvalInputs",
     "TrainRecipe",
     "evaluate_split",
+    "epoch_metrics",
+    "note_first",
     "train_loop_per_worker",
     "eval_loop_per_worker",
 ]
@@ -186,7 +188,7 @@ class TrainRecipe:
         early, self.prefetch = self.prefetch, None
         rows = early if early is not None and early.epoch == epoch else None
         batches = train_batches(self.train_shard, self.cfg, epoch, self.rank, self.world, tracker, rows)
-        batches = _note_first(batches, self.timings, "first_batch")
+        batches = note_first(batches, self.timings, "first_batch")
         ts = self.ts
         label = f"ray-{self.world}w-cache-{self.cfg.data.cache}-epoch{epoch}"
         with profile_for_epoch(epoch, self.rank, label) as profile:
@@ -220,20 +222,6 @@ class TrainRecipe:
         """Score the whole validation split. Returns (metrics, skipped video indices)."""
         i = self.inputs
         return evaluate_split(self.model, self.val_shard, i.val_captions, i.val_video_ids, "val", self.cfg, self.device)
-
-    def epoch_metrics(self, epoch: int, stats: dict, val: dict, skipped: tuple[list, list], t0: float):
-        metrics = {f"val/{k}": float(v) for k, v in val.items()}
-        metrics.update({f"train/{k}": float(v) for k, v in stats.items() if np.isscalar(v)})
-        metrics.update(
-            {
-                "epoch": epoch,
-                "epoch_time_s": time.time() - t0,
-                "data/skipped_train": len(skipped[0]),
-                "data/skipped_val": len(skipped[1]),
-                "data/truncated_for_equal_batches": self.truncated,
-            }
-        )
-        return metrics
 
     def report(self, epoch: int, metrics: dict[str, float], skipped: tuple[list[int], list[int]]) -> None:
         """Report from every rank; rank 0 attaches an atomically written checkpoint. Every rank goes on
@@ -299,8 +287,9 @@ class TrainRecipe:
             stats, skipped_train = self.train_epoch(epoch)
             self._read_ahead(epoch + 1)  # the next epoch's data starts during eval + checkpoint
             val, skipped_val = self.evaluate()
-            metrics = self.epoch_metrics(epoch, stats, val, (skipped_train, skipped_val), t0)
-            self.report(epoch, metrics, (skipped_train, skipped_val))
+            skipped = (skipped_train, skipped_val)
+            metrics = epoch_metrics(epoch, stats, val, skipped, self.truncated, time.time() - t0)
+            self.report(epoch, metrics, skipped)
         self.timings["end"] = time.time()
         self.cleanup()
         return {"history": self.history, "timings": self.timings}
@@ -313,7 +302,26 @@ class TrainRecipe:
         self.prefetch = None
 
 
-def _note_first(items, timings: dict, key: str):
+def epoch_metrics(
+    epoch: int, stats: dict, val: dict, skipped: tuple[list, list], truncated: int, seconds: float
+) -> dict[str, float]:
+    """One epoch's report: ``val/...`` metrics, the scalar ``train/...`` stats of the engine, the epoch,
+    its wall time, and the clips skipped (train, val) or dropped to keep batches equal over ranks."""
+    metrics = {f"val/{k}": float(v) for k, v in val.items()}
+    metrics.update({f"train/{k}": float(v) for k, v in stats.items() if np.isscalar(v)})
+    metrics.update(
+        {
+            "epoch": epoch,
+            "epoch_time_s": seconds,
+            "data/skipped_train": len(skipped[0]),
+            "data/skipped_val": len(skipped[1]),
+            "data/truncated_for_equal_batches": truncated,
+        }
+    )
+    return metrics
+
+
+def note_first(items, timings: dict, key: str):
     """``items`` unchanged; the arrival time of the first one goes into ``timings[key]`` (once per run)."""
     for i, item in enumerate(items):
         if i == 0:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: set up the environment (idempotent), lint, then run the whole suite.
 # Usage: bash tests/run.sh [extra pytest args]
+#   bash tests/run.sh tests/unit          # the unit tests alone (no Ray head, no MLflow server)
+#   bash tests/run.sh -m "not integration" # the same, selected by marker
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

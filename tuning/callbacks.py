@@ -43,6 +43,15 @@ class RecordingASHA(AsyncHyperBandScheduler):
         return action
 
 
+def stop_verdict(early: bool, epochs: int, max_epochs: int) -> tuple[str, str]:
+    """(MLflow run status, stop reason) of a trial that Tune completed after ``epochs`` reported epochs:
+    stopped by ASHA -> KILLED/asha; all epochs -> FINISHED/completed; fewer (time budget, sweep
+    interrupted) -> KILLED/interrupted."""
+    if early:
+        return "KILLED", "asha"
+    return ("FINISHED", "completed") if epochs >= max_epochs else ("KILLED", "interrupted")
+
+
 class SweepMlflowCallback(Callback):
     """Finish child runs of trials that did not finish themselves (stopped by ASHA, time budget, errors)."""
 
@@ -81,9 +90,8 @@ class SweepMlflowCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         early = self.scheduler is not None and trial.trial_id in self.scheduler.stopped_early
-        epochs = self.epochs.get(trial.trial_id, 0)
-        reason = "asha" if early else ("completed" if epochs >= self.max_epochs else "interrupted")
-        self._finish(trial, "KILLED" if early or reason == "interrupted" else "FINISHED", early, reason)
+        status, reason = stop_verdict(early, self.epochs.get(trial.trial_id, 0), self.max_epochs)
+        self._finish(trial, status, early, reason)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._finish(trial, "FAILED", False, "error")
