@@ -91,12 +91,18 @@ def _ray_ready(s: LocalSettings, token: str) -> str | None:
     return current.read_text().strip()
 
 
+def _already_running(s: LocalSettings, name: str, marker: str, what: str, address_key: str) -> dict | None:
+    """The record of service ``name`` when it runs already (said on stdout: start is idempotent)."""
+    record, _ = running_record(s, name, marker)
+    if record is not None:
+        print(f"{what} already running (pgid {record['pgid']}) at {record.get(address_key)}")
+    return record
+
+
 def start_ray_head(s: LocalSettings | None = None) -> LocalCluster:
     """Start the Ray head (idempotent) and return its addresses."""
     s = s or LocalSettings.from_env()
-    record, _ = running_record(s, "ray", str(s.temp_dir))
-    if record is not None:
-        print(f"Ray head already running (pgid {record['pgid']}) at {record.get('gcs_address')}")
+    if (record := _already_running(s, "ray", str(s.temp_dir), "Ray head", "gcs_address")) is not None:
         return _ray_cluster(s, record)
     require_free(
         s,
@@ -177,9 +183,7 @@ def stop_ray_head(s: LocalSettings | None = None, all_ray: bool = False, grace_s
 def start_mlflow(s: LocalSettings | None = None) -> LocalCluster:
     """Start the MLflow tracking server (idempotent) and return its URI."""
     s = s or LocalSettings.from_env()
-    record, _ = running_record(s, "mlflow", str(s.mlflow_db))
-    if record is not None:
-        print(f"MLflow already running (pgid {record['pgid']}) at {record['uri']}")
+    if (record := _already_running(s, "mlflow", str(s.mlflow_db), "MLflow", "uri")) is not None:
         return _mlflow_cluster(s, record)
     require_free(s, {"ETVA_MLFLOW_PORT": s.mlflow_port})
     s.state_dir.mkdir(parents=True, exist_ok=True)

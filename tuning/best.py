@@ -153,7 +153,8 @@ def pick_best(
     return Pick(experiment, ranked, chosen, name, version, reused, f"models:/{name}@{ALIAS}")
 
 
-def format_table(runs: list, top: int = 10) -> str:
+def format_ranking(runs: list, top: int = 10) -> str:
+    """The ranked runs as aligned columns: rank, run, parent run, the headline `best/` metrics, run id."""
     cols = ("rank", "run", "parent", *(m.removeprefix("best/") for m in TABLE_METRICS), "run_id")
     rows: list[list[Any]] = []
     for i, run in enumerate(runs[:top]):
@@ -189,7 +190,7 @@ def main(
     pick = pick_best(experiment, model_name, tracking_uri, run_id, dry_run)
     n = len(pick.ranked)
     print(f"experiment '{pick.experiment}': {n} runs with a model; top {min(top, n)}:")
-    print(format_table(pick.ranked, top))
+    print(format_ranking(pick.ranked, top))
     if dry_run:
         print("\ndry run: nothing registered")
         return 0
