@@ -15,7 +15,7 @@ matrix itself (MSRVTT Full: 59,800 x 2,990 x 4 B = 715 MB). Everything else is b
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from etva.metrics import retrieval_metrics
-
-__all__ = ["score_all", "evaluate_scorer", "FusedScorer"]
+__all__ = ["score_all", "FusedScorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,21 +70,6 @@ def score_all(
                     )
                 out[qs, vs] = block.detach().float().cpu().numpy()
     return out
-
-
-def evaluate_scorer(
-    score_fn: ScoreFn,
-    query_to_video: Any,
-    num_videos: int,
-    ks: Sequence[int] = (1, 5, 10),
-    ties: str = "average",
-    query_chunk: int = 2048,
-    video_chunk: int | None = None,
-) -> dict[str, float]:
-    """Score all pairs with :func:`score_all`, then chunked :func:`etva.metrics.retrieval_metrics`."""
-    num_q = len(query_to_video)
-    sim = score_all(score_fn, num_q, num_videos, query_chunk, video_chunk)
-    return retrieval_metrics(sim, query_to_video, ks, ties, query_chunk=query_chunk)
 
 
 class FusedScorer:
