@@ -31,6 +31,8 @@ class SweepContext:
     parent_id: str
     max_epochs: int
     torch_threads: int = 1
+    shared: Any = None  # tuning.shared_data.SharedData: the data the sweep driver prepared once
+    cache_root: str = ""  # where tokenizers and data.cache=disk clips are shared (the sweep's storage)
 
 
 def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> Config:
@@ -56,6 +58,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     from ray_jobs.tracking import finish_run, get_client
     from ray_jobs.train import best_of, build_trainer
     from tuning.mlflow_sweep import EARLY_TAG, mark_stopped, start_or_resume_child
+    from tuning.shared_data import log_preparation, trial_data
 
     setup_logging()
     disable_mlflow_telemetry()
@@ -70,9 +73,14 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         run_id = start_or_resume_child(client, ctx.exp_id, ctx.parent_id, ctx.sweep_name, trial, cfg, params)
     logger.info("trial %s: %s (MLflow run %s)", trial_id, params, run_id or "-")
     try:
+        shared = trial_data(ctx.shared, cfg, cfg.ray.run_name, ctx.cache_root)
+        if client is not None:
+            log_preparation(client, run_id, shared.outcome)
         trainer, prepared = build_trainer(
             cfg,
             cfg.ray.run_name,
+            data=shared.data,
+            datasets=shared.datasets,
             callbacks=[TuneReportCallback()],
             torch_threads=ctx.torch_threads,
             mlflow_run=(ctx.mlflow_uri, run_id),
