@@ -40,6 +40,8 @@ __all__ = ["WorkerInputs", "TrainRecipe", "train_loop_per_worker", "eval_loop_pe
 
 logger = logging.getLogger("etva.worker")
 INPUTS_KEY = "inputs"  # the one key of Ray Train's train_loop_config that the recipe reads
+# reported once per worker process as timing/<mark> (unix times; benchmarks.bench_sweep splits start-up)
+START_MARKS = ("process_start", "loop_start", "setup_done", "first_batch")
 
 
 @dataclass(frozen=True)
@@ -179,10 +181,13 @@ class TrainRecipe:
     def epoch_metrics(self, epoch: int, stats: dict, val: dict, skipped: tuple[list, list], t0: float):
         metrics = {f"val/{k}": float(v) for k, v in val.items()}
         metrics.update({f"train/{k}": float(v) for k, v in stats.items() if np.isscalar(v)})
+        if epoch == self.start_epoch:  # this process's start-up marks (unix times), with its first epoch
+            metrics.update({f"timing/{k}": float(v) for k, v in self.timings.items() if k in START_MARKS})
         metrics.update(
             {
                 "epoch": epoch,
                 "epoch_time_s": time.time() - t0,
+                "timing/epoch_start": t0,
                 "data/skipped_train": len(skipped[0]),
                 "data/skipped_val": len(skipped[1]),
                 "data/truncated_for_equal_batches": self.truncated,

@@ -133,11 +133,14 @@ def describe(outcome: dict) -> str:
     return f"data prepared once for the trials: {tokenizer}; {clips}"
 
 
-def log_preparation(client, run_id: str, outcome: dict) -> None:
-    """A trial's child run: who prepared its data, and what it decoded and trained itself."""
+def log_preparation(client, run_id: str, outcome: dict, marks: dict[str, float]) -> None:
+    """A trial's child run: who prepared its data, what it decoded and trained itself, and its start-up
+    marks (``timing/<mark>``, unix times; the Train worker adds its own with its first epoch)."""
     client.set_tag(run_id, PREPARED_BY_TAG, outcome["prepared_by"])
-    for key in ("clips_decoded", "tokenizer_trained"):
-        client.log_metric(run_id, f"prep/{key}", float(outcome[key]))
+    metrics = {f"prep/{key}": float(outcome[key]) for key in ("clips_decoded", "tokenizer_trained")}
+    metrics.update({f"timing/{k}": float(v) for k, v in marks.items()})
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
 
 
 def reuse_note(client, exp_id: str, parent_id: str, prepared: str) -> str:

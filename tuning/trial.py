@@ -9,6 +9,7 @@ Re-running a trial (sweep resume) re-uses its Train run name, so Train resumes f
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,16 +51,19 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     A trial that ASHA stops is killed inside ``fit``; ``tuning.callbacks.SweepMlflowCallback`` (in the
     sweep driver) then finishes its child run instead.
     """
+    entered = time.time()
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ray_jobs.driver import disable_mlflow_telemetry, setup_logging
+    from ray_jobs.profiling import process_started_at
     from ray_jobs.run_record import log_dataset_inputs
     from ray_jobs.tracking import finish_run, get_client
     from ray_jobs.train import best_of, build_trainer
     from tuning.mlflow_sweep import EARLY_TAG, mark_stopped, start_or_resume_child
     from tuning.shared_data import log_preparation, trial_data
 
+    marks = {"trial_process_start": process_started_at(), "trial_start": entered, "imports_done": time.time()}
     setup_logging()
     disable_mlflow_telemetry()
     tctx = tune.get_context()
@@ -74,8 +78,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     logger.info("trial %s: %s (MLflow run %s)", trial_id, params, run_id or "-")
     try:
         shared = trial_data(ctx.shared, cfg, cfg.ray.run_name, ctx.cache_root)
-        if client is not None:
-            log_preparation(client, run_id, shared.outcome)
+        marks["data_ready"] = time.time()
         trainer, prepared = build_trainer(
             cfg,
             cfg.ray.run_name,
@@ -87,6 +90,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         )
         if client is not None:
             log_dataset_inputs(client, run_id, cfg, prepared)  # the run page's Datasets, as for training
+            log_preparation(client, run_id, shared.outcome, {**marks, "fit_start": time.time()})
         result = trainer.fit()
         best, best_path = best_of(result)
         history = (result.return_value or {}).get("history", {}) if hasattr(result, "return_value") else {}
