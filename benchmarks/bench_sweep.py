@@ -14,7 +14,8 @@ tune.max_epochs=4``) under a fresh sweep name, then prints, from what the sweep 
   the ratio of the two (goal <= 1.3);
 - per trial, its start-up split into parts (``timing/<mark>`` of the trial's driver function and of its
   rank-0 Train worker, unix times): queued (sweep start to the trial's process), trial process start to
-  its function, imports, data (the sweep's shared data, or its own preparation), trainer build, fit() to
+  its function, imports, its MLflow child run, data (the sweep's shared data, or its own preparation),
+  trainer build (imports Ray Train and torch; logs the run's inputs), fit() to
   the worker process, worker process to the training loop, setup (model build, resume), first batch, and
   the first epoch;
 - the number of Python worker processes Ray started during the sweep (Ray's state API);
@@ -38,7 +39,8 @@ SPLIT = (  # (part, from mark, to mark): consecutive marks of one trial
     ("queued", "sweep_start", "trial_process_start"),
     ("trial_process", "trial_process_start", "trial_start"),
     ("imports", "trial_start", "imports_done"),
-    ("data", "imports_done", "data_ready"),
+    ("mlflow_child_run", "imports_done", "child_run_ready"),
+    ("data", "child_run_ready", "data_ready"),
     ("trainer_build", "data_ready", "fit_start"),
     ("fit_to_worker", "fit_start", "process_start"),
     ("worker_to_loop", "process_start", "loop_start"),
@@ -100,7 +102,7 @@ def workers_started(since: float) -> int | None:
             address=os.environ.get("RAY_API_SERVER_ADDRESS"),
             filters=[("worker_type", "=", "WORKER")],
             detail=True,
-            limit=100_000,
+            limit=10_000,  # the API server refuses more
             raise_on_missing_output=False,
         )
     except Exception as err:  # noqa: BLE001  (a figure is left out, with the reason)

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -136,11 +137,16 @@ def describe(outcome: dict) -> str:
 def log_preparation(client, run_id: str, outcome: dict, marks: dict[str, float]) -> None:
     """A trial's child run: who prepared its data, what it decoded and trained itself, and its start-up
     marks (``timing/<mark>``, unix times; the Train worker adds its own with its first epoch)."""
-    client.set_tag(run_id, PREPARED_BY_TAG, outcome["prepared_by"])
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
     metrics = {f"prep/{key}": float(outcome[key]) for key in ("clips_decoded", "tokenizer_trained")}
     metrics.update({f"timing/{k}": float(v) for k, v in marks.items()})
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        tags=[RunTag(PREPARED_BY_TAG, outcome["prepared_by"])],
+    )  # one request
 
 
 def reuse_note(client, exp_id: str, parent_id: str, prepared: str) -> str:

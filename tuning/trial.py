@@ -98,6 +98,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     if client is not None:
         trial = (trial_id, tctx.get_trial_name())
         run_id = start_or_resume_child(client, ctx.exp_id, ctx.parent_id, ctx.sweep_name, trial, cfg, params)
+    marks["child_run_ready"] = time.time()
     logger.info("trial %s: %s (MLflow run %s)", trial_id, params, run_id or "-")
     try:
         trainer = _trainer(ctx, cfg, client, run_id, marks)
