@@ -28,14 +28,14 @@ from pathlib import Path
 
 from etva.config import DataConfig
 
-__all__ = ["DECODE_FIELDS", "cache_key", "cached"]
+__all__ = ["DECODE_FIELDS", "cache_key", "cached", "disk_cache_dir"]
 
 logger = logging.getLogger(__name__)
 
 # the DataConfig fields that change what decode_stage produces
 DECODE_FIELDS = (
     "dataset", "num_frames", "frame_size", "audio_rate", "num_mel_bins", "max_audio_s",
-    "features_dir", "max_feature_tokens",
+    "features_dir", "max_feature_tokens", "feature_store", "decode_clips",
 )  # fmt: skip
 
 
@@ -61,6 +61,11 @@ def cache_key(rows: list[dict], data_cfg: DataConfig) -> str:
     return h.hexdigest()[:24]
 
 
+def disk_cache_dir(rows: list[dict], data_cfg: DataConfig, storage: str) -> Path:
+    """The folder of the ``data.cache=disk`` cache of ``rows`` (complete when it holds ``_COMPLETE``)."""
+    return Path(storage) / "decoded-cache" / cache_key(rows, data_cfg)
+
+
 def cached(decoded, rows: list[dict], data_cfg: DataConfig, storage: str, name: str):
     """``decoded`` (a lazy Dataset of decoded rows) cached as ``data_cfg.cache`` says."""
     if data_cfg.cache == "none":
@@ -78,7 +83,7 @@ def _disk(decoded, rows: list[dict], data_cfg: DataConfig, storage: str, name: s
         raise ValueError(
             f"data.cache=disk needs a local or shared-filesystem ray.storage_path, got {storage}"
         )
-    folder = Path(storage) / "decoded-cache" / cache_key(rows, data_cfg)
+    folder = disk_cache_dir(rows, data_cfg, storage)
     if not (folder / "_COMPLETE").is_file():
         tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
         logger.info("%s: decoding %d clips once into %s (data.cache=disk)", name, len(rows), folder)

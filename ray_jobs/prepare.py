@@ -8,8 +8,11 @@ tokenized caption tables -> Ray Datasets.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,23 +163,57 @@ def _load(data: DataConfig, split: str) -> tuple[list[ClipRecord], object]:
     return records, summary
 
 
-def prepare_tokenizer(data: DataConfig, train_records: list[ClipRecord], out_dir: Path):
-    """Reuse the run's tokenizer when it exists (resume), else build it from the config."""
+TOKENIZER_CACHE = "tokenizer-cache"  # <cache root>/tokenizer-cache/<key>/: trained tokenizers, shared
+
+
+def tokenizer_cache_dir(data: DataConfig, captions: list[str], cache_root: str) -> Path | None:
+    """Where the tokenizer trained on ``captions`` is shared (runs, sweep trials, later sweeps), keyed
+    like the decoded cache: by what training depends on (vocabulary size and the captions, in order).
+    None when there is nothing to share (a pretrained tokenizer, no local cache root)."""
+    if not cache_root or "://" in cache_root or data.tokenizer_path:
+        return None
+    h = hashlib.sha256(json.dumps({"vocab_size": data.vocab_size, "captions": captions}).encode())
+    return Path(cache_root) / TOKENIZER_CACHE / h.hexdigest()[:24]
+
+
+def _publish(src: Path, folder: Path) -> None:
+    """Copy the tokenizer files of ``src`` into ``folder``, renamed into place only when complete."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    shutil.copytree(src, tmp)
+    if folder.exists():  # another run published it first: keep theirs (the same bytes)
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+
+
+def prepare_tokenizer(
+    data: DataConfig, train_records: list[ClipRecord], out_dir: Path, cache_root: str = ""
+) -> tuple[object, str]:
+    """The run's tokenizer and where it came from: ``"resumed"`` (the run's own folder), ``"shared"``
+    (trained earlier on the same captions, ``<cache_root>/tokenizer-cache/<key>``), ``"pretrained"``
+    (``data.tokenizer_path``) or ``"trained"`` (now, then shared under ``cache_root`` when given)."""
     if (out_dir / "spiece.model").exists() and not data.tokenizer_path:
-        return load_tokenizer(out_dir)
+        return load_tokenizer(out_dir), "resumed"
     captions = [c for r in train_records for c in r.captions]
-    return build_tokenizer(data, captions, out_dir)
+    shared = tokenizer_cache_dir(data, captions, cache_root)
+    if shared is not None and (shared / "spiece.model").is_file():
+        logger.info("reusing the tokenizer trained on the same captions: %s", shared)
+        shutil.copytree(shared, out_dir, dirs_exist_ok=True)
+        return load_tokenizer(out_dir), "shared"
+    tok = build_tokenizer(data, captions, out_dir)
+    if shared is not None:
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        _publish(out_dir, shared)
+    return tok, ("pretrained" if data.tokenizer_path else "trained")
 
 
 def tokenizer_files(out_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out_dir.iterdir()) if p.is_file()}
 
 
-def prepare_splits(cfg: Config, tokenizer_dir: Path, splits: dict[str, str]):
-    """Load the named splits (e.g. {"train": "train", "val": "test"}), build/load the tokenizer, tokenize.
-
-    Returns (tokenizer, {name: PreparedSplit}).
-    """
+def load_splits(cfg: Config, splits: dict[str, str]) -> dict[str, tuple[list[ClipRecord], object, list[str]]]:
+    """The named splits' records (e.g. {"train": "train", "val": "test"}), unusable videos dropped and a
+    validation split carved from train when configured: {name: (records, summary, dropped ids)}."""
     loaded, dropped = {}, {}
     for name, split in splits.items():
         records, summary = _load(cfg.data, split)
@@ -188,22 +225,32 @@ def prepare_splits(cfg: Config, tokenizer_dir: Path, splits: dict[str, str]):
         train, val = carve_validation(train, cfg.data.val_from_train)
         loaded["train"], loaded["val"] = (train, summary), (val, None)
         dropped["val"] = []
-    train_records = loaded["train"][0] if "train" in loaded else None
-    if train_records is not None:
-        tok = prepare_tokenizer(cfg.data, train_records, tokenizer_dir)
-    else:
-        tok = load_tokenizer(tokenizer_dir)
+    return {name: (records, summary, dropped.get(name, [])) for name, (records, summary) in loaded.items()}
+
+
+def tokenize_splits(cfg: Config, tok, loaded: dict) -> dict[str, PreparedSplit]:
+    """:class:`PreparedSplit` per loaded split: captions tokenized with ``tok``."""
 
     def tokenize_fn(texts, max_len):
         return tokenize(tok, texts, max_len)
 
-    out = {
-        name: PreparedSplit(
-            records, CaptionTable(records, tokenize_fn, cfg.data.max_text_len), summary, dropped.get(name, [])
-        )
-        for name, (records, summary) in loaded.items()
+    return {
+        name: PreparedSplit(records, CaptionTable(records, tokenize_fn, cfg.data.max_text_len), summary, dropped)
+        for name, (records, summary, dropped) in loaded.items()
     }
-    return tok, out
+
+
+def prepare_splits(cfg: Config, tokenizer_dir: Path, splits: dict[str, str]):
+    """Load the named splits (e.g. {"train": "train", "val": "test"}), build/load the tokenizer, tokenize.
+
+    Returns (tokenizer, {name: PreparedSplit}).
+    """
+    loaded = load_splits(cfg, splits)
+    if "train" in loaded:
+        tok, _ = prepare_tokenizer(cfg.data, loaded["train"][0], tokenizer_dir)
+    else:
+        tok = load_tokenizer(tokenizer_dir)
+    return tok, tokenize_splits(cfg, tok, loaded)
 
 
 def scaling_config(ray_cfg: RayConfig):

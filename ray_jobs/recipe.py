@@ -54,6 +54,8 @@ __all__ = [
 
 logger = logging.getLogger("etva.worker")
 INPUTS_KEY = "inputs"  # the one key of Ray Train's train_loop_config that the recipe reads
+# reported once per worker process as timing/<mark> (unix times; benchmarks.bench_sweep splits start-up)
+START_MARKS = ("process_start", "loop_start", "setup_done", "first_batch")
 
 
 @dataclass(frozen=True)
@@ -288,7 +290,8 @@ class TrainRecipe:
             self._read_ahead(epoch + 1)  # the next epoch's data starts during eval + checkpoint
             val, skipped_val = self.evaluate()
             skipped = (skipped_train, skipped_val)
-            metrics = epoch_metrics(epoch, stats, val, skipped, self.truncated, time.time() - t0)
+            marks = self.timings if epoch == self.start_epoch else None  # start-up marks with the first epoch
+            metrics = epoch_metrics(epoch, stats, val, skipped, self.truncated, (t0, time.time()), marks)
             self.report(epoch, metrics, skipped)
         self.timings["end"] = time.time()
         self.cleanup()
@@ -303,16 +306,26 @@ class TrainRecipe:
 
 
 def epoch_metrics(
-    epoch: int, stats: dict, val: dict, skipped: tuple[list, list], truncated: int, seconds: float
+    epoch: int,
+    stats: dict,
+    val: dict,
+    skipped: tuple[list, list],
+    truncated: int,
+    times: tuple[float, float],
+    marks: dict | None = None,
 ) -> dict[str, float]:
     """One epoch's report: ``val/...`` metrics, the scalar ``train/...`` stats of the engine, the epoch,
-    its wall time, and the clips skipped (train, val) or dropped to keep batches equal over ranks."""
+    its start and wall time (``times`` = (start, end), unix), the clips skipped (train, val) or dropped to
+    keep batches equal over ranks, and, with the first epoch of a process, its start-up ``marks``
+    (:data:`START_MARKS` only) as ``timing/<mark>``."""
     metrics = {f"val/{k}": float(v) for k, v in val.items()}
     metrics.update({f"train/{k}": float(v) for k, v in stats.items() if np.isscalar(v)})
+    metrics.update({f"timing/{k}": float(v) for k, v in (marks or {}).items() if k in START_MARKS})
     metrics.update(
         {
             "epoch": epoch,
-            "epoch_time_s": seconds,
+            "epoch_time_s": times[1] - times[0],
+            "timing/epoch_start": times[0],
             "data/skipped_train": len(skipped[0]),
             "data/skipped_val": len(skipped[1]),
             "data/truncated_for_equal_batches": truncated,

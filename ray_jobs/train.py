@@ -50,24 +50,40 @@ def _tokenizer_dir(storage: str, run_name: str) -> Path:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """The driver's data preparation: tokenizer folder + size, and the prepared splits."""
+    """The driver's data preparation: tokenizer (files, size, where it came from) and the prepared splits."""
 
-    tokenizer_dir: Path
+    tokenizer_files: dict[str, bytes]
     vocab_size: int
     splits: dict  # name -> ray_jobs.prepare.PreparedSplit
+    tokenizer_origin: str = ""  # resumed | shared | trained | pretrained (ray_jobs.prepare.prepare_tokenizer)
 
 
-def prepare_data(cfg: Config, run_name: str) -> PreparedData:
+def prepare_data(
+    cfg: Config, run_name: str, cache_root: str | None = None, tokenizer_dir: Path | None = None
+) -> PreparedData:
     """Dataset on disk, records (unusable files dropped: fails fast), tokenizer, tokenized captions.
 
-    Needs no Ray: runs before the cluster is contacted, so bad data fails in the first seconds.
+    The tokenizer comes from the run's own folder (resume), else from the tokenizer cache under
+    ``cache_root`` (default: the run's storage path) when one was trained on the same captions, else it is
+    trained and shared there. Needs no Ray: runs before the cluster is contacted, so bad data fails in
+    the first seconds.
     """
-    from ray_jobs.prepare import ensure_dataset, prepare_splits, training_splits
+    from ray_jobs.prepare import (
+        ensure_dataset,
+        load_splits,
+        prepare_tokenizer,
+        tokenize_splits,
+        tokenizer_files,
+        training_splits,
+    )
 
     ensure_dataset(cfg.data)
-    tok_dir = _tokenizer_dir(storage_path(cfg), run_name)
-    tok, splits = prepare_splits(cfg, tok_dir, training_splits(cfg))
-    return PreparedData(tok_dir, len(tok), splits)
+    storage = storage_path(cfg)
+    tok_dir = tokenizer_dir or _tokenizer_dir(storage, run_name)
+    loaded = load_splits(cfg, training_splits(cfg))
+    root = storage if cache_root is None else cache_root
+    tok, origin = prepare_tokenizer(cfg.data, loaded["train"][0], tok_dir, root)
+    return PreparedData(tokenizer_files(tok_dir), len(tok), tokenize_splits(cfg, tok, loaded), origin)
 
 
 def build_trainer(
@@ -75,16 +91,18 @@ def build_trainer(
     run_name: str,
     *,
     data: PreparedData | None = None,
+    datasets: dict | None = None,
     callbacks=None,
     torch_threads: int = 1,
     mlflow_run: tuple[str, str] = ("", ""),
 ):
-    """Return (TorchTrainer, prepared splits), preparing the data unless ``data`` is given. Shared by
+    """Return (TorchTrainer, prepared splits), preparing the data unless ``data`` is given and building
+    the Ray Datasets unless ``datasets`` (built from ``data``: a sweep's shared ones) is. Shared by
     training and Tune trials."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    from ray_jobs.prepare import build_datasets, dataset_config, scaling_config, tokenizer_files
+    from ray_jobs.prepare import build_datasets, dataset_config, scaling_config
     from ray_jobs.recipe import WorkerInputs, train_loop_per_worker
 
     data = data or prepare_data(cfg, run_name)
@@ -93,7 +111,7 @@ def build_trainer(
         cfg=cfg,
         config_yaml=yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
         vocab_size=data.vocab_size,
-        tokenizer_files=tokenizer_files(data.tokenizer_dir),
+        tokenizer_files=data.tokenizer_files,
         num_train_videos=len(prepared["train"].records),
         train_video_ids=prepared["train"].video_ids,
         val_video_ids=prepared["val"].video_ids,
@@ -117,7 +135,7 @@ def build_trainer(
             ),
             callbacks=callbacks,
         ),
-        datasets=build_datasets(cfg, prepared),
+        datasets=datasets if datasets is not None else build_datasets(cfg, prepared),
         dataset_config=dataset_config(),
     )
     return trainer, prepared

@@ -163,8 +163,11 @@ def _tracking(cfg: Config, name: str, space: SearchSpace, args: argparse.Namespa
     return client, uri, exp_id, parent_id
 
 
-def build_tuner(cfg: Config, space: SearchSpace, name: str, storage: str, tracking, restart_errored: bool):
-    """A new Tuner, or the restored one when ``<storage>/<name>`` holds an interrupted sweep."""
+def build_tuner(
+    cfg: Config, space: SearchSpace, name: str, storage: str, tracking, restart_errored: bool, shared=None
+):
+    """A new Tuner, or the restored one when ``<storage>/<name>`` holds an interrupted sweep. ``shared``
+    (``tuning.shared_data.SharedData``): the data the driver prepared for the trials."""
     import ray
     from ray import tune
 
@@ -182,6 +185,8 @@ def build_tuner(cfg: Config, space: SearchSpace, name: str, storage: str, tracki
         exp_id=exp_id,
         parent_id=parent_id,
         max_epochs=t.max_epochs,
+        shared=shared,
+        cache_root=storage,
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": DRIVER_CPU})
     path = f"{storage}/{name}"
@@ -216,6 +221,24 @@ def build_tuner(cfg: Config, space: SearchSpace, name: str, storage: str, tracki
     )
 
 
+def _prepare_once(cfg: Config, name: str, storage: str, client, parent_id: str):
+    """The base config's data, prepared once for every trial (``tuning.shared_data``); what that did
+    goes to the log and the parent run (tag, ``prep/...`` metrics)."""
+    from tuning.shared_data import OUTCOME_TAG, describe, prepare_shared
+
+    t0 = time.time()
+    shared = prepare_shared(cfg, name, storage)
+    shared.outcome["seconds"] = round(time.time() - t0, 1)
+    logger.info("%s (%.1f s)", describe(shared.outcome), shared.outcome["seconds"])
+    if client is not None:
+        import json
+
+        client.set_tag(parent_id, OUTCOME_TAG, json.dumps(shared.outcome))
+        for key in ("clips_decoded", "tokenizer_trained", "seconds"):
+            client.log_metric(parent_id, f"prep/{key}", float(shared.outcome[key]))
+    return shared
+
+
 def main(argv: list[str] | None = None) -> int:
     import tempfile
 
@@ -239,6 +262,7 @@ def _sweep(args: argparse.Namespace, log: Path) -> int:
     from ray_jobs.prepare import ensure_dataset
     from ray_jobs.run_record import NOTE, upload_log
     from tuning.mlflow_sweep import close_unfinished, log_summary, to_markdown
+    from tuning.shared_data import describe, reuse_note
 
     cfg = load_job_config(args.config, args.overrides)
     space = load_space(_space_path(args, cfg), cfg)
@@ -251,9 +275,11 @@ def _sweep(args: argparse.Namespace, log: Path) -> int:
     tracking = _tracking(cfg, name, space, args)
     client, _, exp_id, parent_id = tracking
     t0 = time.time()
-    status = "FAILED"
+    status, prepared = "FAILED", ""
     try:
-        tuner = build_tuner(cfg, space, name, storage, tracking, args.restart_errored)
+        shared = _prepare_once(cfg, name, storage, client, parent_id)
+        prepared = describe(shared.outcome)
+        tuner = build_tuner(cfg, space, name, storage, tracking, args.restart_errored, shared)
         results = tuner.fit()
         done = results.num_terminated + results.num_errors
         status = "FAILED" if results.num_errors else ("FINISHED" if done == len(results) else "KILLED")
@@ -273,9 +299,11 @@ def _sweep(args: argparse.Namespace, log: Path) -> int:
                 )
             rows = log_summary(client, exp_id, parent_id, space.swept)
             title = f"sweep {name} ({time.time() - t0:.0f} s); trials by best val t2v R@1:"
-            client.set_tag(parent_id, NOTE, f"### {title}\n\n{to_markdown(rows)}")
+            reuse = reuse_note(client, exp_id, parent_id, prepared)
+            client.set_tag(parent_id, NOTE, f"### {title}\n\n{to_markdown(rows)}\n\n{reuse}")
             print(f"\n{title}")
             print(to_markdown(rows))
+            print(reuse)
             upload_log(client, parent_id, log)
             client.set_terminated(parent_id, status=status)
     return 0 if status == "FINISHED" else 1

@@ -9,6 +9,7 @@ Re-running a trial (sweep resume) re-uses its Train run name, so Train resumes f
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ class SweepContext:
     parent_id: str
     max_epochs: int
     torch_threads: int = 1
+    shared: Any = None  # tuning.shared_data.SharedData: the data the sweep driver prepared once
+    cache_root: str = ""  # where tokenizers and data.cache=disk clips are shared (the sweep's storage)
 
 
 def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> Config:
@@ -42,21 +45,48 @@ def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> Co
     return cfg
 
 
+def _trainer(ctx: SweepContext, cfg: Config, client, run_id: str, marks: dict[str, float]):
+    """The trial's TorchTrainer on the sweep's shared data (or its own, for other data settings); its
+    child run gets the data inputs, what preparing did and the start-up marks so far."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ray_jobs.run_record import log_dataset_inputs
+    from ray_jobs.train import build_trainer
+    from tuning.shared_data import log_preparation, trial_data
+
+    shared = trial_data(ctx.shared, cfg, cfg.ray.run_name, ctx.cache_root)
+    marks["data_ready"] = time.time()
+    trainer, prepared = build_trainer(
+        cfg,
+        cfg.ray.run_name,
+        data=shared.data,
+        datasets=shared.datasets,
+        callbacks=[TuneReportCallback()],
+        torch_threads=ctx.torch_threads,
+        mlflow_run=(ctx.mlflow_uri, run_id),
+    )
+    if client is not None:
+        log_dataset_inputs(client, run_id, cfg, prepared)  # the run page's Datasets, as for training
+        log_preparation(client, run_id, shared.outcome, {**marks, "fit_start": time.time()})
+    return trainer
+
+
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune trainable: fit one TorchTrainer; finish the trial's MLflow child run when it completes.
 
     A trial that ASHA stops is killed inside ``fit``; ``tuning.callbacks.SweepMlflowCallback`` (in the
     sweep driver) then finishes its child run instead.
     """
+    entered = time.time()
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from ray_jobs.driver import disable_mlflow_telemetry, setup_logging
-    from ray_jobs.run_record import log_dataset_inputs
+    from ray_jobs.profiling import process_started_at
     from ray_jobs.tracking import finish_run, get_client
-    from ray_jobs.train import best_of, build_trainer
+    from ray_jobs.train import best_of
     from tuning.mlflow_sweep import EARLY_TAG, mark_stopped, start_or_resume_child
 
+    marks = {"trial_process_start": process_started_at(), "trial_start": entered, "imports_done": time.time()}
     setup_logging()
     disable_mlflow_telemetry()
     tctx = tune.get_context()
@@ -68,17 +98,10 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     if client is not None:
         trial = (trial_id, tctx.get_trial_name())
         run_id = start_or_resume_child(client, ctx.exp_id, ctx.parent_id, ctx.sweep_name, trial, cfg, params)
+    marks["child_run_ready"] = time.time()
     logger.info("trial %s: %s (MLflow run %s)", trial_id, params, run_id or "-")
     try:
-        trainer, prepared = build_trainer(
-            cfg,
-            cfg.ray.run_name,
-            callbacks=[TuneReportCallback()],
-            torch_threads=ctx.torch_threads,
-            mlflow_run=(ctx.mlflow_uri, run_id),
-        )
-        if client is not None:
-            log_dataset_inputs(client, run_id, cfg, prepared)  # the run page's Datasets, as for training
+        trainer = _trainer(ctx, cfg, client, run_id, marks)
         result = trainer.fit()
         best, best_path = best_of(result)
         history = (result.return_value or {}).get("history", {}) if hasattr(result, "return_value") else {}

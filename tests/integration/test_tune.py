@@ -289,3 +289,12 @@ def test_bad_space_key_fails_fast_naming_the_file(sweep, tmp_path):
     assert out.returncode != 0
     assert "unknown key 'model.num_clustrs'" in out.stderr and str(space) in out.stderr
     assert not (sweep["tmp"] / "runs" / "bad").exists()
+
+
+def test_the_resumed_sweep_reused_the_tokenizer(sweep):
+    """The sweep driver trains the tokenizer once; the resumed driver loads it (counted on the parent)."""
+    client, exp_id = sweep["client"], sweep["exp_id"]
+    parent = next(r for r in client.search_runs([exp_id]) if r.data.tags.get("etva.role") == "sweep")
+    history = sorted(client.get_metric_history(parent.info.run_id, "prep/tokenizer_trained"), key=lambda m: m.timestamp)
+    assert [m.value for m in history] == [1.0, 0.0]
+    assert all(r.data.tags["etva.data.prepared_by"] == "sweep" for r in _children(client, exp_id))

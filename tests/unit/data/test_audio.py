@@ -47,3 +47,36 @@ def test_other_rate_and_partial_frames():
     assert mel.shape == (100, 16) and mask.sum() == 51  # ceil(4040 / 80)
     tiny_mel, tiny_mask = log_mel(np.ones(10, np.float32), 16000, 16, max_audio_s=1.0)
     assert tiny_mask.sum() == 1 and np.isfinite(tiny_mel).all()
+
+
+def test_equal_to_transformers_audio_utils():
+    """The numpy log-mel (no transformers import in decode processes) is transformers' own, exactly."""
+    from transformers.audio_utils import spectrogram, window_function
+
+    from etva.data.audio import _bank, _log_mel_spectrogram
+
+    rng = np.random.default_rng(0)
+    for rate, bins, seconds in [(16000, 40, 4.0), (22050, 64, 0.3), (8000, 8, 0.02)]:
+        window, filters, win, hop, n_fft = _bank(rate, bins)
+        ref_window = window_function(win, "hann", frame_length=n_fft)
+        ref_filters = mel_filter_bank(
+            num_frequency_bins=n_fft // 2 + 1, num_mel_filters=bins, min_frequency=0.0,
+            max_frequency=rate / 2, sampling_rate=rate, norm="slaney", mel_scale="slaney",
+        )  # fmt: skip
+        np.testing.assert_array_equal(window, ref_window)
+        np.testing.assert_allclose(filters, ref_filters, rtol=1e-12, atol=1e-15)
+        wave = rng.standard_normal(int(rate * seconds)).astype(np.float32)
+        ref = spectrogram(
+            wave, ref_window, frame_length=n_fft, hop_length=hop, power=2.0,
+            mel_filters=ref_filters, mel_floor=1e-10, log_mel="log10",
+        )  # fmt: skip
+        np.testing.assert_allclose(_log_mel_spectrogram(wave, window, filters, hop), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_decode_processes_do_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, ray_jobs.data; print('transformers' in sys.modules)"  # what decode tasks load
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

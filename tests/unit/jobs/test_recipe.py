@@ -25,13 +25,18 @@ def test_inputs_travel_as_one_frozen_value_under_one_key():
 def test_epoch_metrics_prefix_and_counts():
     stats = {"loss": np.float32(2.5), "clips": 12, "per_step": [1.0, 2.0]}  # lists are not metrics
     val = {"t2v_R1": np.float64(40.0), "t2v_MdR": 2}
-    m = epoch_metrics(3, stats, val, ([1, 5], [2]), truncated=1, seconds=4.5)
+    m = epoch_metrics(3, stats, val, ([1, 5], [2]), truncated=1, times=(100.0, 104.5))
     assert m == {
         "val/t2v_R1": 40.0, "val/t2v_MdR": 2.0, "train/loss": 2.5, "train/clips": 12.0, "epoch": 3,
-        "epoch_time_s": 4.5, "data/skipped_train": 2, "data/skipped_val": 1,
+        "epoch_time_s": 4.5, "timing/epoch_start": 100.0, "data/skipped_train": 2, "data/skipped_val": 1,
         "data/truncated_for_equal_batches": 1,
     }  # fmt: skip
     assert all(type(v) in (float, int) for v in m.values())
+    marks = {"process_start": 90.0, "first_batch": 99.0, "epoch_starts": [100.0]}  # only the start marks
+    first = epoch_metrics(0, {}, {}, ([], []), 0, (100.0, 101.0), marks)
+    assert {k: v for k, v in first.items() if k.startswith("timing/")} == {
+        "timing/process_start": 90.0, "timing/first_batch": 99.0, "timing/epoch_start": 100.0,
+    }  # fmt: skip
 
 
 def test_note_first_passes_items_and_times_only_the_first_arrival():
