@@ -7,7 +7,7 @@ Every row is a real run with the same budget (epochs, batch, lr) and the same se
 fixes the model init and the batch order. The data are the real synthetic dataset
 (``etva.data.synth`` MSRVTT layout: H.264/AAC files) read through the project's loaders, decoding
 (``etva.data.example.make_video_example``) and SentencePiece tokenizer, decoded once and kept in
-memory; training/evaluation use ``etva.engine`` in this process (no Ray). Each training step samples
+memory; training/evaluation use ``etva.train.engine`` in this process (no Ray). Each training step samples
 one caption per video; evaluation uses every test caption (multi-caption t2v, v2t by best caption,
 ties="average"). Prints mean and std over the seeds of R@1/5/10/MdR in both directions.
 
@@ -32,9 +32,9 @@ from etva.data.example import make_video_example
 from etva.data.sources import load_split
 from etva.data.synth import generate_dataset
 from etva.data.tokenizer import build_tokenizer, tokenize
-from etva.engine import build_optimizer, build_scheduler, evaluate, train_epoch
-from etva.losses import build_loss
 from etva.model import build_model
+from etva.train.engine import build_optimizer, build_scheduler, evaluate, train_epoch
+from etva.train.losses import build_loss
 
 ROWS = {  # name -> ModelConfig overrides
     "T4 global only": {"alignment": "global"},

@@ -7,14 +7,14 @@ the videos lacks the last expert (no audio), so two availability patterns are sc
 
 Measured side by side in one run:
   peak     a large float32 torch.matmul (this machine's dense GEMM FLOP/s), before and after;
-  fused    ``etva.retrieval.FusedScorer`` through ``score_all`` (one GEMM per pattern and block);
+  fused    ``etva.eval.similarity.FusedScorer`` through ``score_all`` (one GEMM per pattern and block);
   model    the model's own similarity functions (per-expert matmuls + elementwise mixing), same chunks;
   metrics  ``retrieval_metrics(query_chunk=...)`` and the full-matrix ``retrieval_metrics`` on the scores.
 FLOPs counted: 2 * Q * V * (E + K) * d (the multiply-adds of all cosines and cluster products).
 Peak memory: the process's high-water RSS (VmHWM), reset before each stage where Linux allows.
 
-``--engine``: instead, the evaluation's real rank-0 path, ``etva.scoring.score_streams`` (what
-``etva.engine.evaluate`` runs after encoding): every rank holds its share of the split as float32
+``--engine``: instead, the evaluation's real rank-0 path, ``etva.eval.scoring.score_streams`` (what
+``etva.train.engine.evaluate`` runs after encoding): every rank holds its share of the split as float32
 ``TextEmbedding``/``VideoEmbedding`` chunks of ``--eval-batch`` rows (as the encoders return them), the
 chunks are concatenated, gathered to rank 0 (``--world 2``: real gloo processes), deduplicated and
 scored with ``FusedScorer`` + ``score_all`` + ``retrieval_metrics(query_chunk=...)``. Reported per rank: peak
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from etva.config import ModelConfig
-from etva.metrics import retrieval_metrics
-from etva.retrieval import FusedScorer, score_all
+from etva.eval.metrics import retrieval_metrics
+from etva.eval.similarity import FusedScorer, score_all
 
 GIB = 2**30
 
@@ -60,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--skip-model", action="store_true", help="skip the model-similarity baseline")
-    p.add_argument("--engine", action="store_true", help="run etva.scoring.score_streams instead")
+    p.add_argument("--engine", action="store_true", help="run etva.eval.scoring.score_streams instead")
     p.add_argument("--world", type=int, default=1, help="--engine: gloo processes (ranks)")
     p.add_argument("--eval-batch", type=int, default=64, help="--engine: rows per encoded chunk")
     p.add_argument("--quick", action="store_true", help="6,000 queries x 300 videos, 1 round, GEMM 1024")

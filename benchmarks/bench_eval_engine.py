@@ -2,7 +2,7 @@
 
 Every rank builds its share of the split as the encoders would hand it over (float32 embedding chunks
 of ``--eval-batch`` rows, in the real ETVA shapes for ``d``, ``K`` clusters and ``E`` experts), then
-runs ``etva.scoring.score_streams`` (concatenate, gather to rank 0, dedupe, FusedScorer + score_all +
+runs ``etva.eval.scoring.score_streams`` (concatenate, gather to rank 0, dedupe, FusedScorer + score_all +
 chunked metrics). With ``--world N`` the ranks are real gloo processes (``torch.multiprocessing``).
 """
 
@@ -22,9 +22,9 @@ import torch.multiprocessing as mp
 
 from benchmarks.bench_eval import gemm_flops, peak_rss_gib, reset_peak_rss, unit
 from etva.config import ModelConfig
+from etva.eval.scoring import EncodedStream, score_streams
 from etva.model import build_model
 from etva.model.etva import TextEmbedding, VideoEmbedding
-from etva.scoring import EncodedStream, score_streams
 
 
 def _rows(n: int, rank: int, world: int) -> range:

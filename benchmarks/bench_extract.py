@@ -1,10 +1,10 @@
 """Feature extraction throughput: the Ray Data job vs a plain single-process loop, side by side in one run.
 
-Same clips (the shapes benchmark), same decode (``etva.extraction.decode_extract_batch``: PyAV sampled
+Same clips (the shapes benchmark), same decode (``etva.features.extractor.decode_extract_batch``: PyAV sampled
 decode), same encoder (a randomly initialised CLIP vision tower saved with ``save_pretrained`` and loaded
 through ``etva.model.pretrained``), same batch size and torch threads per encoder:
 
-  plain        ``etva.extraction.extract_local``: decode a batch, encode it, write shards, in one process
+  plain        ``etva.features.extractor.extract_local``: decode a batch, encode it, write shards, in one process
   ray-1actor   ``ray_jobs.extract.run_extract`` with one encoder actor (decode runs in its own task)
   ray-2actors  the same with two actors
 
@@ -29,7 +29,7 @@ import torch
 
 from etva.config import load_config
 from etva.data.synth import generate_dataset
-from etva.extraction import extract_local
+from etva.features.extractor import extract_local
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {  # CLIP vision tower sizes (random weights)

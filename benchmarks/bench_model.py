@@ -4,7 +4,7 @@ Default ``ModelConfig`` (tiny ALBERT preset, appearance/motion/audio experts, d=
 batch in the data defaults' shapes: 8 frames 64x64, 4 s of audio = 400 log-mel frames x 40 bins,
 32 text tokens, batch 32. Measured side by side in one run:
 
-  full     one training step's forward + loss + backward (``etva.engine.train_step``), no optimizer;
+  full     one training step's forward + loss + backward (``etva.train.engine.train_step``), no optimizer;
   modules  each module's forward+backward alone, on inputs of the shapes it sees in the full step
            (detached, so nothing upstream runs): text encoder, each expert (incl. its projection),
            fusion transformer, global alignment (gated units + mixture + all-pairs score), VLAD
@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from etva.config import DataConfig, LossConfig, ModelConfig
-from etva.engine import train_step
-from etva.losses import build_loss
 from etva.model import build_model
+from etva.train.engine import train_step
+from etva.train.losses import build_loss
 
 MIB = 2**20
 

@@ -1,9 +1,9 @@
-"""Ray overhead: the same `etva.engine` loop fed by Ray Data in a TorchTrainer vs a plain PyTorch DataLoader.
+"""Ray overhead: the same `etva.train.engine` loop fed by Ray Data in a TorchTrainer vs a plain PyTorch DataLoader.
 
 Measured side by side in one run, on the shapes benchmark at the default clip settings; every epoch is a
 training pass and an evaluation of the val split, in both paths:
 
-  A  plain process: `etva.engine.train_epoch` / `evaluate` over `torch.utils.data.DataLoader`s whose
+  A  plain process: `etva.train.engine.train_epoch` / `evaluate` over `torch.utils.data.DataLoader`s whose
      `num_workers` decode processes call the same per-row transform (`etva.data.example.make_video_example`);
   B  a 1-worker `TorchTrainer` fed by the Ray Data pipeline (`ray_jobs.data`, same number of decode tasks),
      decoding every epoch (`data.cache=none`);
@@ -12,7 +12,7 @@ training pass and an evaluation of the val split, in both paths:
 
 Figures are the steady state (epochs 2..N): training-pass clips/s and data-stall share, training-pass time,
 training pass + evaluation, and the whole epoch (start of one epoch to the start of the next: training,
-evaluation and the checkpoint, which the plain path writes too with `etva.checkpoint.save_checkpoint`). Start-up is split by marks the
+evaluation and the checkpoint, which the plain path writes too with `etva.train.checkpoint.save_checkpoint`). Start-up is split by marks the
 worker returns (`ray_jobs.recipe.TrainRecipe.run`): fit() -> worker process created -> training loop
 entered -> setup done -> first training batch.
 
@@ -92,9 +92,9 @@ def run_plain(cfg, prepared, epochs: int, decode_procs: int, label: str = "plain
     """Path A: per epoch, a training pass, an evaluation of the val split and a checkpoint, as the Ray
     worker does; returns per-epoch figures under the Ray history's key names (``epoch_period_s``: the
     whole epoch, checkpoint included)."""
-    from etva.checkpoint import save_checkpoint
-    from etva.engine import evaluate, train_epoch
-    from etva.training import build_training
+    from etva.train.checkpoint import save_checkpoint
+    from etva.train.engine import evaluate, train_epoch
+    from etva.train.state import build_training
     from ray_jobs.batches import eval_caption_batches
     from ray_jobs.profiling import profile_for_epoch
 

@@ -4,10 +4,10 @@
       videos x 20 captions, made on the spot (no video files: the loader counts them as missing), then
       ``etva.data.load_records`` + ``etva.data.tokenizer.train_tokenizer`` + ``tokenize``;
   (b) evaluation: random unit embeddings in the default model's shapes for V videos x 20 captions, scored
-      as ``etva.engine.evaluate`` scores them (``FusedScorer.from_embeddings`` + ``score_all``), then
+      as ``etva.train.engine.evaluate`` scores them (``FusedScorer.from_embeddings`` + ``score_all``), then
       ``retrieval_metrics`` (the engine's full-matrix metrics) where it fits in memory, and
       ``retrieval_metrics(query_chunk=...)``; time and peak RSS above the start of the stage;
-  (c) epoch time vs number of clips: ``etva.engine.train_epoch`` in this process on random inputs of the
+  (c) epoch time vs number of clips: ``etva.train.engine.train_epoch`` in this process on random inputs of the
       default (tiny) config, batch 32; workers are covered by ``benchmarks.bench_ray_overhead``;
   (d) sweep wall time vs trials and ``max_concurrent_trials``: MODELLED from (c), not measured (a Ray Tune
       sweep on this 2-core machine takes longer than this benchmark's budget).
@@ -33,11 +33,11 @@ from benchmarks.bench_eval import peak_rss_gib, reset_peak_rss
 from etva.config import DataConfig, LossConfig, ModelConfig, OptimConfig
 from etva.data import load_records
 from etva.data.tokenizer import tokenize, train_tokenizer
-from etva.engine import build_optimizer, build_scheduler, train_epoch
-from etva.losses import build_loss
-from etva.metrics import retrieval_metrics
+from etva.eval.metrics import retrieval_metrics
+from etva.eval.similarity import FusedScorer, score_all
 from etva.model import build_model
-from etva.retrieval import FusedScorer, score_all
+from etva.train.engine import build_optimizer, build_scheduler, train_epoch
+from etva.train.losses import build_loss
 
 GIB = 2**30
 CAPTIONS = 20

@@ -5,8 +5,8 @@ and the cost of building the video index vs re-using it (measured side by side i
     python -m benchmarks.bench_search --quick   # no checkpoint needed: see below
 
 ``--quick`` makes its own checkpoint: 120 shapes clips at the ``ray_jobs/configs/tiny.yaml`` settings, a
-SentencePiece tokenizer on the train captions, the tiny model trained in this process (``etva.engine``,
-15 epochs of the 1k-A train split, one random caption per clip), saved with ``etva.checkpoint``.
+SentencePiece tokenizer on the train captions, the tiny model trained in this process (``etva.train.engine``,
+15 epochs of the 1k-A train split, one random caption per clip), saved with ``etva.train.checkpoint``.
 
 The test split's videos are linked into a fresh folder; queries are (a) the split's own caption per video
 (the JSFusion-style test csv, what `val t2v R@5` measures) and (b) every caption of those videos.
@@ -24,16 +24,16 @@ import numpy as np
 import torch
 import yaml
 
-from etva.checkpoint import save_checkpoint
 from etva.config import config_to_dict, load_config
 from etva.data.example import make_video_example
 from etva.data.sources import load_records
 from etva.data.synth import generate_dataset
 from etva.data.tokenizer import tokenize, train_tokenizer
-from etva.engine import build_optimizer, build_scheduler, train_epoch
-from etva.losses import build_loss
 from etva.model import build_model
 from etva.search import load_searcher, search, update_index
+from etva.train.checkpoint import save_checkpoint
+from etva.train.engine import build_optimizer, build_scheduler, train_epoch
+from etva.train.losses import build_loss
 
 
 def top5_share(searcher, index, queries: list[tuple[str, str]]) -> float:

@@ -1,12 +1,12 @@
 """Epoch time training from a Parquet feature store vs from raw clips, same model otherwise.
 
 Shapes benchmark (1k-A train split), plain process (no Ray), one epoch = every train video once with one
-random caption, batch 16, ``etva.engine.train_epoch``. Data loading is serial and included in both:
+random caption, batch 16, ``etva.train.engine.train_epoch``. Data loading is serial and included in both:
 
   raw       ``make_video_example`` decodes each clip (PyAV frames + log-mel); built-in CNN experts
   features  ``make_video_example`` with ``data.decode_clips=false`` reads the store (videos moved away);
             features experts (CLIP per-frame, VideoMAE time tokens, AST time tokens from tiny random
-            encoders, extracted first by ``etva.extraction.extract_local``)
+            encoders, extracted first by ``etva.features.extractor.extract_local``)
 
     python -m benchmarks.bench_train_features --num-videos 160 --epochs 2
 """
@@ -28,10 +28,10 @@ from etva.data import load_records
 from etva.data.example import make_video_example
 from etva.data.synth import generate_dataset
 from etva.data.tokenizer import tokenize, train_tokenizer
-from etva.engine import build_optimizer, train_epoch
-from etva.extraction import extract_local, index_rows
-from etva.losses import build_loss
+from etva.features.extractor import extract_local, index_rows
 from etva.model import build_model
+from etva.train.engine import build_optimizer, train_epoch
+from etva.train.losses import build_loss
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128)

@@ -8,14 +8,14 @@ batch 128 of 32 text tokens and 32 feature tokens per expert (a quarter of the c
 
 Measured in one run, printed as ONE table:
 
-  train fp32 / bf16   a full training step (``etva.engine.train_step`` + backward + clip + AdamW), steps/s
+  train fp32 / bf16   a full training step (``etva.train.engine.train_step`` + backward + clip + AdamW), steps/s
                       and peak memory (``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS);
   GEMM peak           a large matmul in fp32 and bf16 (the achievable dense FLOP/s of this device);
-  fused eval          MSRVTT-Full shape (59,800 captions x 2,990 videos): ``etva.engine.evaluate`` end to
+  fused eval          MSRVTT-Full shape (59,800 captions x 2,990 videos): ``etva.train.engine.evaluate`` end to
                       end (encode + FusedScorer/score_all + retrieval metrics); then, on the same
                       embeddings, the FusedScorer GEMMs alone (TFLOP/s vs the fp32 GEMM peak), ``score_all``
                       (with the copy to host) and ``retrieval_metrics(query_chunk=...)``;
-  resume              model + AdamW stepped, saved with ``etva.checkpoint``, loaded into a fresh model moved
+  resume              model + AdamW stepped, saved with ``etva.train.checkpoint``, loaded into a fresh model moved
                       to the device: every non-scalar optimizer state tensor on its parameter's device, one step.
 
     python -m benchmarks.gpu_check                      # on the GPU machine (< 6 minutes on an H200)
@@ -34,14 +34,14 @@ import numpy as np
 import torch
 
 from benchmarks.gpu_model import QUICK, Sizes, build, model_config, step, sync, text_inputs, video_inputs
-from etva.checkpoint import load_checkpoint, save_checkpoint
 from etva.config import Config, LossConfig, OptimConfig
-from etva.engine import build_optimizer, build_scheduler, evaluate
-from etva.losses import build_loss
-from etva.metrics import retrieval_metrics
+from etva.eval.metrics import retrieval_metrics
+from etva.eval.similarity import FusedScorer, score_all
 from etva.model import TextEmbedding, VideoEmbedding, build_model
-from etva.retrieval import FusedScorer, score_all
-from etva.training import build_training
+from etva.train.checkpoint import load_checkpoint, save_checkpoint
+from etva.train.engine import build_optimizer, build_scheduler, evaluate
+from etva.train.losses import build_loss
+from etva.train.state import build_training
 
 GIB = 2**30
 
@@ -179,7 +179,7 @@ def _state_devices(opt: torch.optim.Optimizer) -> tuple[int, list[str]]:
 def _resume(ckpt: dict, s: Sizes, device: torch.device, load_then_move: bool, batch: dict):
     """A fresh model resumed from ``ckpt`` onto ``device``.
 
-    ``load_then_move=False``: the training code's path, ``etva.training.build_training`` (modules on the
+    ``load_then_move=False``: the training code's path, ``etva.train.state.build_training`` (modules on the
     device first, then the optimizer state loaded); ``True``: for contrast, everything loaded on the CPU,
     then the modules moved (the order torch warns about). Returns ``(state tensors checked, [misplaced],
     loss or error text)``.
@@ -214,7 +214,7 @@ def _sub(state: dict, prefix: str) -> dict:
 
 
 def bench_resume(s: Sizes, device: torch.device) -> dict:
-    """Train a step, checkpoint with ``etva.checkpoint``, resume onto ``device`` in both orders."""
+    """Train a step, checkpoint with ``etva.train.checkpoint``, resume onto ``device`` in both orders."""
     g = torch.Generator().manual_seed(3)
     batch = {**text_inputs(s.batch, s, device, g), **video_inputs(s.batch, s, device, g)}
     model, loss_fn, opt = build(s, device)
@@ -293,7 +293,7 @@ def run_checks(s: Sizes, device: torch.device) -> list[tuple[str, str, str]]:
     rows.append(("  retrieval_metrics (chunked)", f"{e['t_metrics']:.2f} s", f"metrics {same}"))
     r = bench_resume(s, device)
     rows.append((
-        "resume: etva.training.build_training", f"ok, {r['t_resume']:.2f} s",
+        "resume: etva.train.state.build_training", f"ok, {r['t_resume']:.2f} s",
         f"{r['checked']} state tensors on the device, step loss {r['loss']:.3f}",
     ))  # fmt: skip
     checked, bad, loss = r["job_order"]

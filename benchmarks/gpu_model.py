@@ -8,9 +8,9 @@ import dataclasses
 import torch
 
 from etva.config import ExpertConfig, LossConfig, ModelConfig, OptimConfig, TextConfig
-from etva.engine import build_optimizer, train_step
-from etva.losses import build_loss
 from etva.model import build_model
+from etva.train.engine import build_optimizer, train_step
+from etva.train.losses import build_loss
 
 
 @dataclasses.dataclass
@@ -94,7 +94,7 @@ def build(s: Sizes, device: torch.device, seed: int = 0):
 
 
 def step(model, loss_fn, opt, batch: dict, dtype: torch.dtype | None) -> float:
-    """One training step as ``etva.engine.train_epoch`` does it; ``dtype`` = autocast dtype or None."""
+    """One training step as ``etva.train.engine.train_epoch`` does it; ``dtype`` = autocast dtype or None."""
     device = next(model.parameters()).device
     with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         total, _ = train_step(model, loss_fn, batch)

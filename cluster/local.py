@@ -59,7 +59,7 @@ from cluster.local_state import (
     wait_until,
     write_record,
 )
-from etva.settings import CLI_LOG_FORMAT, setup_logging
+from etva.config.settings import CLI_LOG_FORMAT, setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Inference with a trained checkpoint: load it, encode texts, encode videos.
 
 One implementation for every consumer (``etva search``, the MLflow pictures of ``ray_jobs.pictures``,
-evaluation): :func:`load_trained` turns a checkpoint directory (``etva.checkpoint`` layout: model.pt,
+evaluation): :func:`load_trained` turns a checkpoint directory (``etva.train.checkpoint`` layout: model.pt,
 meta.json, config.yaml, tokenizer/) into ``(model in eval mode, Config, tokenizer)``;
 :func:`encode_texts` / :func:`encode_tokens` give a :class:`TextEmbedding`; :func:`encode_videos` turns
 decoded examples (``make_video_example`` dicts) into a :class:`VideoEmbedding`,
@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import yaml
 
-from etva.checkpoint import CheckpointError, load_checkpoint
 from etva.config import Config, apply_overrides, config_from_dict
 from etva.data.example import SKIPPABLE_ERRORS, make_video_example
 from etva.data.records import ClipRecord
 from etva.data.tokenizer import load_tokenizer, tokenize
 from etva.model import ETVA, TextEmbedding, VideoEmbedding, build_model
+from etva.train.checkpoint import CheckpointError, load_checkpoint
 
 __all__ = [
     "TrainedState",

@@ -127,7 +127,7 @@ def load_searcher(ckpt_dir: str | os.PathLike) -> Searcher:
 
     Raises:
         SearchError: no model.pt in ``ckpt_dir``.
-        etva.checkpoint.CheckpointError: an incomplete checkpoint (no config.yaml or tokenizer/ folder, ...).
+        etva.train.checkpoint.CheckpointError: an incomplete checkpoint (no config.yaml or tokenizer/ folder, ...).
     """
     root = Path(ckpt_dir)
     if not (root / "model.pt").is_file():

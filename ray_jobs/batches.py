@@ -187,7 +187,7 @@ def eval_caption_batches(captions: dict, rank: int, world: int, batch_size: int)
 
 def gather_skips(tracker: SkipTracker, world: int) -> tuple[list[int], int, int]:
     """(skipped video indices, clips seen, clips truncated) summed over every rank."""
-    from etva.distributed import gather_objects
+    from etva.train.distributed import gather_objects
 
     mine = (sorted(tracker.skipped), tracker.seen, tracker.truncated)
     parts = gather_objects(mine) if world > 1 else [mine]

@@ -1,7 +1,7 @@
 """What every job driver (train, evaluate, sweep, extract) does before its own work, in one place.
 
 - :func:`setup_logging`: one log format, library chatter quiet (one line per epoch plus errors);
-- :func:`job_parser`: ``--config`` (default :data:`etva.settings.DEFAULT_CONFIG`) and ``a.b=c`` overrides;
+- :func:`job_parser`: ``--config`` (default :data:`etva.config.settings.DEFAULT_CONFIG`) and ``a.b=c`` overrides;
 - :func:`load_job_config`: load the config and make its data paths absolute (workers run elsewhere);
 - :func:`init_ray`: connect to the cluster (or start a local one), with the environment our jobs need;
 - :func:`storage_path`: where Ray Train / Tune keep runs and checkpoints.
@@ -14,8 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from etva import settings
-from etva.config import Config, load_config
+from etva.config import Config, load_config, settings
 
 __all__ = [
     "setup_logging",
@@ -38,7 +37,7 @@ QUIET_ENV = {
 def setup_logging(level: int = logging.INFO) -> None:
     """The project's log format on the root logger, libraries quiet: one line per epoch plus warnings and
     errors in a job log (idempotent: safe in every worker and driver). The library's
-    :func:`etva.settings.setup_logging`, plus MLflow's printing and Ray Train's per-report lines."""
+    :func:`etva.config.settings.setup_logging`, plus MLflow's printing and Ray Train's per-report lines."""
     _quiet_train_reports(level)  # first: importing Ray Train imports Ray Data, which sets its logger to DEBUG
     settings.setup_logging(level)
     for key, value in QUIET_ENV.items():

@@ -17,9 +17,9 @@ import time
 import uuid
 from pathlib import Path
 
-from etva import settings
+from etva.config import settings
+from etva.eval.metrics import format_table
 from etva.inference import read_trained
-from etva.metrics import format_table
 from ray_jobs.driver import add_overrides, init_ray, resolve_paths, setup_logging, storage_path
 
 logger = logging.getLogger("etva.evaluate")
@@ -104,7 +104,7 @@ def _log_to_mlflow(cfg, split: str, checkpoint: str, metrics: dict) -> None:
 
     tags = {
         "etva.kind": "evaluation",
-        "etva.checkpoint": checkpoint,
+        "etva.train.checkpoint": checkpoint,
         "git_commit": settings.git_commit(),
         "ray_job_submission_id": job_submission_id(),
         "dataset": cfg.data.dataset,

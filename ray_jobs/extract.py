@@ -23,7 +23,7 @@ from pathlib import Path
 
 from etva.config import Config
 from etva.data import load_records
-from etva.extraction import (
+from etva.features.extractor import (
     BatchEncoder,
     ExpertJob,
     StoreSink,

@@ -28,11 +28,11 @@ from etva.data.decode import decode_clip
 from etva.data.example import SKIPPABLE_ERRORS
 from etva.data.records import ClipRecord
 from etva.data.tokenizer import tokenize
+from etva.eval.similarity import score_all
 from etva.inference import encode_records, encode_tokens, load_trained
 from etva.model import ETVA, TextEmbedding, VideoEmbedding
 from etva.model.alignment import mixture_weights
-from etva.retrieval import score_all
-from etva.viz import (
+from etva.viz.figures import (
     expert_mixture_bars,
     png_bytes,
     ranks_from_similarity,

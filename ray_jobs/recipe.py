@@ -6,7 +6,7 @@ the evaluation job's worker (:func:`eval_loop_per_worker`) runs the same evaluat
 Inputs arrive as one frozen, typed :class:`WorkerInputs` (built by the driver in ``ray_jobs.train``) or
 :class:`EvalInputs` (``ray_jobs.evaluate``);
 the shards come from Ray Data (``ray_jobs.data``) and become batches in ``ray_jobs.batches``; the math is
-``etva.engine``. Rank 0 writes the checkpoint (atomically) and logs each epoch to MLflow only after Ray
+``etva.train.engine``. Rank 0 writes the checkpoint (atomically) and logs each epoch to MLflow only after Ray
 has committed that checkpoint, so a resumed run never logs an epoch twice.
 """
 
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from etva import engine
-from etva.checkpoint import load_checkpoint, save_checkpoint
 from etva.config import Config
 from etva.inference import build_trained_model
+from etva.train import engine
+from etva.train.checkpoint import load_checkpoint, save_checkpoint
 from ray_jobs.batches import (
     EpochPrefetch,
     SkipTracker,
@@ -106,7 +106,7 @@ def evaluate_split(
     device: torch.device,
 ) -> tuple[dict[str, float], list[int]]:
     """Score one split over all ranks: every rank encodes its ``shard`` of videos and its share of the
-    captions, ``etva.engine.evaluate`` gathers and scores, then the ranks agree on the skipped clips and
+    captions, ``etva.train.engine.evaluate`` gathers and scores, then the ranks agree on the skipped clips and
     fail when too many were skipped (``data.max_skip_fraction``). Returns (metrics, skipped indices
     into ``video_ids``)."""
     import ray.train
@@ -145,7 +145,7 @@ class TrainRecipe:
 
     def setup(self) -> None:
         """Build model, loss, optimizer, schedule (and fp16 scaler) on the device; resume from the last
-        checkpoint (``etva.training.build_training`` loads optimizer state after the move to the device)."""
+        checkpoint (``etva.train.state.build_training`` loads optimizer state after the move to the device)."""
         import ray.train
         import ray.train.torch
 
@@ -156,7 +156,7 @@ class TrainRecipe:
             with ckpt.as_directory() as d:
                 state = load_checkpoint(d)
         self.train_shard = ray.train.get_dataset_shard("train")
-        from etva.training import build_training, start_epoch
+        from etva.train.state import build_training, start_epoch
 
         self._read_ahead(start_epoch(state))  # Ray Data starts up while the model is built (2 s of imports)
 

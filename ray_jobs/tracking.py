@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from etva import settings
-from etva.config import Config, config_to_dict, flatten
+from etva.config import Config, config_to_dict, flatten, settings
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +274,7 @@ def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str) -> Path:
     """
     import mlflow.artifacts
 
-    from etva.checkpoint import MANIFEST, verify_checkpoint
+    from etva.train.checkpoint import MANIFEST, verify_checkpoint
 
     client = get_client(tracking_uri)
     source = resolve_model_uri(client, uri) if uri.startswith("models:/") else uri

@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 from etva.config import Config, config_to_dict
-from etva.metrics import format_table, selection_key
-from etva.settings import git_commit
+from etva.config.settings import git_commit
+from etva.eval.metrics import format_table, selection_key
 from ray_jobs.driver import add_overrides, init_ray, job_parser, load_job_config, setup_logging, storage_path
 
 logger = logging.getLogger("etva.train")
@@ -142,7 +142,7 @@ def build_trainer(
 
 
 def best_of(result) -> tuple[dict, str | None]:
-    """Best reported metrics and checkpoint path (the project's selection rule, etva.metrics)."""
+    """Best reported metrics and checkpoint path (the project's selection rule, etva.eval.metrics)."""
     best = getattr(result, "best_checkpoints", None) or []
     if not best:
         return (result.metrics or {}), (result.checkpoint.path if result.checkpoint else None)
@@ -178,7 +178,7 @@ def _log_inputs(client, run_id: str, cfg: Config, prepared: dict) -> None:
 
 
 def _log_outputs(client, run_id: str, best_path: str | None, prepared: dict) -> None:
-    from etva.checkpoint import load_checkpoint
+    from etva.train.checkpoint import load_checkpoint
     from ray_jobs.pictures import log_pictures_safely  # never raises: a warning on failure
     from ray_jobs.tracking import log_dict
 

@@ -14,7 +14,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from etva.metrics import is_better
+from etva.eval.metrics import is_better
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import math
 from typing import Any
 
 from etva.config import Config
-from etva.metrics import HEADLINE_METRICS, selection_key
-from etva.settings import git_commit
+from etva.config.settings import git_commit
+from etva.eval.metrics import HEADLINE_METRICS, selection_key
 from ray_jobs.run_record import source_tags
 from ray_jobs.tracking import (
     RUN_NAME_TAG,

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from etva.config import Config, ConfigError, config_to_dict
-from etva.settings import DEFAULT_SPACE, REPO, git_commit
+from etva.config.settings import DEFAULT_SPACE, REPO, git_commit
 from ray_jobs.driver import (
     add_overrides,
     disable_mlflow_telemetry,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from etva.cli import seam
 from etva.cli.errors import UsageError
-from etva.settings import DEFAULT_CONFIG, DEFAULT_SPACE, REPO, UNKNOWN_COMMIT, git_commit, tracking_uri
+from etva.config.settings import DEFAULT_CONFIG, DEFAULT_SPACE, REPO, UNKNOWN_COMMIT, git_commit, tracking_uri
 
 __all__ = ["add_train_parser", "add_tune_parser", "add_eval_parser", "check_url", "build_job", "run"]
 
@@ -188,7 +188,7 @@ def _load_config(config: str | None, overrides: list[str], source_yaml: str | No
             )
         return load_config(config, overrides)
     except ConfigError as e:
-        raise _usage_error(str(e), "see ray_jobs/configs/*.yaml and etva/config.py for the keys") from e
+        raise _usage_error(str(e), "see ray_jobs/configs/*.yaml and etva/config/__init__.py for the keys") from e
 
 
 def _config_path(config: str, working_dir: Path, relative: bool) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from etva.cli import best, data, jobs, search
 from etva.cli.errors import UsageError
-from etva.settings import CLI_LOG_FORMAT, setup_logging
+from etva.config.settings import CLI_LOG_FORMAT, setup_logging
 
 __all__ = ["UsageError", "COMMANDS", "build_parser", "main"]
 
@@ -39,7 +39,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     for entry in (
         "etva.config:ConfigError",
         "etva.data.synth:SynthError",
-        "etva.checkpoint:CheckpointError",
+        "etva.train.checkpoint:CheckpointError",
         "etva.search:SearchError",
     ):
         module, name = entry.split(":")

@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``etva search``: prints the top-k clips per query; 0 on success."""
     import torch
 
-    from etva.contact_sheet import write_contact_sheet
     from etva.search import load_searcher, search, update_index
+    from etva.viz.contact_sheet import write_contact_sheet
 
     queries = _queries(args)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), args.workers)))

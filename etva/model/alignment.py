@@ -97,7 +97,7 @@ class GlobalAlignment(nn.Module):
         """text (Bt, E, d), logits (Bt, E), video (Bv, E, d), available (Bv, E) -> (Bt, Bv).
 
         One (Bt, Bv) matmul per expert; never materialises (Bt, Bv, E, d). The mixture is masked in
-        logit space per availability pattern (same values as ``etva.retrieval.FusedScorer``).
+        logit space per availability pattern (same values as ``etva.eval.similarity.FusedScorer``).
         """
         w, pattern_of = _pattern_weights(logits, available)  # (Bt, P, E), (Bv,)
         out = text.new_zeros((text.shape[0], video.shape[0]))

@@ -22,8 +22,8 @@ def checkpoint(tmp_path_factory):
     """A 41-video test split with one missing and one corrupt clip, and an untrained checkpoint."""
     import torch
 
-    from etva.checkpoint import save_checkpoint
     from etva.model import build_model
+    from etva.train.checkpoint import save_checkpoint
     from ray_jobs.prepare import prepare_splits, tokenizer_files
 
     root = tmp_path_factory.mktemp("shapes41")

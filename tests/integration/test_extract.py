@@ -15,7 +15,7 @@ import pytest
 from etva.config import load_config
 from etva.data.feature_store import FeatureStore, open_stores
 from etva.data.synth import generate_dataset
-from etva.extraction import FAIL_AFTER_ENV, extract_local
+from etva.features.extractor import FAIL_AFTER_ENV, extract_local
 from ray_jobs.extract import extraction_rows, main, run_extract
 
 REPO = Path(__file__).resolve().parents[2]

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import torch
 
-from etva.metrics import retrieval_metrics
-from etva.viz import GT_RGB
+from etva.eval.metrics import retrieval_metrics
+from etva.viz.figures import GT_RGB
 from ray_jobs.pictures import PICTURES, load_trained, log_pictures, make_pictures, score_split
 from tests.integration.tiny_checkpoint import tiny_checkpoint
 

@@ -207,7 +207,7 @@ def test_resume_did_not_rerun_finished_trials(sweep):
 
 
 def test_best_pick_registers_and_loads_the_champion(sweep, tmp_path):
-    from etva.checkpoint import load_checkpoint
+    from etva.train.checkpoint import load_checkpoint
     from tuning.best import download_champion, pick_best
 
     client, exp_id = sweep["client"], sweep["exp_id"]

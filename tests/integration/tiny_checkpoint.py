@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from etva.checkpoint import save_checkpoint
 from etva.config import config_to_dict, load_config
 from etva.data.synth import generate_dataset
 from etva.model import build_model
+from etva.train.checkpoint import save_checkpoint
 from ray_jobs.prepare import prepare_splits, tokenizer_files
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from etva.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from etva.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _state():

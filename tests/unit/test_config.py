@@ -198,11 +198,11 @@ def test_subset_spellings_match_the_msrvtt_loader():
 def test_choices_match_the_component_registries():
     from etva.config import Alignment, Dataset, ExpertKind, LossKind, TextPreset, VladMode
     from etva.data.sources import SOURCES
-    from etva.losses import LOSS_KINDS
     from etva.model.etva import ALIGNMENTS
     from etva.model.experts import EXPERT_BUILDERS
     from etva.model.netvlad import VLAD_MODES
     from etva.model.text import TEXT_PRESETS
+    from etva.train.losses import LOSS_KINDS
 
     pairs = [
         (Dataset, SOURCES), (TextPreset, TEXT_PRESETS), (ExpertKind, EXPERT_BUILDERS),

@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from etva.config import ExpertConfig, LossConfig, ModelConfig, OptimConfig, TextConfig
-from etva.engine import (
+from etva.eval.metrics import retrieval_metrics
+from etva.model import build_model
+from etva.train.engine import (
     build_optimizer,
     build_scheduler,
     evaluate,
     move_batch,
     train_epoch,
 )
-from etva.losses import build_loss
-from etva.metrics import retrieval_metrics
-from etva.model import build_model
+from etva.train.losses import build_loss
 
 torch.set_num_threads(2)
 

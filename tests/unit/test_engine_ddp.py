@@ -14,9 +14,9 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from etva.config import ExpertConfig, LossConfig, ModelConfig, TextConfig
-from etva.engine import evaluate, train_step
-from etva.losses import build_loss
 from etva.model import build_model
+from etva.train.engine import evaluate, train_step
+from etva.train.losses import build_loss
 
 WORLD, B, VOCAB = 2, 6, 40
 

@@ -43,7 +43,7 @@ def test_quick_cpu_mode_prints_one_full_table():
         "FusedScorer GEMMs",
         "score_all (+ copy to host)",
         "retrieval_metrics (chunked)",
-        "resume: etva.training.build_training",
+        "resume: etva.train.state.build_training",
         "resume: load, then to(device) (contrast)",
     ]
     text = out.stdout

@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from etva.checkpoint import CheckpointError, save_checkpoint
 from etva.config import ConfigError, config_to_dict, load_config
 from etva.data.records import ClipRecord
 from etva.data.sources import load_records
@@ -28,6 +27,7 @@ from etva.inference import (
     stack_examples,
 )
 from etva.model import build_model
+from etva.train.checkpoint import CheckpointError, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_VIDEOS = 12

@@ -1,4 +1,4 @@
-"""Tests for etva.losses: hand-computed values, directions, margin variants, ETVALoss parts."""
+"""Tests for etva.train.losses: hand-computed values, directions, margin variants, ETVALoss parts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from etva.config import LossConfig
-from etva.losses import build_loss, infonce_loss, max_margin_loss
+from etva.train.losses import build_loss, infonce_loss, max_margin_loss
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from etva.metrics import (
+from etva.eval.metrics import (
     METRIC_NAMES,
     SELECTION_METRIC,
     TIE_BREAK_METRIC,
@@ -174,7 +174,7 @@ def test_torch_input_and_bf16() -> None:
 def test_missing_video_excluded_or_error(caplog: pytest.LogCaptureFixture) -> None:
     sim = np.array([[0.9, 0.1, 0.8], [0.2, 0.7, 0.9]], dtype=np.float32)
     qv = np.array([0, 1])  # video 2 has no caption
-    with caplog.at_level(logging.WARNING, logger="etva.metrics"):
+    with caplog.at_level(logging.WARNING, logger="etva.eval.metrics"):
         out = retrieval_metrics(sim, qv)
     assert "1 of 3 videos have no caption" in caplog.text and "[2]" in caplog.text
     assert out["v2t_R1"] == 100.0  # videos 0 and 1 rank their caption first

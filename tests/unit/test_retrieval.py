@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from etva.metrics import retrieval_metrics
-from etva.retrieval import FusedScorer, score_all
+from etva.eval.metrics import retrieval_metrics
+from etva.eval.similarity import FusedScorer, score_all
 
 torch.set_num_threads(1)
 

@@ -20,18 +20,18 @@ import torch
 import yaml
 
 from etva import search as search_mod
-from etva.checkpoint import save_checkpoint
 from etva.cli import main
 from etva.config import config_to_dict, load_config
-from etva.contact_sheet import png_bytes
 from etva.data.example import make_video_example
 from etva.data.sources import load_records
 from etva.data.synth import generate_dataset
 from etva.data.tokenizer import tokenize, train_tokenizer
-from etva.engine import build_optimizer, evaluate
-from etva.losses import build_loss
 from etva.model import build_model
 from etva.search import VideoIndex, list_videos, load_searcher, search, update_index
+from etva.train.checkpoint import save_checkpoint
+from etva.train.engine import build_optimizer, evaluate
+from etva.train.losses import build_loss
+from etva.viz.contact_sheet import png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(2)

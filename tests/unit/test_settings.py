@@ -1,4 +1,4 @@
-"""etva.settings: the defaults and shared rules every entry point asks for."""
+"""etva.config.settings: the defaults and shared rules every entry point asks for."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from etva import settings
-from etva.metrics import selection_key
+from etva.config import settings
+from etva.eval.metrics import selection_key
 
 
 def test_tracking_uri_is_the_given_value_else_the_environment(monkeypatch):

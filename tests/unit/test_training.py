@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from etva.checkpoint import load_checkpoint, save_checkpoint
 from etva.config import Config, LossConfig, OptimConfig, TrainConfig
-from etva.engine import build_scheduler, evaluate, train_epoch, train_step
-from etva.precision import autocast, make_grad_scaler
-from etva.training import TrainingState, build_training
+from etva.train.checkpoint import load_checkpoint, save_checkpoint
+from etva.train.engine import build_scheduler, evaluate, train_epoch, train_step
+from etva.train.precision import autocast, make_grad_scaler
+from etva.train.state import TrainingState, build_training
 from tests.unit.test_engine import CAPTION_KEYS, VIDEO_KEYS, WORDS, _setup, batches, make_split, tiny_cfg
 
 torch.set_num_threads(2)

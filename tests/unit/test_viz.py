@@ -1,4 +1,4 @@
-"""etva.viz: valid PNGs, sizes that follow the inputs, the gallery frames the right clip, curves match metrics."""
+"""etva.viz.figures: valid PNGs, sizes that follow the inputs, the gallery frames the right clip, curves match metrics."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from etva.metrics import retrieval_metrics
-from etva.viz import (
+from etva.eval.metrics import retrieval_metrics
+from etva.viz.figures import (
     GT_RGB,
     expert_mixture_bars,
     png_bytes,

@@ -18,10 +18,10 @@ from etva.data.feature_store import FeatureStoreWriter, register_store
 from etva.data.sources.features import FeatureError
 from etva.data.synth import generate_dataset
 from etva.data.tokenizer import tokenize, train_tokenizer
-from etva.engine import build_optimizer, build_scheduler, evaluate, train_epoch
-from etva.extraction import extract_local, index_rows
-from etva.losses import build_loss
+from etva.features.extractor import extract_local, index_rows
 from etva.model import build_model
+from etva.train.engine import build_optimizer, build_scheduler, evaluate, train_epoch
+from etva.train.losses import build_loss
 
 REPO = Path(__file__).resolve().parents[3]
 torch.set_num_threads(2)

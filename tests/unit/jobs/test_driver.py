@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from etva import settings
-from etva.config import ConfigError
+from etva.config import ConfigError, settings
 from ray_jobs.driver import add_overrides, job_parser, load_job_config, setup_logging, storage_path
 
 

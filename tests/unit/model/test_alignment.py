@@ -72,7 +72,7 @@ def test_prior_must_be_positive():
 
 def test_large_logit_gap_with_top_expert_unavailable_matches_fused_scorer():
     """Gap 200 (exp underflows in fp32): masking in logit space keeps the other experts' weights."""
-    from etva.retrieval import FusedScorer
+    from etva.eval.similarity import FusedScorer
 
     g = torch.Generator().manual_seed(0)
     t = torch.nn.functional.normalize(torch.randn(2, 3, 4, generator=g), dim=-1)

@@ -115,7 +115,7 @@ def test_disabled_experts_and_config_errors(make_cfg):
 @pytest.mark.parametrize("alignment", ["global", "local", "both"])
 def test_fused_scorer_matches_model_similarity(alignment, make_cfg, make_batch):
     """The evaluation's one-GEMM scorer gives the model's own fused score (missing audio included)."""
-    from etva.retrieval import FusedScorer
+    from etva.eval.similarity import FusedScorer
 
     model = _model(make_cfg, alignment=alignment, alpha=0.3)
     batch = make_batch(b=5)

@@ -24,7 +24,7 @@ raise (``missing="error"``); they stay candidates for t2v.
 
 The per-query counting (h, e, m) is done in ONE place, :func:`count_ranks`, streaming over query-row
 chunks (one chunk = the whole matrix); :func:`retrieval_metrics`,
-:func:`retrieval_metrics` with ``query_chunk`` and :func:`etva.viz.ranks_from_similarity` all use it
+:func:`retrieval_metrics` with ``query_chunk`` and :func:`etva.viz.figures.ranks_from_similarity` all use it
 and hand the counts to the same :func:`rank_outcomes` / :func:`summarize`, so their numbers agree.
 
 Model selection (checkpoints, sweep trials, ``etva best``) uses one rule, :func:`selection_key`:

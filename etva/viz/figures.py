@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from etva.metrics import check_inputs, count_ranks, rank_outcomes
+from etva.eval.metrics import check_inputs, count_ranks, rank_outcomes
 
 __all__ = [
     "GT_COLOUR",
@@ -189,7 +189,7 @@ def expert_mixture_bars(queries: Sequence[str], weights: np.ndarray, expert_name
 
 
 def ranks_from_similarity(sim, query_to_video) -> dict[str, np.ndarray]:
-    """0-based (expected, ties averaged) ranks of the ground truth, as in :mod:`etva.metrics`.
+    """0-based (expected, ties averaged) ranks of the ground truth, as in :mod:`etva.eval.metrics`.
 
     Returns ``{"t2v": (Q,), "v2t": (V',)}`` (v2t: the best caption of each video with captions).
     """

@@ -2,7 +2,7 @@
 
 Training step (cross-rank negatives): every rank encodes its local batch through ``model(batch)``
 (the DDP wrapper when distributed, so gradients are synchronised), the embeddings are gathered with
-:func:`etva.distributed.gather_variable` (differentiable; backward all-reduces, see that module's
+:func:`etva.train.distributed.gather_variable` (differentiable; backward all-reduces, see that module's
 gradient convention: no loss scaling), and the loss is computed on the global ``(B, B)`` matrix.
 """
 
@@ -19,11 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from etva.config import OptimConfig
-from etva.distributed import gather_variable, get_world_size
+from etva.eval.scoring import EncodedStream, score_streams
 from etva.model.etva import ETVA, TextEmbedding, VideoEmbedding
 from etva.model.text import TextEncoder
-from etva.precision import autocast, float32_fields
-from etva.scoring import EncodedStream, score_streams
+from etva.train.distributed import gather_variable, get_world_size
+from etva.train.precision import autocast, float32_fields
 
 __all__ = [
     "move_batch",
@@ -168,10 +168,10 @@ def train_epoch(
     parts, the current ``lr`` and ``temperature``, ``data_stall_share`` so far, ``epoch``, the global
     ``step`` (``start_step`` + steps of this epoch; ``start_step`` defaults to the scheduler's step
     count, which a resumed scheduler restores) and ``epoch_step``. ``precision`` ``fp16`` needs
-    ``scaler`` (:func:`etva.precision.make_grad_scaler`).
+    ``scaler`` (:func:`etva.train.precision.make_grad_scaler`).
     """
     if precision == "fp16" and scaler is None:
-        raise ValueError("train_epoch: precision 'fp16' needs a GradScaler (etva.precision.make_grad_scaler)")
+        raise ValueError("train_epoch: precision 'fp16' needs a GradScaler (etva.train.precision.make_grad_scaler)")
     model.train()
     loss_fn.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -239,7 +239,7 @@ def evaluate(
     Encoding runs under autocast for ``bf16``/``fp16``; embeddings are cast to float32, so scores and
     metrics are computed in fp32. Videos are deduplicated by ``video_index`` (a padding sampler may
     repeat some) and ordered by it; captions likewise by ``caption_index``; a caption's ground truth is
-    its ``video_index``. Returns the ``etva.metrics.retrieval_metrics`` keys (t2v_R1 ... v2t_MnR) plus
+    its ``video_index``. Returns the ``etva.eval.metrics.retrieval_metrics`` keys (t2v_R1 ... v2t_MnR) plus
     ``num_videos`` and ``num_queries``; every rank returns rank 0's numbers.
     """
     core = _unwrap(model)

@@ -8,7 +8,7 @@ module instead of repeating a rule:
 - :func:`tracking_uri`: the MLflow server, a given value or ``$MLFLOW_TRACKING_URI``;
 - :func:`git_commit`: the commit of a checkout (``$ETVA_GIT_COMMIT`` inside a container);
 - :func:`setup_logging`: one log format, libraries quiet;
-- :func:`ranking_order_by`: the selection rule of :func:`etva.metrics.selection_key` as an MLflow
+- :func:`ranking_order_by`: the selection rule of :func:`etva.eval.metrics.selection_key` as an MLflow
   ``order_by`` (what ``etva best`` asks the tracking server for).
 """
 
@@ -32,7 +32,7 @@ __all__ = [
     "ranking_order_by",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = "ray_jobs/configs/shapes.yaml"  # relative to a checkout (REPO or a job's working dir)
 DEFAULT_SPACE = "tuning/spaces/default.yaml"  # relative to a checkout
 UNKNOWN_COMMIT = "unknown"
@@ -70,9 +70,9 @@ def setup_logging(level: int = logging.INFO, fmt: str = LOG_FORMAT) -> None:
 
 
 def ranking_order_by(prefix: str = "best/") -> list[str]:
-    """:func:`etva.metrics.selection_key` (highest R@1, ties by lowest MdR) as an MLflow ``order_by``
+    """:func:`etva.eval.metrics.selection_key` (highest R@1, ties by lowest MdR) as an MLflow ``order_by``
     over the metrics ``{prefix}t2v_R1`` and ``{prefix}t2v_MdR``."""
-    # lazy: etva.metrics brings numpy (140-210 ms measured), and the `etva` command imports this module
-    from etva.metrics import SELECTION_METRIC, TIE_BREAK_METRIC
+    # lazy: etva.eval.metrics brings numpy (140-210 ms measured), and the `etva` command imports this module
+    from etva.eval.metrics import SELECTION_METRIC, TIE_BREAK_METRIC
 
     return [f"metrics.`{prefix}{SELECTION_METRIC}` DESC", f"metrics.`{prefix}{TIE_BREAK_METRIC}` ASC"]

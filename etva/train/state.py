@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from etva.config import Config
-from etva.engine import build_optimizer, build_scheduler
-from etva.losses import ETVALoss, build_loss
 from etva.model import build_model
 from etva.model.etva import ETVA
-from etva.precision import allow_tf32, make_grad_scaler
+from etva.train.engine import build_optimizer, build_scheduler
+from etva.train.losses import ETVALoss, build_loss
+from etva.train.precision import allow_tf32, make_grad_scaler
 
 __all__ = ["TrainingState", "build_training"]
 
@@ -43,7 +43,7 @@ class TrainingState:
     history: dict[str, dict] = field(default_factory=dict)
 
     def model_state(self) -> dict[str, dict]:
-        """``{"model", "loss"}`` state dicts: the ``model_state`` of ``etva.checkpoint.save_checkpoint``."""
+        """``{"model", "loss"}`` state dicts: the ``model_state`` of ``etva.train.checkpoint.save_checkpoint``."""
         return {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict()}
 
     def optimizer_state(self) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def build_training(
         vocab_size: the tokenizer's vocabulary size.
         total_steps: optimizer steps of the whole run (the cosine schedule's length).
         device: where the model, the loss module and hence the optimizer state live.
-        state: a checkpoint as returned by :func:`etva.checkpoint.load_checkpoint` (``model.model``,
+        state: a checkpoint as returned by :func:`etva.train.checkpoint.load_checkpoint` (``model.model``,
             ``model.loss``, ``optimizer.optimizer``, ``optimizer.scheduler``, optional
             ``optimizer.scaler``, ``meta.epoch``, ``meta.history``), or None for a fresh run.
     Returns:

@@ -5,8 +5,8 @@ matrix itself (MSRVTT Full: 59,800 x 2,990 x 4 B = 715 MB). Everything else is b
 
 - :func:`score_all` fills a preallocated ``(Q, V)`` float32 array by calling a pairwise scorer on
   ``(query_chunk x video_chunk)`` blocks under ``torch.no_grad``;
-- :func:`etva.metrics.retrieval_metrics` with ``query_chunk`` streams over query-row chunks through the one rank counter,
-  :func:`etva.metrics.count_ranks` (text->video counts per row, video->text counts per column
+- :func:`etva.eval.metrics.retrieval_metrics` with ``query_chunk`` streams over query-row chunks through the one rank counter,
+  :func:`etva.eval.metrics.count_ranks` (text->video counts per row, video->text counts per column
   accumulated over the chunks), so the numbers are identical to the full-matrix path;
 - :class:`FusedScorer` scores ETVA's ``alpha * s_global + (1 - alpha) * s_local`` for a block as ONE
   matmul per expert-availability pattern (see its docstring).

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from etva.config_schema import (
+from etva.config.schema import (
     AT_LEAST_1,
     FRACTION,
     NON_NEGATIVE,
@@ -69,7 +69,7 @@ TuneScheduler = Literal["asha", "fifo"]
 DecodeCache = Literal["none", "memory", "disk"]
 Encoder = Literal["", "clip", "videomae", "ast"]
 FeatureDtype = Literal["float32", "float16"]
-Precision = Literal["fp32", "bf16", "fp16"]  # train.precision: autocast dtype (etva.precision)
+Precision = Literal["fp32", "bf16", "fp16"]  # train.precision: autocast dtype (etva.train.precision)
 
 # other accepted spellings (matched case-insensitively), stored as the canonical choice; the MSRVTT
 # ones are those of ``etva.data.sources.msrvtt`` (a unit test keeps the two in step)

@@ -4,7 +4,7 @@ The encoders run under :func:`torch.autocast` (device type taken from the device
 return are cast to float32 (:func:`float32_fields`) before any similarity, loss or score, so the
 contrastive logits, the loss and the evaluation scores are always accumulated in fp32. ``fp16``
 needs a :class:`torch.amp.GradScaler` (:func:`make_grad_scaler`); its state is saved and restored with
-the optimizer's (see :mod:`etva.training`). On CUDA, :func:`allow_tf32` lets fp32 matmuls and
+the optimizer's (see :mod:`etva.train.state`). On CUDA, :func:`allow_tf32` lets fp32 matmuls and
 convolutions use TF32 tensor cores.
 """
 

@@ -1,0 +1,1 @@
+"""Offline feature extraction: frozen encoders over clips, written as feature-store shards (extractor)."""
