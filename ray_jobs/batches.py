@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from etva.config import Config
+from etva.train.distributed import gather_objects
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +105,6 @@ class EpochPrefetch:
     _END = object()
 
     def __init__(self, rows: Iterator[dict], epoch: int, depth: int = 2) -> None:
-        import queue
-        import threading
-
         self.epoch = epoch
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._fill, args=(rows,), name=f"etva-prefetch-{epoch}")
@@ -187,8 +187,6 @@ def eval_caption_batches(captions: dict, rank: int, world: int, batch_size: int)
 
 def gather_skips(tracker: SkipTracker, world: int) -> tuple[list[int], int, int]:
     """(skipped video indices, clips seen, clips truncated) summed over every rank."""
-    from etva.train.distributed import gather_objects
-
     mine = (sorted(tracker.skipped), tracker.seen, tracker.truncated)
     parts = gather_objects(mine) if world > 1 else [mine]
     skipped = sorted({v for p in parts for v in p[0]})

@@ -26,6 +26,8 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+import ray.data
+
 from etva.config import DataConfig
 
 __all__ = ["DECODE_FIELDS", "cache_key", "cached", "disk_cache_dir"]
@@ -77,8 +79,6 @@ def cached(decoded, rows: list[dict], data_cfg: DataConfig, storage: str, name: 
 
 
 def _disk(decoded, rows: list[dict], data_cfg: DataConfig, storage: str, name: str):
-    import ray.data
-
     if "://" in storage:
         raise ValueError(
             f"data.cache=disk needs a local or shared-filesystem ray.storage_path, got {storage}"

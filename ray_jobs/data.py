@@ -15,6 +15,8 @@ import math
 from dataclasses import asdict
 
 import numpy as np
+import ray.data
+from ray.data import TaskPoolStrategy
 
 from etva.config import DataConfig, RayConfig
 from etva.data.example import decode_batch
@@ -122,9 +124,6 @@ def build_video_dataset(
             shards: every video in exactly one shard, none dropped).
         storage, name: where ``data.cache=disk`` keeps decoded shards, and the dataset's name in logs.
     """
-    import ray.data
-    from ray.data import TaskPoolStrategy
-
     rows = index_rows(records, captions)
     if shard is not None:
         rank, world = shard

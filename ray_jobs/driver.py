@@ -14,6 +14,8 @@ import logging
 import os
 from pathlib import Path
 
+import ray
+
 from etva.config import Config, load_config, settings
 
 __all__ = [
@@ -100,8 +102,6 @@ def init_ray(address: str, **kwargs) -> None:
     telemetry is off (see :func:`disable_mlflow_telemetry`). Under ``ray job submit`` the job's runtime
     environment is the cluster's and is left alone.
     """
-    import ray
-
     disable_mlflow_telemetry()
     if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         env = {

@@ -17,10 +17,25 @@ import time
 import uuid
 from pathlib import Path
 
+import ray
+from ray.train import RunConfig
+from ray.train.torch import TorchTrainer
+
 from etva.config import settings
 from etva.eval.metrics import format_table
 from etva.inference import read_trained
 from ray_jobs.driver import add_overrides, init_ray, resolve_paths, setup_logging, storage_path
+from ray_jobs.prepare import build_datasets, dataset_config, prepare_splits, scaling_config
+from ray_jobs.recipe import EvalInputs, eval_loop_per_worker
+from ray_jobs.tracking import (
+    download_checkpoint,
+    job_submission_id,
+    log_dict,
+    log_metrics,
+    run_url,
+    start_or_resume_run,
+    tracking_uri,
+)
 
 logger = logging.getLogger("etva.evaluate")
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
@@ -40,8 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def fetch_checkpoint(uri: str, dst: Path) -> Path:
     """A local checkpoint directory for a path, ``runs:/…`` or ``models:/…`` URI."""
     if uri.startswith(MLFLOW_SCHEMES):
-        from ray_jobs.tracking import download_checkpoint
-
         return download_checkpoint(uri, dst, settings.tracking_uri())
     path = Path(uri).expanduser().resolve()
     if not path.is_dir():
@@ -55,13 +68,6 @@ def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> t
     Returns (metrics incl. ``<split>/num_videos`` and ``num_queries`` as scored, resolved config, ids of
     the split's videos that were not scored: file missing while preparing or failed to decode).
     """
-    import ray
-    from ray.train import RunConfig
-    from ray.train.torch import TorchTrainer
-
-    from ray_jobs.prepare import build_datasets, dataset_config, prepare_splits, scaling_config
-    from ray_jobs.recipe import EvalInputs, eval_loop_per_worker
-
     trained = read_trained(ckpt_dir, overrides)
     cfg = resolve_paths(trained.cfg)
     split = split or cfg.data.val_split
@@ -93,15 +99,6 @@ def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> t
 
 
 def _log_to_mlflow(cfg, split: str, checkpoint: str, metrics: dict) -> None:
-    from ray_jobs.tracking import (
-        job_submission_id,
-        log_dict,
-        log_metrics,
-        run_url,
-        start_or_resume_run,
-        tracking_uri,
-    )
-
     tags = {
         "etva.kind": "evaluation",
         "etva.train.checkpoint": checkpoint,
@@ -118,8 +115,6 @@ def _log_to_mlflow(cfg, split: str, checkpoint: str, metrics: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ray_jobs.tracking import tracking_uri
-
     setup_logging()
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,6 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
 from etva.config import Config
 from etva.data import load_records
 from etva.features.extractor import (
@@ -62,10 +66,6 @@ def extraction_rows(cfg: Config) -> list[dict]:
 
 def build_extract_dataset(cfg: Config, rows: list[dict], jobs: list[ExpertJob]):
     """The Ray Dataset: index rows -> decode tasks -> one actor pool per expert."""
-    import ray
-    import ray.data
-    from ray.data import ActorPoolStrategy, TaskPoolStrategy
-
     ex = cfg.extract
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     blocks = max(1, min(200, math.ceil(len(rows) / ex.batch_size)))
@@ -128,8 +128,6 @@ def run_extract(cfg: Config) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import ray
-
     setup_logging()
     args = parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)

@@ -15,6 +15,10 @@ import logging
 import math
 
 import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy
 
 from etva.config import DataConfig, RayConfig
 from etva.data.feature_store import open_stores
@@ -29,10 +33,6 @@ __all__ = ["read_store_table", "FeatureJoin", "build_feature_dataset"]
 
 def read_store_table(shard_files: list[str]):
     """All shards of one store as one Arrow table (video_id, num_tokens, features), read by Ray Data."""
-    import pyarrow as pa
-    import ray
-    import ray.data
-
     ds = ray.data.read_parquet(shard_files, columns=["video_id", "num_tokens", "features"])
     return pa.concat_tables([t for t in ray.get(ds.to_arrow_refs()) if t.num_rows])
 
@@ -41,8 +41,6 @@ class FeatureJoin:
     """Actor: holds every expert's table; ``__call__(index batch)`` -> model inputs from the features."""
 
     def __init__(self, tables: dict, dims: dict[str, int], max_tokens: int) -> None:
-        import ray
-
         self.dims, self.max_tokens = dims, max_tokens
         self.rows: dict[str, tuple[dict[str, int], np.ndarray, np.ndarray]] = {}
         for name, ref in tables.items():
@@ -89,10 +87,6 @@ def build_feature_dataset(
 ):
     """A Ray Dataset of one row per video read from ``data_cfg.feature_store`` (same contract as
     :func:`ray_jobs.data.build_video_dataset`, without frames/audio)."""
-    import ray
-    import ray.data
-    from ray.data import ActorPoolStrategy
-
     if not data_cfg.feature_store:
         raise ValueError("data.feature_store: required to build the dataset from features")
     stores = open_stores(data_cfg.feature_store)

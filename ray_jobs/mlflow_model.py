@@ -20,6 +20,7 @@ Output: a DataFrame with one row per input row:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -45,11 +46,13 @@ class ETVAModel(PythonModel):
     """Text embeddings, or text-video scores, of the checkpoint in ``artifacts['checkpoint']``."""
 
     def load_context(self, context) -> None:
+        # lazy: torch and etva load when MLflow loads the model, not when it only reads this code file
         from etva.inference import load_trained
 
         self.model, self.cfg, self.tokenizer = load_trained(context.artifacts[CHECKPOINT_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        # lazy, as in load_context: torch and etva load only when the model is used
         import torch
 
         from etva.inference import encode_texts
@@ -66,9 +69,7 @@ class ETVAModel(PythonModel):
 
     def _scores(self, text, paths: list[str]) -> pd.DataFrame:
         """Row i: the fused similarity of text i and video i (NaN + error when the video cannot be read)."""
-        from pathlib import Path
-
-        from etva.data.records import ClipRecord
+        from etva.data.records import ClipRecord  # lazy, as in load_context
         from etva.inference import encode_records
 
         records = [ClipRecord(Path(p).name, p, [], "") for p in paths]

@@ -16,11 +16,17 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray.data
+import ray.train
+from ray.train import ScalingConfig
+
 from etva.config import Config, DataConfig, RayConfig
 from etva.data import load_records
 from etva.data.records import ClipRecord
+from etva.data.synth import generate_dataset
 from etva.data.tokenizer import build_tokenizer, load_tokenizer, tokenize
 from ray_jobs.data import CaptionTable, build_video_dataset, eval_shard_name
+from ray_jobs.driver import storage_path
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +76,6 @@ def ensure_dataset(data: DataConfig) -> None:
             f"data.root={root}: no dataset there. Point data.root at a {data.dataset} folder "
             "(see README 'Datasets'), or set data.synthesize_if_missing=true to generate the shapes benchmark"
         )
-    from etva.data.synth import generate_dataset
 
     s = data.synth
     logger.info("generating the shapes benchmark (%d videos, seed %d) in %s", s.num_videos, s.seed, root)
@@ -255,8 +260,6 @@ def prepare_splits(cfg: Config, tokenizer_dir: Path, splits: dict[str, str]):
 
 def scaling_config(ray_cfg: RayConfig):
     """Ray Train's ScalingConfig: ``num_workers`` workers of ``cpus_per_worker`` (+ GPUs when used)."""
-    from ray.train import ScalingConfig
-
     resources = {"CPU": ray_cfg.cpus_per_worker}
     if ray_cfg.use_gpu:
         resources["GPU"] = ray_cfg.gpus_per_worker
@@ -268,13 +271,10 @@ def scaling_config(ray_cfg: RayConfig):
 def build_datasets(cfg: Config, prepared: dict[str, PreparedSplit]) -> dict:
     """Ray Datasets: train (shuffled, carries caption ids) and, per evaluation split, one dataset per rank
     (``eval_shard_name(split, rank)``: videos only)."""
-    import ray.data
-
     # the workers print one progress line per epoch; Ray Data's per-operator bars would flood job logs
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False  # "Starting execution of Dataset ..." every epoch, per split
-    from ray_jobs.driver import storage_path
 
     out, world, storage = {}, cfg.ray.num_workers, storage_path(cfg)
     for name, split in prepared.items():
@@ -301,6 +301,4 @@ def build_datasets(cfg: Config, prepared: dict[str, PreparedSplit]) -> dict:
 def dataset_config():
     """Ray Train's DataConfig: only the training set is split (``streaming_split(equal=True)`` may drop
     up to ``world_size - 1`` rows); evaluation splits come as one exact shard per rank."""
-    from ray.train import DataConfig
-
-    return DataConfig(datasets_to_split=["train"])
+    return ray.train.DataConfig(datasets_to_split=["train"])

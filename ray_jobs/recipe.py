@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
+import ray.train
+import ray.train.torch
 import torch
 
 from etva.config import Config
 from etva.inference import build_trained_model
 from etva.train import engine
 from etva.train.checkpoint import load_checkpoint, save_checkpoint
+from etva.train.state import build_training, start_epoch
 from ray_jobs.batches import (
     EpochPrefetch,
     SkipTracker,
@@ -109,8 +113,6 @@ def evaluate_split(
     captions, ``etva.train.engine.evaluate`` gathers and scores, then the ranks agree on the skipped clips and
     fail when too many were skipped (``data.max_skip_fraction``). Returns (metrics, skipped indices
     into ``video_ids``)."""
-    import ray.train
-
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     tracker = SkipTracker()
@@ -131,8 +133,6 @@ class TrainRecipe:
     """One worker's training run. ``run()`` = ``setup()`` then, per epoch, train -> evaluate -> report."""
 
     def __init__(self, inputs: WorkerInputs) -> None:
-        import ray.train
-
         self.inputs, self.cfg = inputs, inputs.cfg
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -146,9 +146,6 @@ class TrainRecipe:
     def setup(self) -> None:
         """Build model, loss, optimizer, schedule (and fp16 scaler) on the device; resume from the last
         checkpoint (``etva.train.state.build_training`` loads optimizer state after the move to the device)."""
-        import ray.train
-        import ray.train.torch
-
         cfg = self.cfg
         state = None
         ckpt = ray.train.get_checkpoint()
@@ -156,7 +153,6 @@ class TrainRecipe:
             with ckpt.as_directory() as d:
                 state = load_checkpoint(d)
         self.train_shard = ray.train.get_dataset_shard("train")
-        from etva.train.state import build_training, start_epoch
 
         self._read_ahead(start_epoch(state))  # Ray Data starts up while the model is built (2 s of imports)
 
@@ -230,8 +226,6 @@ class TrainRecipe:
         only once Ray has committed it (a failure in the next epoch then always resumes from this one,
         however early it comes: the next epoch's first batch is already read ahead); rank 0 then logs
         the epoch to MLflow."""
-        import ray.train
-
         self.history[str(epoch)] = metrics
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
@@ -351,10 +345,6 @@ def train_loop_per_worker(config: dict) -> dict:
 def eval_loop_per_worker(config: dict) -> dict:
     """Ray Train's entry point of the evaluation job: ``config[INPUTS_KEY]`` is an :class:`EvalInputs`.
     Every rank encodes its shard of the "eval" dataset; the scores are over all pairs of the split."""
-    import ray
-    import ray.train
-    import ray.train.torch
-
     setup_logging()
     inputs: EvalInputs = config[INPUTS_KEY]
     torch.set_num_threads(max(1, inputs.torch_threads))

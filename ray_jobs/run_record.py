@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import json
 import logging
@@ -39,8 +40,6 @@ def source_tags(entry: str, commit: str) -> dict[str, str]:
 
 
 def _user() -> str:
-    import getpass
-
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -64,6 +63,7 @@ def _profile(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def log_dataset_inputs(client, run_id: str, cfg: Config, prepared: Mapping[str, Any]) -> None:
     """Log every prepared split (``{role: PreparedSplit}``) as an MLflow dataset input of the run."""
+    # lazy: mlflow takes 2.5 s CPU to import; a process without a tracking server never pays it
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     inputs = []

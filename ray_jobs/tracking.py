@@ -16,10 +16,13 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import etva
 from etva.config import Config, config_to_dict, flatten, settings
+from etva.train.checkpoint import MANIFEST, verify_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ def tracking_uri(cfg: Config) -> str:
 
 def get_client(uri: str):
     """An ``MlflowClient`` for tracking and the model registry on ``uri``."""
+    # lazy: mlflow takes 2.5 s CPU to import; a process without a tracking server never pays it
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -91,6 +95,7 @@ def _param(v: Any) -> str:
 
 def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
     """Log params in batches (lists/dicts as JSON, long values cut to the server's limit)."""
+    # lazy: mlflow takes 2.5 s CPU to import; a process without a tracking server never pays it
     from mlflow.entities import Param
 
     items = [Param(k, _param(v)) for k, v in params.items()]
@@ -105,6 +110,7 @@ def config_params(cfg: Config) -> dict[str, Any]:
 
 def metric_items(metrics: Mapping[str, float], step: int, model_id: str | None = None) -> list:
     """``mlflow.entities.Metric`` of the finite numeric values (one timestamp: retries are idempotent)."""
+    # lazy: mlflow takes 2.5 s CPU to import; a process without a tracking server never pays it
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
@@ -174,8 +180,6 @@ MODEL_REQUIREMENTS = (
 
 def _requirements() -> list[str]:
     """Pinned versions of what ``etva`` and the pyfunc need (MLflow's inference would import the model)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = []
     for dist in MODEL_REQUIREMENTS:
         try:
@@ -193,13 +197,13 @@ def log_best_model(client, run_id: str, ckpt_dir: str | Path, step: int = 0) -> 
     model. Returns the logged model's id (``models:/<id>`` loads it; *Register model* on the run page
     registers it).
     """
+    # lazy: mlflow takes 2.5 s CPU to import; a process without a tracking server never pays it
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    import etva
-    from ray_jobs import mlflow_model
+    from ray_jobs import mlflow_model  # lazy: importing the model's code registers it with MLflow
 
     signature = ModelSignature(
         inputs=Schema(
@@ -246,6 +250,7 @@ def finish_run(
 def resolve_model_uri(client, uri: str) -> str:
     """``models:/<name>@<alias>``, ``models:/<name>/<version>`` or ``models:/<model id>`` (a logged
     model) -> the artifact location of that model."""
+    # lazy: mlflow takes 2.5 s CPU to import; a process without a tracking server never pays it
     from mlflow.exceptions import MlflowException
 
     body = uri.removeprefix("models:/").strip("/")
@@ -272,9 +277,9 @@ def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str) -> Path:
     ``download_artifacts(models:/..., registry_uri=...)`` ignores ``registry_uri`` and asks the global
     default registry (``$MLFLOW_TRACKING_URI``, else a local ``sqlite:///mlflow.db``).
     """
+    # lazy: mlflow takes 2.5 s CPU to import; a process without a tracking server never pays it
     import mlflow.artifacts
 
-    from etva.train.checkpoint import MANIFEST, verify_checkpoint
 
     client = get_client(tracking_uri)
     source = resolve_model_uri(client, uri) if uri.startswith("models:/") else uri

@@ -17,11 +17,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from ray.train import CheckpointConfig, FailureConfig, RunConfig
+from ray.train.torch import TorchTrainer
 
 from etva.config import Config, config_to_dict
 from etva.config.settings import git_commit
 from etva.eval.metrics import format_table, selection_key
+from etva.train.checkpoint import load_checkpoint
 from ray_jobs.driver import add_overrides, init_ray, job_parser, load_job_config, setup_logging, storage_path
+from ray_jobs.evaluate import run_evaluation, scored_header
+from ray_jobs.pictures import log_pictures_safely  # never raises: a warning on failure
+from ray_jobs.prepare import (
+    build_datasets,
+    dataset_config,
+    ensure_dataset,
+    load_splits,
+    prepare_tokenizer,
+    scaling_config,
+    selection_split,
+    selects_on_test,
+    tokenize_splits,
+    tokenizer_files,
+    training_splits,
+)
+from ray_jobs.recipe import WorkerInputs, train_loop_per_worker
+from ray_jobs.run_record import NOTE, captured_log, log_dataset_inputs, note, source_tags, upload_log
+from ray_jobs.tracking import (
+    finish_run,
+    job_submission_id,
+    log_dict,
+    log_metrics,
+    log_text,
+    run_url,
+    start_or_resume_run,
+    tracking_uri,
+)
 
 logger = logging.getLogger("etva.train")
 SELECT_METRIC = "val/t2v_R1"  # Train keeps the best checkpoints by it; ties are broken in best_of
@@ -68,15 +98,6 @@ def prepare_data(
     trained and shared there. Needs no Ray: runs before the cluster is contacted, so bad data fails in
     the first seconds.
     """
-    from ray_jobs.prepare import (
-        ensure_dataset,
-        load_splits,
-        prepare_tokenizer,
-        tokenize_splits,
-        tokenizer_files,
-        training_splits,
-    )
-
     ensure_dataset(cfg.data)
     storage = storage_path(cfg)
     tok_dir = tokenizer_dir or _tokenizer_dir(storage, run_name)
@@ -99,12 +120,6 @@ def build_trainer(
     """Return (TorchTrainer, prepared splits), preparing the data unless ``data`` is given and building
     the Ray Datasets unless ``datasets`` (built from ``data``: a sweep's shared ones) is. Shared by
     training and Tune trials."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-
-    from ray_jobs.prepare import build_datasets, dataset_config, scaling_config
-    from ray_jobs.recipe import WorkerInputs, train_loop_per_worker
-
     data = data or prepare_data(cfg, run_name)
     prepared = data.splits
     inputs = WorkerInputs(
@@ -151,9 +166,6 @@ def best_of(result) -> tuple[dict, str | None]:
 
 
 def _tags(cfg: Config, config_file: str) -> dict[str, str]:
-    from ray_jobs.run_record import source_tags
-    from ray_jobs.tracking import job_submission_id
-
     return {
         **source_tags("ray_jobs.train", git_commit()),
         "git_commit": git_commit(),
@@ -166,9 +178,6 @@ def _tags(cfg: Config, config_file: str) -> dict[str, str]:
 
 
 def _log_inputs(client, run_id: str, cfg: Config, prepared: dict) -> None:
-    from ray_jobs.run_record import log_dataset_inputs
-    from ray_jobs.tracking import log_dict, log_text
-
     summary = {name: s.summary_dict() for name, s in prepared.items()}
     logger.info("data summary: %s", summary)
     if client is not None:
@@ -178,10 +187,6 @@ def _log_inputs(client, run_id: str, cfg: Config, prepared: dict) -> None:
 
 
 def _log_outputs(client, run_id: str, best_path: str | None, prepared: dict) -> None:
-    from etva.train.checkpoint import load_checkpoint
-    from ray_jobs.pictures import log_pictures_safely  # never raises: a warning on failure
-    from ray_jobs.tracking import log_dict
-
     if best_path and client is not None:
         meta = load_checkpoint(best_path, load_optimizer=False)["meta"]
         log_dict(client, run_id, meta.get("skipped_clips", {}), "data_skipped_clips.json")
@@ -189,8 +194,6 @@ def _log_outputs(client, run_id: str, best_path: str | None, prepared: dict) -> 
 
 
 def _selection_line(cfg: Config) -> str:
-    from ray_jobs.prepare import selection_split, selects_on_test
-
     line = f"checkpoint selected on {selection_split(cfg)} by t2v R@1 (ties: lower MdR; ties=average)"
     if selects_on_test(cfg):
         line += "\nNOTE: selected on the test split itself (no validation split): an optimistic number"
@@ -210,9 +213,6 @@ def report_test_split(cfg: Config, best: dict, best_path: str | None, client, ru
     """Evaluate the selected checkpoint on ``data.test_split`` (when set); print and log ``test/...``."""
     if not (cfg.data.test_split and best_path):
         return {}
-    from ray_jobs.evaluate import run_evaluation, scored_header
-    from ray_jobs.tracking import log_metrics
-
     split = cfg.data.test_split
     metrics, _, unscored = run_evaluation(Path(best_path), split, [])
     print(
@@ -229,8 +229,6 @@ def _set_note(
     client, run_id: str, cfg: Config, run_name: str, best: dict, test: dict, prepared: dict
 ) -> None:
     """The run's description: the result table(s), where the checkpoint was selected, the data."""
-    from ray_jobs.run_record import NOTE, note
-
     if client is None:
         return
     table = format_table(best)
@@ -243,8 +241,6 @@ def _set_note(
 
 def _train(cfg: Config, run_name: str, data: PreparedData, client, run_id: str) -> None:
     """Fit, then log the result to the MLflow run (pictures, test split, note, model) and print it."""
-    from ray_jobs.tracking import finish_run, run_url, tracking_uri
-
     uri = tracking_uri(cfg) if client is not None else ""
     trainer, prepared = build_trainer(cfg, run_name, data=data, mlflow_run=(uri, run_id))
     _log_inputs(client, run_id, cfg, prepared)
@@ -258,9 +254,6 @@ def _train(cfg: Config, run_name: str, data: PreparedData, client, run_id: str) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ray_jobs.run_record import captured_log, upload_log
-    from ray_jobs.tracking import start_or_resume_run
-
     setup_logging()
     args = parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ray.train import Checkpoint
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from etva.eval.metrics import is_better
+from ray_jobs.tracking import finish_run, get_client
+from tuning.mlflow_sweep import find_child, mark_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +79,6 @@ class SweepMlflowCallback(Callback):
     @property
     def client(self):
         if self._client is None and self.mlflow_uri:
-            from ray_jobs.tracking import get_client
-
             self._client = get_client(self.mlflow_uri)
         return self._client
 
@@ -99,9 +100,6 @@ class SweepMlflowCallback(Callback):
     def _finish(self, trial, status: str, early: bool, reason: str) -> None:
         if self.client is None:
             return
-        from ray_jobs.tracking import finish_run
-        from tuning.mlflow_sweep import find_child, mark_stopped
-
         try:
             run = find_child(self.client, self.exp_id, self.sweep_name, trial.trial_id)
             if run is None:
@@ -134,6 +132,5 @@ def _local_checkpoint(path: str | None) -> str | None:
     """A local directory for the checkpoint at ``path`` (downloaded when it is a URI)."""
     if not path or "://" not in path:
         return path
-    from ray.train import Checkpoint
 
     return Checkpoint(path).to_directory()

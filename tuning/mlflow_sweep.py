@@ -12,6 +12,8 @@ import io
 import json
 import logging
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from etva.config import Config
@@ -223,6 +225,7 @@ def _panel(ax, rows: list[dict[str, Any]], key: str) -> None:
 def plot_summary(rows: list[dict[str, Any]], keys: list[str], path: str) -> bool:
     """R@1 per value of every swept dimension (cluster count first): each value's mean and std over the
     seeds (and any other repeats), every trial as a dot. Seeds are not an axis. False if nothing to plot."""
+    # lazy: matplotlib, imported only when a picture is drawn
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,9 +254,6 @@ def plot_summary(rows: list[dict[str, Any]], keys: list[str], path: str) -> bool
 
 def log_summary(client, exp_id: str, parent_id: str, keys: list[str]) -> list[dict[str, Any]]:
     """Log the summary table (CSV + markdown) and plot to the parent run; returns the rows."""
-    import tempfile
-    from pathlib import Path
-
     rows = summary_rows(child_runs(client, exp_id, parent_id), keys)
     log_text(client, parent_id, to_csv(rows), "sweep_summary.csv")
     log_text(client, parent_id, to_markdown(rows), "sweep_summary.md")

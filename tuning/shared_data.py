@@ -32,6 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from etva.config import Config
+from ray_jobs.prepare import build_datasets
+from ray_jobs.train import prepare_data
+from tuning.mlflow_sweep import child_runs
 
 __all__ = ["SharedData", "data_key", "prepare_shared", "trial_data", "PREPARED_BY_TAG"]
 
@@ -76,9 +79,6 @@ def _complete_caches(root: Path) -> dict[str, int]:
 def prepare_shared(cfg: Config, run_name: str, cache_root: str) -> SharedData:
     """Prepare ``cfg``'s training data and build its Ray Datasets (decoding the clips now when
     ``data.cache`` is memory or disk), with the tokenizer and the disk cache under ``cache_root``."""
-    from ray_jobs.prepare import build_datasets
-    from ray_jobs.train import prepare_data
-
     with tempfile.TemporaryDirectory() as tmp:  # the tokenizer's files travel in PreparedData
         data = prepare_data(cfg, run_name, cache_root, tokenizer_dir=Path(tmp) / "tokenizer")
     at = copy.deepcopy(cfg)
@@ -137,6 +137,7 @@ def describe(outcome: dict) -> str:
 def log_preparation(client, run_id: str, outcome: dict, marks: dict[str, float]) -> None:
     """A trial's child run: who prepared its data, what it decoded and trained itself, and its start-up
     marks (``timing/<mark>``, unix times; the Train worker adds its own with its first epoch)."""
+    # lazy: mlflow takes 2.5 s CPU to import; a process without a tracking server never pays it
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
@@ -151,8 +152,6 @@ def log_preparation(client, run_id: str, outcome: dict, marks: dict[str, float])
 
 def reuse_note(client, exp_id: str, parent_id: str, prepared: str) -> str:
     """The parent run's account of reuse: what the driver prepared and how many trials used it."""
-    from tuning.mlflow_sweep import child_runs
-
     children = child_runs(client, exp_id, parent_id)
     own = [r.info.run_name for r in children if r.data.tags.get(PREPARED_BY_TAG) == "trial"]
     used = sum(r.data.tags.get(PREPARED_BY_TAG) == "sweep" for r in children)

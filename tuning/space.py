@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray import tune
 
 from etva.config import Config, ConfigError, config_from_dict, config_to_dict, flatten
 
@@ -162,8 +163,6 @@ def to_tune_space(space: SearchSpace, search: str) -> dict[str, Any]:
     ``grid``: every dim must be finite, all become ``grid_search``;
     ``optuna``: grid dims become categorical choices (Optuna has no grid).
     """
-    from ray import tune
-
     out: dict[str, Any] = {}
     for d in space.dims:
         if d.kind == "fixed":

@@ -12,12 +12,19 @@ with the same ``--name`` resumes the sweep: finished trials are not run again, u
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import ray
+import yaml
+from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from etva.config import Config, ConfigError, config_to_dict
 from etva.config.settings import DEFAULT_SPACE, REPO, git_commit
@@ -30,7 +37,20 @@ from ray_jobs.driver import (
     setup_logging,
     storage_path,
 )
+from ray_jobs.prepare import ensure_dataset
+from ray_jobs.run_record import NOTE, captured_log, source_tags, upload_log
+from ray_jobs.tracking import (
+    experiment_id,
+    get_client,
+    job_submission_id,
+    log_text,
+    tracking_uri,
+)
+from tuning.callbacks import RecordingASHA, SweepMlflowCallback
+from tuning.mlflow_sweep import close_unfinished, log_summary, start_or_resume_parent, to_markdown
+from tuning.shared_data import OUTCOME_TAG, describe, prepare_shared, reuse_note
 from tuning.space import SearchSpace, dump_space, load_space, to_tune_space
+from tuning.trial import SweepContext, run_trial
 
 logger = logging.getLogger("etva.sweep")
 DRIVER_CPU = 0.1  # the trial driver function's own CPU (0 is rejected by Tune)
@@ -94,10 +114,6 @@ def build_search(cfg: Config, space: SearchSpace, concurrency: int):
     for a generator passed as ``search_alg`` (it then started all 16 trials of a test sweep at once on
     4 CPUs, and their Train runs waited forever for workers). OptunaSearch is limited by TuneConfig.
     """
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from tuning.callbacks import RecordingASHA
-
     t = cfg.tune
     searches = ("random", "grid", "optuna")
     if t.search not in searches:
@@ -107,6 +123,7 @@ def build_search(cfg: Config, space: SearchSpace, concurrency: int):
     param_space = to_tune_space(space, t.search)
     num_samples = 1 if t.search == "grid" else t.num_samples
     if t.search == "optuna":
+        # optional dependency: optuna, needed only for tune.search=optuna
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
@@ -130,16 +147,6 @@ def _space_path(args: argparse.Namespace, cfg: Config) -> str:
 
 def _tracking(cfg: Config, name: str, space: SearchSpace, args: argparse.Namespace):
     """(client, uri, exp_id, parent_id) for the sweep; (None, "", "", "") without a tracking server."""
-    from ray_jobs.run_record import source_tags
-    from ray_jobs.tracking import (
-        experiment_id,
-        get_client,
-        job_submission_id,
-        log_text,
-        tracking_uri,
-    )
-    from tuning.mlflow_sweep import start_or_resume_parent
-
     uri = tracking_uri(cfg)
     if not uri:
         logger.warning("no MLflow tracking URI (mlflow.tracking_uri / $MLFLOW_TRACKING_URI): not tracking")
@@ -155,8 +162,6 @@ def _tracking(cfg: Config, name: str, space: SearchSpace, args: argparse.Namespa
     }
     parent_id, resumed = start_or_resume_parent(client, exp_id, name, cfg, settings, tags)
     if not resumed:
-        import yaml
-
         log_text(client, parent_id, dump_space(space), "search_space.yaml")
         log_text(client, parent_id, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), "base_config.yaml")
     logger.info("MLflow parent run %s (%s)", parent_id, "resumed" if resumed else "new")
@@ -168,12 +173,6 @@ def build_tuner(
 ):
     """A new Tuner, or the restored one when ``<storage>/<name>`` holds an interrupted sweep. ``shared``
     (``tuning.shared_data.SharedData``): the data the driver prepared for the trials."""
-    import ray
-    from ray import tune
-
-    from tuning.callbacks import SweepMlflowCallback
-    from tuning.trial import SweepContext, run_trial
-
     _, uri, exp_id, parent_id = tracking
     t = cfg.tune
     ctx = SweepContext(
@@ -224,15 +223,11 @@ def build_tuner(
 def _prepare_once(cfg: Config, name: str, storage: str, client, parent_id: str):
     """The base config's data, prepared once for every trial (``tuning.shared_data``); what that did
     goes to the log and the parent run (tag, ``prep/...`` metrics)."""
-    from tuning.shared_data import OUTCOME_TAG, describe, prepare_shared
-
     t0 = time.time()
     shared = prepare_shared(cfg, name, storage)
     shared.outcome["seconds"] = round(time.time() - t0, 1)
     logger.info("%s (%.1f s)", describe(shared.outcome), shared.outcome["seconds"])
     if client is not None:
-        import json
-
         client.set_tag(parent_id, OUTCOME_TAG, json.dumps(shared.outcome))
         for key in ("clips_decoded", "tokenizer_trained", "seconds"):
             client.log_metric(parent_id, f"prep/{key}", float(shared.outcome[key]))
@@ -240,10 +235,6 @@ def _prepare_once(cfg: Config, name: str, storage: str, client, parent_id: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tempfile
-
-    from ray_jobs.run_record import captured_log
-
     setup_logging()
     disable_mlflow_telemetry()
     # Tune snapshots the sweep state every 10 s by default: a driver killed within 10 s of a trial's
@@ -259,11 +250,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(args: argparse.Namespace, log: Path) -> int:
     """The sweep: parent run, Tune, the summary; the driver's log goes to the parent run at the end."""
-    from ray_jobs.prepare import ensure_dataset
-    from ray_jobs.run_record import NOTE, upload_log
-    from tuning.mlflow_sweep import close_unfinished, log_summary, to_markdown
-    from tuning.shared_data import describe, reuse_note
-
     cfg = load_job_config(args.config, args.overrides)
     space = load_space(_space_path(args, cfg), cfg)
     name = (

@@ -13,7 +13,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
 from etva.config import Config, config_from_dict
+from ray_jobs.driver import disable_mlflow_telemetry, setup_logging
+from ray_jobs.profiling import process_started_at
+from ray_jobs.run_record import log_dataset_inputs
+from ray_jobs.tracking import finish_run, get_client
+from ray_jobs.train import best_of, build_trainer
+from tuning.mlflow_sweep import EARLY_TAG, mark_stopped, start_or_resume_child
+from tuning.shared_data import log_preparation, trial_data
 from tuning.space import SearchSpace, apply_params, trial_params
 
 logger = logging.getLogger(__name__)
@@ -48,12 +58,6 @@ def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> Co
 def _trainer(ctx: SweepContext, cfg: Config, client, run_id: str, marks: dict[str, float]):
     """The trial's TorchTrainer on the sweep's shared data (or its own, for other data settings); its
     child run gets the data inputs, what preparing did and the start-up marks so far."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from ray_jobs.run_record import log_dataset_inputs
-    from ray_jobs.train import build_trainer
-    from tuning.shared_data import log_preparation, trial_data
-
     shared = trial_data(ctx.shared, cfg, cfg.ray.run_name, ctx.cache_root)
     marks["data_ready"] = time.time()
     trainer, prepared = build_trainer(
@@ -78,13 +82,6 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     sweep driver) then finishes its child run instead.
     """
     entered = time.time()
-    from ray import tune
-
-    from ray_jobs.driver import disable_mlflow_telemetry, setup_logging
-    from ray_jobs.profiling import process_started_at
-    from ray_jobs.tracking import finish_run, get_client
-    from ray_jobs.train import best_of
-    from tuning.mlflow_sweep import EARLY_TAG, mark_stopped, start_or_resume_child
 
     marks = {"trial_process_start": process_started_at(), "trial_start": entered, "imports_done": time.time()}
     setup_logging()

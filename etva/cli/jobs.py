@@ -28,8 +28,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from etva.cli import seam
 from etva.cli.errors import UsageError
+from etva.config import ConfigError, apply_overrides, config_from_dict, load_config
 from etva.config.settings import DEFAULT_CONFIG, DEFAULT_SPACE, REPO, UNKNOWN_COMMIT, git_commit, tracking_uri
 
 __all__ = ["add_train_parser", "add_tune_parser", "add_eval_parser", "check_url", "build_job", "run"]
@@ -177,12 +180,8 @@ def _abs(path: str) -> str:
 
 def _load_config(config: str | None, overrides: list[str], source_yaml: str | None = None):
     """Validate config + overrides (``source_yaml``: a checkpoint's config.yaml text instead of a file)."""
-    from etva.config import ConfigError, apply_overrides, config_from_dict, load_config
-
     try:
         if source_yaml is not None:
-            import yaml
-
             return config_from_dict(
                 apply_overrides(yaml.safe_load(source_yaml) or {}, overrides), config or ""
             )
@@ -235,8 +234,6 @@ def _train_args(args: argparse.Namespace, working_dir: Path, mode: str) -> tuple
 
 
 def _validate_space(space: str, cfg) -> None:
-    from etva.config import ConfigError
-
     try:
         seam.load_space(space, cfg)
     except ConfigError as e:

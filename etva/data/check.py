@@ -18,8 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from etva.config import DataConfig
 from etva.data.example import make_video_example
 from etva.data.records import AnnotationError, ClipRecord
+from etva.data.sources import activitynet, load_records, lsmdc, msrvtt
 
 __all__ = ["BadFile", "CheckReport", "splits_of", "check_dataset", "check_videos"]
 
@@ -74,8 +76,6 @@ class CheckReport:
 
 def splits_of(dataset: str, subset: str | None) -> list[str]:
     """The splits a source defines (MSRVTT: those of ``subset``)."""
-    from etva.data.sources import activitynet, lsmdc, msrvtt
-
     if dataset in ("msrvtt", "features"):
         key = (subset or "1k-a").strip().lower()
         key = msrvtt._ALIASES.get(key, key)
@@ -164,9 +164,6 @@ def check_dataset(
     Raises:
         FileNotFoundError: ``root`` is not a directory.  ValueError: unknown dataset or subset.
     """
-    from etva.config import DataConfig
-    from etva.data.sources import load_records
-
     if not Path(root).is_dir():
         raise FileNotFoundError(f"dataset root {root} is not a directory")
     data_cfg = data_cfg or DataConfig(dataset=dataset, root=str(root), subset=subset or "1k-A")

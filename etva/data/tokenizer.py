@@ -24,6 +24,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -63,8 +65,6 @@ def _write_seed_pieces(captions: list[str], path: Path) -> None:
 
 
 def _train_bytes(captions: list[str], vocab_size: int) -> bytes:
-    import sentencepiece as spm
-
     spm.set_random_generator_seed(0)
     model = io.BytesIO()
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,8 +76,6 @@ def _train_bytes(captions: list[str], vocab_size: int) -> bytes:
 
 def _without_temp_paths(model_bytes: bytes) -> bytes:
     """Clear the (temporary) seed file path the trainer records, so equal inputs give equal bytes."""
-    from sentencepiece import sentencepiece_model_pb2
-
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model_bytes)
     proto.trainer_spec.ClearField("seed_sentencepieces_file")
@@ -127,6 +125,7 @@ def train_tokenizer(captions: list[str], out_dir: str | os.PathLike, vocab_size:
 
 def load_tokenizer(dir_or_path: str | os.PathLike):
     """An ALBERT tokenizer from a directory (or its ``spiece.model``), local files only."""
+    # lazy: transformers takes 1.4 s CPU to import (its vision/audio models 8 s), paid only when needed
     from transformers import AlbertTokenizer
 
     path = Path(dir_or_path)

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from etva.data.decode import DecodeError, decode_clip
 from etva.data.feature_store import FeatureStoreWriter, register_store, store_dir
+from etva.model.pretrained import encoder_dim, load_encoder, weight_hashes
 
 if TYPE_CHECKING:
     import torch
@@ -66,8 +68,6 @@ def plan_experts(cfg) -> list[ExpertJob]:
     ``cfg`` is an :class:`etva.config.Config`. Raises ValueError naming the key when an expert is
     unknown, has no encoder, or no ``extract.output_dir`` is set.
     """
-    from etva.model.pretrained import encoder_dim, weight_hashes
-
     ex = cfg.extract
     if not ex.output_dir:
         raise ValueError("extract.output_dir: a folder for the feature store is required")
@@ -167,10 +167,6 @@ class BatchEncoder:
         device: str = "",
         drop_inputs: bool = False,
     ) -> None:
-        import torch
-
-        from etva.model.pretrained import load_encoder
-
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.job, self.audio_rate, self.drop_inputs = job, audio_rate, drop_inputs
@@ -179,8 +175,6 @@ class BatchEncoder:
         self.tokens = self.encoder.out_tokens(num_frames)
 
     def _inputs(self, batch: dict, rows: np.ndarray) -> torch.Tensor | None:
-        import torch
-
         if self.encoder.input == "frames":
             return torch.from_numpy(np.ascontiguousarray(batch["frames"][rows]))
         banks = [

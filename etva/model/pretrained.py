@@ -132,6 +132,7 @@ class ClipFrameEncoder(FrozenEncoder):
 
     def __init__(self, folder: Path, layer: int, pooling: str) -> None:
         super().__init__(folder, layer, pooling)
+        # lazy: transformers takes 1.4 s CPU to import (its vision/audio models 8 s), paid only when needed
         from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
 
         cls = CLIPVisionModelWithProjection if pooling == "proj" else CLIPVisionModel
@@ -167,6 +168,7 @@ class VideoMAEEncoder(FrozenEncoder):
 
     def __init__(self, folder: Path, layer: int, pooling: str) -> None:
         super().__init__(folder, layer, pooling)
+        # lazy: transformers takes 1.4 s CPU to import (its vision/audio models 8 s), paid only when needed
         from transformers import VideoMAEModel
 
         cfg = self._load(VideoMAEModel)
@@ -202,6 +204,7 @@ class ASTEncoder(FrozenEncoder):
 
     def __init__(self, folder: Path, layer: int, pooling: str) -> None:
         super().__init__(folder, layer, pooling)
+        # lazy: transformers takes 1.4 s CPU to import (its vision/audio models 8 s), paid only when needed
         from transformers import ASTFeatureExtractor, ASTModel
 
         cfg = self._load(ASTModel)
@@ -272,6 +275,7 @@ def _checked(kind: str, path: str, pooling: str, where: str) -> tuple[Path, str]
 
 def encoder_dim(kind: str, path: str, pooling: str = "", where: str = "encoder") -> tuple[int, str, str]:
     """``(dim, pooling, model_type)`` of an encoder from its config alone (no weights loaded)."""
+    # lazy: transformers takes 1.4 s CPU to import (its vision/audio models 8 s), paid only when needed
     from transformers import ASTConfig, CLIPVisionConfig, VideoMAEConfig
 
     folder, pooling = _checked(kind, path, pooling, where)

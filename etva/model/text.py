@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import Tensor, nn
 
@@ -83,8 +84,6 @@ _HOW_TO_PROVIDE = (
 
 
 def _build_pretrained(cfg: TextConfig, vocab_size: int) -> TextEncoder:
-    from pathlib import Path
-
     from transformers import AlbertModel  # lazy: the import costs seconds
 
     source = cfg.pretrained_path or "albert-base-v2"

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from etva.data.decode import DecodeError, decode_clip
+
 __all__ = ["png_bytes", "thumbnail_strip", "write_contact_sheet"]
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,6 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 def thumbnail_strip(path: str | os.PathLike, frames: int = 3, size: int = 96) -> np.ndarray | None:
     """``frames`` frames of a video side by side, uint8 (size, frames * size, 3); None if undecodable."""
-    from etva.data.decode import DecodeError, decode_clip
-
     try:
         clip = decode_clip(path, frames, size, audio_rate=None)
     except (DecodeError, OSError) as e:
