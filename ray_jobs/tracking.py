@@ -338,6 +338,7 @@ class EpochLogger:
         self.pending: list = []  # mlflow Metric, oldest first
         self._next_try = 0.0
         self.outages = 0  # times the server was found unreachable
+        self.logged_before: set[int] = set()  # epochs MLflow held when the run resumed (backfill)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if self.client is None:
@@ -376,6 +377,13 @@ class EpochLogger:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
         return True
 
+    def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
+        """An epoch's metrics, unless MLflow has them already (an epoch redone after a checkpoint fallback)."""
+        if epoch in self.logged_before:
+            logger.warning("epoch %d redone after a checkpoint fallback: MLflow keeps its first values", epoch)
+        else:
+            self.log(metrics, step=epoch)
+
     def backfill(self, history: dict[str, dict], key: str = "val/t2v_R1") -> None:
         """Log epochs that the checkpoint holds but MLflow lacks (the job stopped between the two)."""
         if self.client is None:
@@ -383,6 +391,7 @@ class EpochLogger:
         try:
             with fail_fast(30):
                 logged = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+                self.logged_before = set(logged)
         except Exception as e:  # server down: training matters more; the next resume back-fills
             logger.warning("MLflow unreachable (%s): epochs before the resume are not back-filled", e)
             return
