@@ -218,7 +218,10 @@ class TrainRecipe:
         reported = ray.train.get_all_reported_checkpoints(consistency_mode=mode)
         if self.rank == 0:  # an epoch committed but not yet logged is back-filled from it on resume
             prune(reported, self.cfg.ray.keep_recent)
-            self.mlflow.log_epoch({k: v for k, v in metrics.items() if k != "epoch"}, epoch)
+            if epoch in self.mlflow.logged_before:  # redone after a fallback to an older checkpoint
+                logger.warning("epoch %d redone after a checkpoint fallback: MLflow keeps its first values", epoch)
+            else:
+                self.mlflow.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             self._log_line(epoch, metrics)
 
     def _save(self, out: Path, epoch: int, metrics: dict, skipped_names: dict) -> Path:

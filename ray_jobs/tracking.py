@@ -29,8 +29,7 @@ CHECKPOINT_TAG = "etva.checkpoint_artifact"  # where the run's best checkpoint i
 MODEL_ID_TAG = "etva.model_id"  # the logged model (MLflow 3) that holds the best checkpoint
 MODEL_NAME = "model"  # the logged model's name on the run page
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-MAX_PARAM_LEN = 6000
-PARAMS_PER_CALL, METRICS_PER_CALL = 90, 900  # below the server's log_batch limits (100 / 1000)
+MAX_PARAM_LEN, PARAMS_PER_CALL, METRICS_PER_CALL = 6000, 90, 900  # server log_batch limits: 100 / 1000
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -45,9 +44,13 @@ def tracking_uri(cfg: Config) -> str:
 
 
 def get_client(uri: str):
-    """An ``MlflowClient`` for tracking and the model registry on ``uri``."""
+    """An ``MlflowClient`` for tracking and the model registry on ``uri``, logged in as the node's
+    credentials say (``ray_jobs.credentials``: never from the runtime environment)."""
     from mlflow.tracking import MlflowClient
 
+    from ray_jobs.credentials import load_credentials
+
+    load_credentials()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -376,13 +379,6 @@ class EpochLogger:
                 return False
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
         return True
-
-    def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
-        """An epoch's metrics, unless MLflow has them already (an epoch redone after a checkpoint fallback)."""
-        if epoch in self.logged_before:
-            logger.warning("epoch %d redone after a checkpoint fallback: MLflow keeps its first values", epoch)
-        else:
-            self.log(metrics, step=epoch)
 
     def backfill(self, history: dict[str, dict], key: str = "val/t2v_R1") -> None:
         """Log epochs that the checkpoint holds but MLflow lacks (the job stopped between the two)."""

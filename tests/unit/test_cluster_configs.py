@@ -115,7 +115,7 @@ def test_launcher_auth_dashboard_and_install():
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu" in setup and "setup_env.sh" in setup
     # setup_env.sh installs the pinned torch (from TORCH_INDEX_URL) before the project
     script = (REPO / "cluster" / "setup_env.sh").read_text()
-    assert 0 < script.index('--index-url "$TORCH_INDEX_URL"') < script.index('-e "$ROOT[dev]"')
+    assert 0 < script.index('--index-url "$TORCH_INDEX_URL"') < script.index('-e "$ROOT[dev,server]"')
 
 
 def test_launcher_rsync_excludes_keep_tracked_sources():
