@@ -277,7 +277,8 @@ def test_mlflow_server_script_keeps_the_password_off_the_command_line(tmp_path):
     parser = configparser.ConfigParser()
     parser.read(ini)
     url = make_url(parser["mlflow"]["database_uri"])
-    assert (url.drivername, url.host, url.port, url.database) == ("postgresql", "db.internal", 5432, "mlflow")
+    assert (url.drivername, url.host, url.port, url.database) == ("postgresql+psycopg2", "db.internal", 5432, "mlflow")
+    assert parser["mlflow"]["default_permission"] == "NO_PERMISSIONS"  # experiments private until shared
     assert url.password == pw
     missing = {k: v for k, v in env.items() if k != "MLFLOW_DB_PASSWORD"}
     res = subprocess.run(["bash", str(script)], env=missing, capture_output=True, text=True)
