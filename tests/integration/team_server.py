@@ -62,7 +62,7 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path, user: str | None = No
         )  # fmt: skip
 
 
-def _wait(check, what: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> None:
+def _wait(check, what: str, proc: subprocess.Popen, log: Path, timeout_s: float = 600.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if proc.poll() is not None or time.monotonic() > deadline:
