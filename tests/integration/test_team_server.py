@@ -62,7 +62,7 @@ def test_an_experiment_is_private_until_shared(team_server, monkeypatch):
         client.get_experiment(exp_id)
     assert client.search_runs([exp_id]) == []  # its runs are filtered out of searches, not leaked
     _as(monkeypatch, "alice", "alice-password-1")  # MANAGE as the creator: may share it
-    AuthServiceClient(team_server.uri).create_experiment_permission(exp_id, "bob", "READ")
+    AuthServiceClient(team_server.uri).grant_user_permission("bob", "experiment", exp_id, "READ")
     _as(monkeypatch, "bob", "bob-password-1")
     assert client.get_experiment(exp_id).name == "alice-private"
     assert len(client.search_runs([exp_id])) == 1
@@ -120,3 +120,40 @@ def test_train_with_and_without_a_login(local_cluster, team_server, tiny_data, t
     for key in ("val/t2v_R1", "train/loss"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1], key
     assert "best/t2v_R1" in run.data.metrics
+
+
+def test_sweep_logs_every_metric_once(local_cluster, team_server, tiny_data, tmp_path, monkeypatch):
+    """4 trials x 1 epoch, 2 at a time, all writing to PostgreSQL through the basic-auth server."""
+    from mlflow.tracking import MlflowClient
+
+    password = "sweep-password-3"
+    _create_user(monkeypatch, team_server, "etva-sweeps", password)
+    creds = tmp_path / "mlflow-credentials"
+    creds.write_text(f"[mlflow]\nmlflow_tracking_username = etva-sweeps\nmlflow_tracking_password = {password}\n")
+    creds.chmod(0o600)
+    space = tmp_path / "space.yaml"
+    space.write_text("train.seed: {grid: [0, 1, 2, 3]}\n")
+    cmd = [
+        sys.executable, "-m", "tuning.sweep", "--config", str(REPO / "ray_jobs/configs/tiny.yaml"),
+        "--space", str(space), "--name", "team-sweep", f"data.root={tiny_data}",
+        f"ray.storage_path={tmp_path / 'runs'}", f"ray.address={local_cluster.ray_address}",
+        "ray.num_workers=1", "train.batch_size=4", f"mlflow.experiment={EXPERIMENT}-sweep",
+        "tune.num_samples=1", "tune.max_epochs=1", "tune.max_concurrent_trials=2",
+    ]  # fmt: skip
+    base = {k: v for k, v in local_cluster.subprocess_env().items() if not k.startswith("MLFLOW_TRACKING_")}
+    env = {**base, "MLFLOW_TRACKING_URI": team_server.uri, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           "HOME": str(tmp_path), "ETVA_MLFLOW_CREDENTIALS": str(creds)}  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+
+    _as(monkeypatch, "etva-sweeps", password)
+    client = MlflowClient(team_server.uri)
+    exp = client.get_experiment_by_name(f"{EXPERIMENT}-sweep")
+    runs = client.search_runs([exp.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("etva.role") == "trial"]
+    assert len(trials) == 4 and len(runs) == 5, [r.data.tags.get("etva.role") for r in runs]
+    for run in trials:
+        assert run.info.status == "FINISHED", run.info.run_id
+        for key in ("val/t2v_R1", "train/loss", "epoch_time_s"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0], key
+        assert len(client.get_metric_history(run.info.run_id, "best/t2v_R1")) == 1
