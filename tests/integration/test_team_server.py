@@ -107,6 +107,8 @@ def test_train_with_and_without_a_login(local_cluster, team_server, tiny_data, t
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     job_id = re.search(r"raysubmit_\w+", out).group(0)
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):  # the head's token authentication
+        monkeypatch.setenv(key, local_cluster.env[key])
     info = JobSubmissionClient(local_cluster.dashboard_url).get_job_info(job_id)
     assert password not in str(info.runtime_env) and password not in str(info.entrypoint)
 
