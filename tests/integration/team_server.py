@@ -80,7 +80,7 @@ def _can_connect(**kw) -> bool:
         return False
 
 
-def _start_postgres(root: Path, port: int, password: str) -> subprocess.Popen:
+def _start_postgres(root: Path, port: int, password: str, procs: list[subprocess.Popen]) -> None:
     user = _db_user()
     data, pwfile = root / "pg", root / "pwfile"
     pwfile.write_text(password + "\n")
@@ -98,10 +98,9 @@ def _start_postgres(root: Path, port: int, password: str) -> subprocess.Popen:
     if user:
         log.touch()
         shutil.chown(log, user)
-    proc = _spawn(cmd, env, log, user)
+    procs.append(_spawn(cmd, env, log, user))  # the caller stops it, also when the wait fails
     login = {"host": "127.0.0.1", "port": port, "user": "pgadmin", "password": password, "dbname": "postgres"}
-    _wait(lambda: _can_connect(**login), "PostgreSQL", proc, log)
-    return proc
+    _wait(lambda: _can_connect(**login), "PostgreSQL", procs[-1], log)
 
 
 def _create_db(port: int, admin_password: str, db_password: str) -> None:
@@ -115,7 +114,8 @@ def _create_db(port: int, admin_password: str, db_password: str) -> None:
     conn.close()
 
 
-def _start_mlflow(root: Path, pg_port: int, port: int, db_password: str, admin_password: str):
+def _start_mlflow(root: Path, ports: tuple[int, int], passwords: tuple[str, str], procs: list) -> None:
+    (pg_port, port), (db_password, admin_password) = ports, passwords
     env = {
         **os.environ,
         "MLFLOW_DB_HOST": "127.0.0.1", "MLFLOW_DB_PORT": str(pg_port), "MLFLOW_DB_USER": "mlflow",
@@ -128,11 +128,10 @@ def _start_mlflow(root: Path, pg_port: int, port: int, db_password: str, admin_p
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(key, None)
     log = root / "mlflow.log"
-    proc = _spawn(["bash", str(REPO / "cluster/mlflow/mlflow-server.sh")], env, log)
+    procs.append(_spawn(["bash", str(REPO / "cluster/mlflow/mlflow-server.sh")], env, log))
     from cluster.local_procs import http_status
 
-    _wait(lambda: http_status(f"http://127.0.0.1:{port}/health") == 200, "mlflow-server.sh", proc, log)
-    return proc
+    _wait(lambda: http_status(f"http://127.0.0.1:{port}/health") == 200, "mlflow-server.sh", procs[-1], log)
 
 
 def _stop(pgid: int, grace_s: float = 10.0) -> None:
@@ -159,10 +158,10 @@ def running_team_server(pg_port: int, port: int) -> Iterator[TeamServer]:
                         f"postgresql+psycopg2://mlflow:{db_password}@127.0.0.1:{pg_port}/mlflow", root)  # fmt: skip
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(_start_postgres(root, pg_port, pg_password))
+        _start_postgres(root, pg_port, pg_password, procs)
         server.pgids["postgres"] = procs[-1].pid
         _create_db(pg_port, pg_password, db_password)
-        procs.append(_start_mlflow(root, pg_port, port, db_password, admin_password))
+        _start_mlflow(root, (pg_port, port), (db_password, admin_password), procs)
         server.pgids["mlflow"] = procs[-1].pid
         yield server
     finally:
