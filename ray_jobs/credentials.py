@@ -25,10 +25,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-__all__ = ["CREDENTIALS_ENV", "USER_ENV", "PASSWORD_ENV", "credentials_path", "load_credentials", "check_login"]
+__all__ = ["CREDENTIALS_ENV", "USER_ENV", "PASS_ENV", "credentials_path", "load_credentials", "check_login"]
 
 CREDENTIALS_ENV = "ETVA_MLFLOW_CREDENTIALS"
-USER_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+USER_ENV, PASS_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 
 
 class LoginError(RuntimeError):
@@ -47,7 +47,7 @@ def load_credentials() -> bool:
     Raises:
         LoginError: the file is readable by others than its owner, or lacks one of the two keys.
     """
-    if os.environ.get(USER_ENV) and os.environ.get(PASSWORD_ENV):
+    if os.environ.get(USER_ENV) and os.environ.get(PASS_ENV):
         return True
     path = credentials_path()
     if not path.is_file():
@@ -65,7 +65,7 @@ def load_credentials() -> bool:
         raise LoginError(
             f"{path}: expected a [mlflow] section with mlflow_tracking_username and mlflow_tracking_password"
         )
-    os.environ[USER_ENV], os.environ[PASSWORD_ENV] = user, password
+    os.environ[USER_ENV], os.environ[PASS_ENV] = user, password
     return True
 
 
@@ -86,11 +86,11 @@ def check_login(uri: str, timeout: float = 10.0) -> None:
     rejects. A server without basic-auth passes (its API answers without a login)."""
     url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
     has = load_credentials()
-    login = (os.environ[USER_ENV], os.environ[PASSWORD_ENV]) if has else None
+    login = (os.environ[USER_ENV], os.environ[PASS_ENV]) if has else None
     code = _status(url, login, timeout)
     if code in (401, 403) and login is None:
         raise LoginError(
-            f"the MLflow server at {uri} asks for a login: set {USER_ENV} and {PASSWORD_ENV}, or write "
+            f"the MLflow server at {uri} asks for a login: set {USER_ENV} and {PASS_ENV}, or write "
             f"them to {credentials_path()} (mode 0600; another file: ${CREDENTIALS_ENV})"
         )
     if code in (401, 403):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,7 @@ def test_train_with_and_without_a_login(local_cluster, team_server, tiny_data, t
     assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in proc.stderr, proc.stderr[-3000:]
     assert "running:" not in proc.stderr  # refused before anything was submitted
 
-    password = "jobs-password-7"
+    password = secrets.token_hex(8)  # 16 characters: the server wants at least 12
     _create_user(monkeypatch, team_server, "etva-jobs", password)
     creds = tmp_path / "mlflow-credentials"
     creds.write_text(f"[mlflow]\nmlflow_tracking_username = etva-jobs\nmlflow_tracking_password = {password}\n")
@@ -128,7 +129,7 @@ def test_sweep_logs_every_metric_once(local_cluster, team_server, tiny_data, tmp
     """4 trials x 1 epoch, 2 at a time, all writing to PostgreSQL through the basic-auth server."""
     from mlflow.tracking import MlflowClient
 
-    password = "sweep-password-3"
+    password = secrets.token_hex(8)
     _create_user(monkeypatch, team_server, "etva-sweeps", password)
     creds = tmp_path / "mlflow-credentials"
     creds.write_text(f"[mlflow]\nmlflow_tracking_username = etva-sweeps\nmlflow_tracking_password = {password}\n")
