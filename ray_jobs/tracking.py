@@ -29,8 +29,7 @@ CHECKPOINT_TAG = "etva.checkpoint_artifact"  # where the run's best checkpoint i
 MODEL_ID_TAG = "etva.model_id"  # the logged model (MLflow 3) that holds the best checkpoint
 MODEL_NAME = "model"  # the logged model's name on the run page
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-MAX_PARAM_LEN = 6000
-PARAMS_PER_CALL, METRICS_PER_CALL = 90, 900  # below the server's log_batch limits (100 / 1000)
+MAX_PARAM_LEN, PARAMS_PER_CALL, METRICS_PER_CALL = 6000, 90, 900  # server log_batch limits: 100 / 1000
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -45,9 +44,13 @@ def tracking_uri(cfg: Config) -> str:
 
 
 def get_client(uri: str):
-    """An ``MlflowClient`` for tracking and the model registry on ``uri``."""
+    """An ``MlflowClient`` for tracking and the model registry on ``uri``, logged in as the node's
+    credentials say (``ray_jobs.credentials``: never from the runtime environment)."""
     from mlflow.tracking import MlflowClient
 
+    from ray_jobs.credentials import load_credentials
+
+    load_credentials()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -338,6 +341,7 @@ class EpochLogger:
         self.pending: list = []  # mlflow Metric, oldest first
         self._next_try = 0.0
         self.outages = 0  # times the server was found unreachable
+        self.logged_before: set[int] = set()  # epochs MLflow held when the run resumed (backfill)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if self.client is None:
@@ -383,6 +387,7 @@ class EpochLogger:
         try:
             with fail_fast(30):
                 logged = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+                self.logged_before = set(logged)
         except Exception as e:  # server down: training matters more; the next resume back-fills
             logger.warning("MLflow unreachable (%s): epochs before the resume are not back-filled", e)
             return

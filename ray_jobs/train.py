@@ -130,7 +130,7 @@ def build_trainer(
             storage_path=storage_path(cfg),
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.ray.num_to_keep,
+                num_to_keep=None,  # retention is ours (ray.keep_recent, ray_jobs.checkpoints.prune)
                 checkpoint_score_attribute=SELECT_METRIC,
                 checkpoint_score_order="max",
             ),
@@ -144,7 +144,9 @@ def build_trainer(
 
 def best_of(result) -> tuple[dict, str | None]:
     """Best reported metrics and checkpoint path (the project's selection rule, etva.metrics)."""
-    best = getattr(result, "best_checkpoints", None) or []
+    from ray_jobs.checkpoints import is_retired
+
+    best = [(c, m) for c, m in (getattr(result, "best_checkpoints", None) or []) if not is_retired(c)]
     if not best:
         return (result.metrics or {}), (result.checkpoint.path if result.checkpoint else None)
     ckpt, metrics = max(best, key=lambda cm: selection_key(cm[1]))
