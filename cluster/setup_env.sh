@@ -30,6 +30,6 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 else
   "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" 2> >(grep -v "is ignored" >&2 || true)
 fi
-"$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" 2> >(grep -v "is ignored" >&2 || true)
+"$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev,server]" 2> >(grep -v "is ignored" >&2 || true)
 stamp_value > "$STAMP"
 echo "[setup] done"

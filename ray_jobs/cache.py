@@ -11,6 +11,11 @@ has no temporal augmentation). Modes:
   video files (path, size, mtime) and the caption ids, so a change to any of them is a new cache; the
   folder is renamed into place only when complete (a killed writer leaves no half cache behind).
 
+Before decoding, the decoded size is estimated (clips x the bytes of one decoded example,
+``etva.data.example.example_nbytes``): ``memory`` refuses when it passes :data:`OBJECT_STORE_SHARE` of
+the cluster's object store (Ray would spill to disk, for hours on a large split), ``disk`` when it passes
+the free space of the cache's filesystem; the message names the other modes.
+
 A cached training split is re-ordered every epoch by block order plus a local shuffle buffer in the
 worker (``ray_jobs.batches``), instead of the full shuffle of the index rows that the streaming path does.
 """
@@ -26,9 +31,12 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+import ray
 import ray.data
 
 from etva.config import DataConfig
+from etva.data.example import example_nbytes
 
 __all__ = ["DECODE_FIELDS", "cache_key", "cached", "disk_cache_dir"]
 
@@ -73,9 +81,45 @@ def cached(decoded, rows: list[dict], data_cfg: DataConfig, storage: str, name: 
     if data_cfg.cache == "none":
         return decoded
     if data_cfg.cache == "memory":
+        _check_object_store(estimated_bytes(rows, data_cfg), len(rows), name)
         logger.info("%s: decoding %d clips once into the object store (data.cache=memory)", name, len(rows))
         return decoded.materialize()
     return _disk(decoded, rows, data_cfg, storage, name)
+
+
+OBJECT_STORE_SHARE = 0.8  # of the cluster's object store a data.cache=memory split may fill
+
+
+def estimated_bytes(rows: list[dict], data_cfg: DataConfig) -> int:
+    """Decoded size of ``rows``: the arrays of one decoded example plus the row's own arrays, per row."""
+    own = sum(np.asarray(v).nbytes for v in rows[0].values() if isinstance(v, np.ndarray)) if rows else 0
+    return len(rows) * (example_nbytes(data_cfg) + own)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _check_object_store(need: int, clips: int, name: str) -> None:
+    store = float(ray.cluster_resources().get("object_store_memory", 0.0))
+    if store and need > OBJECT_STORE_SHARE * store:
+        raise ValueError(
+            f"{name}: data.cache=memory would hold about {_gib(need)} of decoded clips ({clips} clips) in "
+            f"an object store of {_gib(store)} (more than {OBJECT_STORE_SHARE:.0%}: Ray would spill it to "
+            "disk). Set data.cache=disk (decoded once into Parquet under ray.storage_path) or "
+            "data.cache=none (decoded every epoch)"
+        )
+
+
+def _check_free_space(folder: Path, need: int, clips: int, name: str) -> None:
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise ValueError(
+            f"{name}: data.cache=disk would write about {_gib(need)} of decoded clips ({clips} clips) to "
+            f"{folder}, but its filesystem has {_gib(free)} free. Free space there, set ray.storage_path "
+            "to a larger filesystem, or set data.cache=none (decoded every epoch)"
+        )
 
 
 def _disk(decoded, rows: list[dict], data_cfg: DataConfig, storage: str, name: str):
@@ -85,6 +129,7 @@ def _disk(decoded, rows: list[dict], data_cfg: DataConfig, storage: str, name: s
         )
     folder = disk_cache_dir(rows, data_cfg, storage)
     if not (folder / "_COMPLETE").is_file():
+        _check_free_space(folder, estimated_bytes(rows, data_cfg), len(rows), name)
         tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
         logger.info("%s: decoding %d clips once into %s (data.cache=disk)", name, len(rows), folder)
         try:

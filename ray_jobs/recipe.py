@@ -28,7 +28,7 @@ import torch
 from etva.config import Config
 from etva.inference import build_trained_model
 from etva.train import engine
-from etva.train.checkpoint import load_checkpoint, save_checkpoint
+from etva.train.checkpoint import save_checkpoint
 from etva.train.state import build_training, start_epoch
 from ray_jobs.batches import (
     EpochPrefetch,
@@ -40,6 +40,7 @@ from ray_jobs.batches import (
     train_batches,
     train_rows,
 )
+from ray_jobs.checkpoints import checkpoint_name, load_resume_state, prune
 from ray_jobs.data import eval_shard_name
 from ray_jobs.driver import setup_logging
 from ray_jobs.profiling import process_started_at, profile_for_epoch
@@ -139,6 +140,7 @@ class TrainRecipe:
         self.history: dict[str, dict] = {}
         self.start_epoch = 0
         self.truncated = 0
+        self.taken: set[str] = set()  # checkpoint folder names already in the run (resumed runs)
         self.prefetch: EpochPrefetch | None = None
         self.timings: dict[str, Any] = {}
         self.mlflow = EpochLogger(inputs.mlflow_uri, inputs.mlflow_run_id) if self.rank == 0 else None
@@ -149,9 +151,9 @@ class TrainRecipe:
         cfg = self.cfg
         state = None
         ckpt = ray.train.get_checkpoint()
-        if ckpt is not None:
-            with ckpt.as_directory() as d:
-                state = load_checkpoint(d)
+        if ckpt is not None:  # Ray's latest, or the newest good one when it fails verification
+            state, taken = load_resume_state(ckpt, retire_bad=self.rank == 0)
+            self.taken = set(taken)
         self.train_shard = ray.train.get_dataset_shard("train")
 
         self._read_ahead(start_epoch(state))  # Ray Data starts up while the model is built (2 s of imports)
@@ -239,11 +241,16 @@ class TrainRecipe:
                 ray.train.report(
                     metrics,
                     checkpoint=ray.train.Checkpoint.from_directory(str(out)),
-                    checkpoint_dir_name=f"epoch_{epoch:04d}",
+                    checkpoint_dir_name=checkpoint_name(epoch, self.taken),
                 )
-        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+        mode = ray.train.CheckpointConsistencyMode.COMMITTED
+        reported = ray.train.get_all_reported_checkpoints(consistency_mode=mode)
         if self.rank == 0:  # an epoch committed but not yet logged is back-filled from it on resume
-            self.mlflow.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            prune(reported, self.cfg.ray.keep_recent)
+            if epoch in self.mlflow.logged_before:  # redone after a fallback to an older checkpoint
+                logger.warning("epoch %d redone after a checkpoint fallback: MLflow keeps its first values", epoch)
+            else:
+                self.mlflow.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             self._log_line(epoch, metrics)
 
     def _save(self, out: Path, epoch: int, metrics: dict, skipped_names: dict) -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 import etva
 from etva.config import Config, config_to_dict, flatten, settings
 from etva.train.checkpoint import MANIFEST, verify_checkpoint
+from ray_jobs.credentials import load_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,7 @@ CHECKPOINT_TAG = "etva.checkpoint_artifact"  # where the run's best checkpoint i
 MODEL_ID_TAG = "etva.model_id"  # the logged model (MLflow 3) that holds the best checkpoint
 MODEL_NAME = "model"  # the logged model's name on the run page
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-MAX_PARAM_LEN = 6000
-PARAMS_PER_CALL, METRICS_PER_CALL = 90, 900  # below the server's log_batch limits (100 / 1000)
+MAX_PARAM_LEN, PARAMS_PER_CALL, METRICS_PER_CALL = 6000, 90, 900  # server log_batch limits: 100 / 1000
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -47,10 +47,12 @@ def tracking_uri(cfg: Config) -> str:
 
 
 def get_client(uri: str):
-    """An ``MlflowClient`` for tracking and the model registry on ``uri``."""
+    """An ``MlflowClient`` for tracking and the model registry on ``uri``, logged in as the node's
+    credentials say (``ray_jobs.credentials``: never from the runtime environment)."""
     # lazy: mlflow takes 2.5 s CPU to import; a process without a tracking server never pays it
     from mlflow.tracking import MlflowClient
 
+    load_credentials()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -197,7 +199,7 @@ def log_best_model(client, run_id: str, ckpt_dir: str | Path, step: int = 0) -> 
     model. Returns the logged model's id (``models:/<id>`` loads it; *Register model* on the run page
     registers it).
     """
-    # lazy: mlflow takes 2.5 s CPU to import; a process without a tracking server never pays it
+    # lazy: mlflow takes 2.5 s CPU to import, pandas 0.7 s; only the run that logs a model pays them
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
@@ -328,6 +330,7 @@ class EpochLogger:
         self.pending: list = []  # mlflow Metric, oldest first
         self._next_try = 0.0
         self.outages = 0  # times the server was found unreachable
+        self.logged_before: set[int] = set()  # epochs MLflow held when the run resumed (backfill)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if self.client is None:
@@ -373,6 +376,7 @@ class EpochLogger:
         try:
             with fail_fast(30):
                 logged = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+                self.logged_before = set(logged)
         except Exception as e:  # server down: training matters more; the next resume back-fills
             logger.warning("MLflow unreachable (%s): epochs before the resume are not back-filled", e)
             return

@@ -24,6 +24,7 @@ from etva.config import Config, config_to_dict
 from etva.config.settings import git_commit
 from etva.eval.metrics import format_table, selection_key
 from etva.train.checkpoint import load_checkpoint
+from ray_jobs.checkpoints import is_retired
 from ray_jobs.driver import add_overrides, init_ray, job_parser, load_job_config, setup_logging, storage_path
 from ray_jobs.evaluate import run_evaluation, scored_header
 from ray_jobs.pictures import log_pictures_safely  # never raises: a warning on failure
@@ -144,7 +145,7 @@ def build_trainer(
             storage_path=storage_path(cfg),
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.ray.num_to_keep,
+                num_to_keep=None,  # retention is ours (ray.keep_recent, ray_jobs.checkpoints.prune)
                 checkpoint_score_attribute=SELECT_METRIC,
                 checkpoint_score_order="max",
             ),
@@ -158,7 +159,7 @@ def build_trainer(
 
 def best_of(result) -> tuple[dict, str | None]:
     """Best reported metrics and checkpoint path (the project's selection rule, etva.eval.metrics)."""
-    best = getattr(result, "best_checkpoints", None) or []
+    best = [(c, m) for c, m in (getattr(result, "best_checkpoints", None) or []) if not is_retired(c)]
     if not best:
         return (result.metrics or {}), (result.checkpoint.path if result.checkpoint else None)
     ckpt, metrics = max(best, key=lambda cm: selection_key(cm[1]))

@@ -8,6 +8,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash cluster/setup_env.sh
 bash cluster/install_browser.sh
+bash cluster/install_postgres.sh
 PY="${ETVA_VENV:-$ROOT/.venv}/bin/python"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONHASHSEED=0
 echo "[test] ruff check"

@@ -228,7 +228,7 @@ def plot_summary(rows: list[dict[str, Any]], keys: list[str], path: str) -> bool
     # lazy: matplotlib, imported only when a picture is drawn
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # headless, before pyplot is imported
     import matplotlib.pyplot as plt
 
     axes_keys = sorted((k for k in keys if not is_seed(k)), key=lambda k: k != "model.num_clusters")

@@ -285,9 +285,10 @@ def build_job(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     job_argv, cfg = _eval_args(args) if args.job == "eval" else _train_args(args, working_dir, mode)
     if args.job != "eval":
         _check_dataset(cfg, mode, address)
-    uri = tracking_uri(cfg.mlflow.tracking_uri)
+    uri, login_env = tracking_uri(cfg.mlflow.tracking_uri), {}
     if uri and not (args.job == "eval" and args.no_mlflow and not args.checkpoint.startswith(MLFLOW_SCHEMES)):
         check_url(f"{uri.rstrip('/')}/health", f"the MLflow server ({uri})", MLFLOW_HINT)
+        login_env = seam.check_mlflow_login(uri)  # before anything is submitted
         if not cfg.mlflow.tracking_uri:
             job_argv.append(f"mlflow.tracking_uri={uri}")  # the job may not inherit this shell's env
     if mode == "local":
@@ -300,6 +301,7 @@ def build_job(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     submit += ["--no-wait"] if args.no_wait else []
     # the job's environment comes from the cluster, not this shell; the upload has no .git folder
     env_vars = {"MLFLOW_TRACKING_URI": uri} if uri else {}
+    env_vars.update(login_env)  # a credentials file's path on the nodes, never the login itself
     if (commit := git_commit(working_dir)) != UNKNOWN_COMMIT:
         env_vars["ETVA_GIT_COMMIT"] = commit  # MLflow's mlflow.source.git.commit of the run
     # one epoch's profile asked for in this shell (ray_jobs/profiling.py; files on rank 0's node)

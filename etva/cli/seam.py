@@ -15,7 +15,7 @@ from typing import Any
 
 from etva.cli.errors import UsageError
 
-__all__ = ["load_space", "best_main", "best_error_type", "fetch_checkpoint"]
+__all__ = ["load_space", "best_main", "best_error_type", "fetch_checkpoint", "check_mlflow_login"]
 
 _HINT = "run it from the repository root"  # where the ray_jobs/ and tuning/ packages live
 
@@ -83,3 +83,23 @@ def fetch_checkpoint(uri: str, dst: Path) -> Path:
     for key, value in QUIET_ENV.items():  # no per-file download progress bar in the command's output
         os.environ.setdefault(key, value)
     return _fetch(uri, dst)
+
+
+def check_mlflow_login(uri: str) -> dict[str, str]:
+    """``ray_jobs.credentials.check_login(uri)``: refuse a job whose tracking server asks for a login this
+    shell lacks (or rejects). Returns what a submitted job's environment may carry: the credentials
+    file's path when ``$ETVA_MLFLOW_CREDENTIALS`` names one (a path on the cluster's nodes), else nothing.
+
+    Raises:
+        UsageError: no login, a rejected one, an unsafe credentials file, or no ``ray_jobs`` package.
+    """
+    try:
+        from ray_jobs.credentials import CREDENTIALS_ENV, LoginError, check_login
+    except ModuleNotFoundError as e:
+        raise _missing("a job needs the ray_jobs package", e) from e
+    try:
+        check_login(uri)
+    except LoginError as e:
+        raise UsageError(str(e), "cluster/mlflow/README.md: users and job credentials") from e
+    path = os.environ.get(CREDENTIALS_ENV, "")
+    return {CREDENTIALS_ENV: path} if path else {}

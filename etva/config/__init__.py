@@ -214,7 +214,7 @@ class RayConfig:
     storage_path: str = ""  # absolute path or URI; empty = <repo>/runs/ray
     run_name: str = ""  # stable name: re-running with the same name resumes the run
     max_failures: int = 2
-    num_to_keep: int = 2
+    keep_recent: int = 2  # checkpoints kept besides the best: the most recent N (older ones deleted)
 
 
 @dataclass
@@ -318,7 +318,7 @@ RANGES: dict[type, dict[str, Range]] = {
     RayConfig: {
         "num_workers": AT_LEAST_1, "cpus_per_worker": NON_NEGATIVE, "gpus_per_worker": NON_NEGATIVE,
         "decode_cpus": NON_NEGATIVE, "decode_concurrency": AT_LEAST_1, "max_failures": Range(-1),
-        "num_to_keep": AT_LEAST_1,
+        "keep_recent": NON_NEGATIVE,
     },
     TuneConfig: {
         "num_samples": AT_LEAST_1, "grace_period": AT_LEAST_1, "max_epochs": AT_LEAST_1,

@@ -30,6 +30,7 @@ __all__ = [
     "decode_batch",
     "feature_manifest_for",
     "feature_stores_for",
+    "example_nbytes",
     "SKIPPABLE_ERRORS",
 ]
 
@@ -108,22 +109,33 @@ def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
     return out
 
 
-def _empty_example(cfg) -> dict[str, np.ndarray]:
-    """Zero arrays with the shapes of a good example (filled in for failed rows)."""
+def example_nbytes(cfg) -> int:
+    """Bytes of one decoded example's arrays (frames, audio, expert features) under ``cfg``: the size
+    estimate a decoded cache (``data.cache``) checks before decoding anything."""
+    return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in _example_shapes(cfg).values())
+
+
+def _example_shapes(cfg) -> dict[str, tuple[tuple[int, ...], type]]:
+    """Shape and dtype of every array of a good example."""
     a = num_audio_frames(cfg.max_audio_s)
-    out = {}
+    out: dict[str, tuple[tuple[int, ...], type]] = {}
     if cfg.decode_clips:
         out = {
-            "frames": np.zeros((cfg.num_frames, cfg.frame_size, cfg.frame_size, 3), np.uint8),
-            "audio_mel": np.zeros((a, cfg.num_mel_bins), np.float32),
-            "audio_mask": np.zeros((a,), bool),
+            "frames": ((cfg.num_frames, cfg.frame_size, cfg.frame_size, 3), np.uint8),
+            "audio_mel": ((a, cfg.num_mel_bins), np.float32),
+            "audio_mask": ((a,), bool),
         }
     manifest = feature_manifest_for(cfg)
     dims = {**(manifest.dims if manifest else {}), **{n: s.dim for n, s in feature_stores_for(cfg).items()}}
     for name, dim in dims.items():
-        out[f"feat/{name}"] = np.zeros((cfg.max_feature_tokens, dim), np.float32)
-        out[f"feat_mask/{name}"] = np.zeros((cfg.max_feature_tokens,), bool)
+        out[f"feat/{name}"] = ((cfg.max_feature_tokens, dim), np.float32)
+        out[f"feat_mask/{name}"] = ((cfg.max_feature_tokens,), bool)
     return out
+
+
+def _empty_example(cfg) -> dict[str, np.ndarray]:
+    """Zero arrays with the shapes of a good example (filled in for failed rows)."""
+    return {k: np.zeros(shape, dtype) for k, (shape, dtype) in _example_shapes(cfg).items()}
 
 
 def _time(value) -> float | None:

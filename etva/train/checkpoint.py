@@ -10,24 +10,31 @@ Layout of a checkpoint directory::
     MANIFEST.json   sha256 of every other file; written last, so its presence marks a complete checkpoint
 
 Weights are read with ``torch.load(weights_only=True)``: a file holding arbitrary pickled objects is
-refused, and any byte changed after writing fails the checksum.
+refused, and any byte changed after writing fails the checksum. A full disk while writing raises
+:class:`CheckpointError` naming the folder and leaves nothing behind (earlier checkpoints are untouched).
+:func:`retained` is the retention rule of a run's checkpoints: the best one plus the most recent few.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint"]
+from etva.eval.metrics import selection_key
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint", "retained"]
 
 MANIFEST = "MANIFEST.json"
+FULL_DISK_FAULT_ENV = "ETVA_FAULT_FULL_DISK"
 
 
 class CheckpointError(RuntimeError):
@@ -44,6 +51,32 @@ def _sha256(path: Path) -> str:
 
 def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _no_space(out: Path, e: OSError) -> CheckpointError:
+    return CheckpointError(
+        f"{out}: no space left on the device while writing this checkpoint ({e}); nothing was written "
+        f"there and earlier checkpoints are intact. Free space under {out.parent} (or set "
+        "ray.storage_path elsewhere) and resubmit with the same run name to resume"
+    )
+
+
+def _write(path: Path, write: Callable[[Any], Any]) -> None:
+    """Write one file through ``write(file)``, flushed and fsync'ed (a full disk raises here, not later).
+
+    Fault injection for tests (never set by users): with ``$ETVA_FAULT_FULL_DISK`` naming a marker file
+    that does not exist yet, the first file is written to ``/dev/full`` (a real ENOSPC from the kernel)
+    and the marker is created, so the fault fires once.
+    """
+    marker = os.environ.get(FULL_DISK_FAULT_ENV, "")
+    target: str | Path = path
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text(f"full disk injected while writing {path} (pid {os.getpid()})\n")
+        target = "/dev/full"
+    with open(target, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(
@@ -63,28 +96,34 @@ def save_checkpoint(
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out}: refusing to overwrite a non-empty directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        torch.save(model_state, tmp / "model.pt")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(out, e) from e
+        raise
+    try:
+        _write(tmp / "model.pt", lambda f: torch.save(model_state, f))
         if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=float))
+            _write(tmp / "optimizer.pt", lambda f: torch.save(optimizer_state, f))
+        meta_json = json.dumps(meta, indent=2, sort_keys=True, default=float).encode()
+        _write(tmp / "meta.json", lambda f: f.write(meta_json))
         if config_yaml is not None:
-            (tmp / "config.yaml").write_text(config_yaml)
+            _write(tmp / "config.yaml", lambda f: f.write(config_yaml.encode()))
         for name, data in (tokenizer_files or {}).items():
             dest = tmp / "tokenizer" / name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
+            _write(dest, lambda f, data=data: f.write(data))
         manifest = {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)}
-        with open(tmp / MANIFEST, "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
+        manifest_json = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        _write(tmp / MANIFEST, lambda f: f.write(manifest_json))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(out, e) from e
         raise
     return out
 
@@ -139,3 +178,20 @@ def load_checkpoint(ckpt_dir: str | Path, *, load_optimizer: bool = True) -> dic
     if load_optimizer and (root / "optimizer.pt").exists():
         out["optimizer"] = _load_tensors(root / "optimizer.pt")
     return out
+
+
+def retained(reports: Sequence[tuple[str, Mapping[str, float]]], keep_recent: int) -> set[str]:
+    """The checkpoints a run keeps: the best by :func:`etva.eval.metrics.selection_key` (the earliest among
+    equals) plus the ``keep_recent`` most recent.
+
+    Args:
+        reports: ``(checkpoint id, metrics)`` in the order they were written, oldest first.
+        keep_recent: how many of the newest to keep besides the best (``ray.keep_recent``).
+    Returns:
+        The ids to keep; every other one may be deleted.
+    """
+    if not reports:
+        return set()
+    best = max(range(len(reports)), key=lambda i: (selection_key(reports[i][1]), -i))
+    recent = reports[len(reports) - keep_recent :] if keep_recent > 0 else []
+    return {reports[best][0]} | {cid for cid, _ in recent}

@@ -78,3 +78,14 @@ def test_disk_and_memory_cache_give_the_decoded_rows_and_decode_once(prepared, r
     _rows(_build(cfg, split, tmp_path, "disk", num_frames=cfg.data.num_frames + 1))
     assert len(list((tmp_path / "decoded-cache").iterdir())) == 2, "other decode settings, other cache"
     assert not [p for p in (tmp_path / "decoded-cache").iterdir() if p.name.startswith(".")]
+
+
+def test_cache_that_does_not_fit_is_refused_before_decoding(prepared, ray_local, tmp_path):
+    """64 frames of 16384^2 pixels per clip: terabytes decoded, refused at once (nothing is decoded)."""
+    cfg, split = prepared
+    huge = {"num_frames": 64, "frame_size": 16384}
+    with pytest.raises(ValueError, match=r"data\.cache=memory would hold about .* GiB .*set data\.cache=disk"):
+        _build(cfg, split, tmp_path, "memory", **huge)
+    with pytest.raises(ValueError, match=r"data\.cache=disk would write about .* GiB .* free\."):
+        _build(cfg, split, tmp_path / "ray", "disk", **huge)
+    assert not (tmp_path / "ray" / "decoded-cache").exists()

@@ -149,7 +149,7 @@ def test_node_removed_mid_training_resumes_from_checkpoint(cluster, tiny_data, t
     from ray_jobs.train import build_trainer
 
     assert len(cluster.nodes) == 3, "needs a spare node to reschedule onto"
-    cfg = _cfg(tiny_data, tmp_path / "ray", "train.epochs=3", "ray.max_failures=2", "ray.num_to_keep=5")
+    cfg = _cfg(tiny_data, tmp_path / "ray", "train.epochs=3", "ray.max_failures=2", "ray.keep_recent=5")
     records, log_path, out = tmp_path / "records", tmp_path / "reports.jsonl", {}
     records.mkdir()
     trainer, _ = build_trainer(cfg, "mn-node-lost", callbacks=[mc.report_log(log_path)])

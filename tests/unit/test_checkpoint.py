@@ -97,3 +97,51 @@ def test_refuses_to_overwrite(tmp_path):
     with pytest.raises(CheckpointError, match="non-empty"):
         save_checkpoint(tmp_path / "ckpt", {}, {})
     assert (tmp_path / "ckpt" / "x").read_text() == "keep me"
+
+
+def test_full_disk_fails_clearly_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    from etva.train.checkpoint import FULL_DISK_FAULT_ENV
+
+    m, opt = _state()
+    prev = save_checkpoint(tmp_path / "epoch_0000", m.state_dict(), {"epoch": 0}, optimizer_state=opt.state_dict())
+    marker = tmp_path / "fired"
+    monkeypatch.setenv(FULL_DISK_FAULT_ENV, str(marker))  # the writer's first file goes to /dev/full
+    with pytest.raises(CheckpointError, match="no space left on the device.*earlier checkpoints are intact"):
+        save_checkpoint(tmp_path / "epoch_0001", m.state_dict(), {"epoch": 1}, optimizer_state=opt.state_dict())
+    assert marker.exists(), "the fault was not injected"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0000", "fired"]  # no half-written folder
+    assert load_checkpoint(prev)["meta"]["epoch"] == 0  # the previous one still verifies and loads
+    save_checkpoint(tmp_path / "epoch_0001", m.state_dict(), {"epoch": 1}, optimizer_state=opt.state_dict())
+    assert load_checkpoint(tmp_path / "epoch_0001")["meta"]["epoch"] == 1  # space back: writing works
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete_manifest"])
+def test_damaged_checkpoint_is_refused(tmp_path, damage):
+    m, _ = _state()
+    out = save_checkpoint(tmp_path / "ckpt", m.state_dict(), {"epoch": 0})
+    weights = out / "model.pt"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "flip":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    else:
+        (out / "MANIFEST.json").unlink()
+    with pytest.raises(CheckpointError, match="checksum mismatch|incomplete"):
+        load_checkpoint(out)
+
+
+def test_retained_keeps_the_best_and_the_most_recent():
+    from etva.train.checkpoint import retained
+
+    def r(i, r1, mdr=5.0):
+        return (f"epoch_{i}", {"val/t2v_R1": r1, "val/t2v_MdR": mdr})
+
+    reports = [r(0, 10.0), r(1, 30.0), r(2, 20.0), r(3, 25.0), r(4, 5.0)]
+    assert retained(reports, 2) == {"epoch_1", "epoch_3", "epoch_4"}
+    assert retained(reports, 0) == {"epoch_1"}
+    assert retained(reports[:2], 2) == {"epoch_0", "epoch_1"}
+    assert retained([r(0, 30.0, 3.0), r(1, 30.0, 2.0), r(2, 1.0), r(3, 1.0)], 1) == {"epoch_1", "epoch_3"}
+    assert retained([r(0, 30.0), r(1, 30.0), r(2, 1.0)], 1) == {"epoch_0", "epoch_2"}  # earliest of equals
+    assert retained([], 2) == set()

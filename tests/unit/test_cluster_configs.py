@@ -115,7 +115,7 @@ def test_launcher_auth_dashboard_and_install():
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu" in setup and "setup_env.sh" in setup
     # setup_env.sh installs the pinned torch (from TORCH_INDEX_URL) before the project
     script = (REPO / "cluster" / "setup_env.sh").read_text()
-    assert 0 < script.index('--index-url "$TORCH_INDEX_URL"') < script.index('-e "$ROOT[dev]"')
+    assert 0 < script.index('--index-url "$TORCH_INDEX_URL"') < script.index('-e "$ROOT[dev,server]"')
 
 
 def test_launcher_rsync_excludes_keep_tracked_sources():
@@ -277,7 +277,8 @@ def test_mlflow_server_script_keeps_the_password_off_the_command_line(tmp_path):
     parser = configparser.ConfigParser()
     parser.read(ini)
     url = make_url(parser["mlflow"]["database_uri"])
-    assert (url.drivername, url.host, url.port, url.database) == ("postgresql", "db.internal", 5432, "mlflow")
+    assert (url.drivername, url.host, url.port, url.database) == ("postgresql+psycopg2", "db.internal", 5432, "mlflow")
+    assert parser["mlflow"]["default_permission"] == "NO_PERMISSIONS"  # experiments private until shared
     assert url.password == pw
     missing = {k: v for k, v in env.items() if k != "MLFLOW_DB_PASSWORD"}
     res = subprocess.run(["bash", str(script)], env=missing, capture_output=True, text=True)

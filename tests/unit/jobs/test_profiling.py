@@ -23,15 +23,28 @@ from ray_jobs.profiling import (
     role,
 )
 
-# burn CPU, then stay alive: a process that has exited by the end of the window is not counted
-BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\ntime.sleep(60)\n"
+# burn CPU, say so in a marker file, then stay alive (a process that has exited by the end of the window is
+# not counted). Tests wait for the marker, not for a time: on a loaded machine the burn takes longer.
+BURN = (
+    "import pathlib, time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
+    "pathlib.Path({marker!r}).touch()\ntime.sleep(600)\n"
+)
 needs_proc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
-def _burner(title: str, seconds: float) -> subprocess.Popen:
-    """A real process that burns ``seconds`` of CPU under the process title ``title`` (like Ray's)."""
-    code = BURN.format(s=seconds)
+def _burner(title: str, seconds: float, marker) -> subprocess.Popen:
+    """A real process that burns ``seconds`` of CPU under the process title ``title`` (like Ray's), then
+    creates ``marker``."""
+    code = BURN.format(s=seconds, marker=str(marker))
     return subprocess.Popen(["bash", "-c", f'exec -a "{title}" {sys.executable} -c "$0"', code])
+
+
+def _wait_for(path, proc: subprocess.Popen, limit_s: float = 300.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not path.exists():
+        assert proc.poll() is None, "the CPU burner exited early"
+        assert time.monotonic() < deadline, f"the CPU burner did not finish its burn in {limit_s} s"
+        time.sleep(0.05)
 
 
 def test_roles_follow_ray_process_titles():
@@ -45,10 +58,11 @@ def test_roles_follow_ray_process_titles():
 
 @needs_proc
 def test_cpu_of_a_busy_child_process_is_counted_as_loader_work(tmp_path):
-    proc = _burner("python dataloader-worker", 0.4)  # a child of this process, like DataLoader workers
+    marker = tmp_path / "burnt"
+    proc = _burner("python dataloader-worker", 0.4, marker)  # a child of this process, like DataLoader workers
     try:
         with epoch_profile("demo", tmp_path) as extra:
-            time.sleep(1.0)
+            _wait_for(marker, proc)
             extra.update(clips=12, notes={"ray_data_stats": "Operator 1 MapBatches"})
     finally:
         proc.kill()
@@ -63,12 +77,13 @@ def test_cpu_of_a_busy_child_process_is_counted_as_loader_work(tmp_path):
 
 
 @needs_proc
-def test_snapshots_see_this_process_and_a_child_started_between_them():
+def test_snapshots_see_this_process_and_a_child_started_between_them(tmp_path):
     before = node_cpu()
     assert os.getpid() in before and before[os.getpid()][1] > 0
-    live = _burner("ray::MapBatches(decode_stage)", 5.0)  # started after the first snapshot: from zero
+    marker = tmp_path / "burnt"
+    live = _burner("ray::MapBatches(decode_stage)", 0.5, marker)  # started after the first snapshot: from zero
     try:
-        time.sleep(0.5)
+        _wait_for(marker, live)
         roles = cpu_by_role(before, node_cpu(), me=os.getpid())
         assert roles.get("decode tasks", 0.0) > 0.2
     finally:

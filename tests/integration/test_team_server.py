@@ -1,0 +1,162 @@
+"""The team tracking server for real: PostgreSQL + `cluster/mlflow/mlflow-server.sh` with basic-auth
+(session fixture `team_server`), and the shared local Ray head.
+
+- users and permissions: an experiment is private to its creator by default (NO_PERMISSIONS); a second
+  user cannot read it until given READ, and READ does not let it write;
+- `etva train` without a login refuses before submitting and names the variables to set; a
+  credentials file that others can read is refused;
+- `etva train` with the job user's credentials file (mode 0600; only its path travels in the job's
+  runtime environment) logs every epoch into PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from etva.config import load_config
+from etva.data.synth import generate_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+EXPERIMENT = "etva-team"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    s = load_config(REPO / "ray_jobs/configs/tiny.yaml").data.synth
+    generate_dataset(root, 16, 0, cfg=s, workers=2, progress=False)
+    return root
+
+
+def _as(monkeypatch, user: str, password: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
+
+def _create_user(monkeypatch, server, user: str, password: str) -> None:
+    from mlflow.server.auth.client import AuthServiceClient
+
+    _as(monkeypatch, "admin", server.admin_password)
+    AuthServiceClient(server.uri).create_user(user, password)
+
+
+def test_an_experiment_is_private_until_shared(team_server, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+    from mlflow.tracking import MlflowClient
+
+    _create_user(monkeypatch, team_server, "alice", "alice-password-1")
+    _create_user(monkeypatch, team_server, "bob", "bob-password-1")
+    client = MlflowClient(team_server.uri)  # reads the login from the environment on every request
+    _as(monkeypatch, "alice", "alice-password-1")
+    exp_id = client.create_experiment("alice-private")
+    client.create_run(exp_id)
+    _as(monkeypatch, "bob", "bob-password-1")
+    with pytest.raises(MlflowException, match="403|Permission denied"):
+        client.get_experiment(exp_id)
+    assert client.search_runs([exp_id]) == []  # its runs are filtered out of searches, not leaked
+    _as(monkeypatch, "alice", "alice-password-1")  # MANAGE as the creator: may share it
+    AuthServiceClient(team_server.uri).grant_user_permission("bob", "experiment", exp_id, "READ")
+    _as(monkeypatch, "bob", "bob-password-1")
+    assert client.get_experiment(exp_id).name == "alice-private"
+    assert len(client.search_runs([exp_id])) == 1
+    with pytest.raises(MlflowException, match="403|Permission denied"):
+        client.create_run(exp_id)  # READ does not let bob write
+
+
+def etva(cluster, server, *args: str, env: dict[str, str], timeout: float = 900):
+    base = {k: v for k, v in cluster.subprocess_env().items() if not k.startswith("MLFLOW_TRACKING_")}
+    full = {**base, "MLFLOW_TRACKING_URI": server.uri, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **env}
+    cmd = [sys.executable, "-m", "etva", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=full, cwd=REPO, timeout=timeout)
+
+
+def _train_args(data: Path, storage: Path, run_name: str) -> list[str]:
+    return ["train", "--config", "ray_jobs/configs/tiny.yaml", "--run-name", run_name, f"data.root={data}",
+            f"ray.storage_path={storage}", f"mlflow.experiment={EXPERIMENT}", "train.batch_size=4"]  # fmt: skip
+
+
+def test_train_with_and_without_a_login(local_cluster, team_server, tiny_data, tmp_path, monkeypatch):
+    from ray.job_submission import JobSubmissionClient
+
+    home = tmp_path / "home"  # no ~/.mlflow/credentials of the machine's user
+    home.mkdir()
+    args = _train_args(tiny_data, tmp_path / "runs", "team-login")
+    proc = etva(local_cluster, team_server, *args, env={"HOME": str(home)})
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in proc.stderr, proc.stderr[-3000:]
+    assert "running:" not in proc.stderr  # refused before anything was submitted
+
+    password = secrets.token_hex(8)  # 16 characters: the server wants at least 12
+    _create_user(monkeypatch, team_server, "etva-jobs", password)
+    creds = tmp_path / "mlflow-credentials"
+    creds.write_text(f"[mlflow]\nmlflow_tracking_username = etva-jobs\nmlflow_tracking_password = {password}\n")
+    creds.chmod(0o644)
+    env = {"HOME": str(home), "ETVA_MLFLOW_CREDENTIALS": str(creds)}
+    proc = etva(local_cluster, team_server, *args, env=env)
+    assert proc.returncode == 2 and "chmod 600" in proc.stderr, proc.stderr[-3000:]
+
+    creds.chmod(0o600)
+    proc = etva(local_cluster, team_server, *args, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    job_id = re.search(r"raysubmit_\w+", out).group(0)
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):  # the head's token authentication
+        monkeypatch.setenv(key, local_cluster.env[key])
+    info = JobSubmissionClient(local_cluster.dashboard_url).get_job_info(job_id)
+    assert password not in str(info.runtime_env) and password not in str(info.entrypoint)
+
+    from mlflow.tracking import MlflowClient
+
+    _as(monkeypatch, "etva-jobs", password)
+    client = MlflowClient(team_server.uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    (run,) = client.search_runs([exp.experiment_id], filter_string="tags.`etva.run_name` = 'team-login'")
+    assert run.info.status == "FINISHED"
+    for key in ("val/t2v_R1", "train/loss"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1], key
+    assert "best/t2v_R1" in run.data.metrics
+
+
+def test_sweep_logs_every_metric_once(local_cluster, team_server, tiny_data, tmp_path, monkeypatch):
+    """4 trials x 1 epoch, 2 at a time, all writing to PostgreSQL through the basic-auth server."""
+    from mlflow.tracking import MlflowClient
+
+    password = secrets.token_hex(8)
+    _create_user(monkeypatch, team_server, "etva-sweeps", password)
+    creds = tmp_path / "mlflow-credentials"
+    creds.write_text(f"[mlflow]\nmlflow_tracking_username = etva-sweeps\nmlflow_tracking_password = {password}\n")
+    creds.chmod(0o600)
+    space = tmp_path / "space.yaml"
+    space.write_text("train.seed: {grid: [0, 1, 2, 3]}\n")
+    cmd = [
+        sys.executable, "-m", "tuning.sweep", "--config", str(REPO / "ray_jobs/configs/tiny.yaml"),
+        "--space", str(space), "--name", "team-sweep", f"data.root={tiny_data}",
+        f"ray.storage_path={tmp_path / 'runs'}", f"ray.address={local_cluster.ray_address}",
+        "ray.num_workers=1", "train.batch_size=4", f"mlflow.experiment={EXPERIMENT}-sweep",
+        "tune.num_samples=1", "tune.max_epochs=1", "tune.max_concurrent_trials=2",
+    ]  # fmt: skip
+    base = {k: v for k, v in local_cluster.subprocess_env().items() if not k.startswith("MLFLOW_TRACKING_")}
+    env = {**base, "MLFLOW_TRACKING_URI": team_server.uri, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           "HOME": str(tmp_path), "ETVA_MLFLOW_CREDENTIALS": str(creds)}  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+
+    _as(monkeypatch, "etva-sweeps", password)
+    client = MlflowClient(team_server.uri)
+    exp = client.get_experiment_by_name(f"{EXPERIMENT}-sweep")
+    runs = client.search_runs([exp.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("etva.role") == "trial"]
+    assert len(trials) == 4 and len(runs) == 5, [r.data.tags.get("etva.role") for r in runs]
+    for run in trials:
+        assert run.info.status == "FINISHED", run.info.run_id
+        for key in ("val/t2v_R1", "train/loss", "epoch_time_s"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0], key
+        assert len(client.get_metric_history(run.info.run_id, "best/t2v_R1")) == 1
