@@ -105,8 +105,6 @@ def load_resume_state(ckpt, retire_bad: bool) -> tuple[dict[str, Any], list[str]
             )
             if retire_bad:
                 _retire(b, f"unusable: {why}", keep_files=True)
-        from pyarrow.fs import FileSelector
-
         names = {_name(i.path) for i in ckpt.filesystem.get_file_info(FileSelector(_parent(ckpt.path)))}
         return state, sorted(names)
     listing = "; ".join(f"{b.path}: {why}" for b, why in bad)
