@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from etva.config import Config
-from etva.train.distributed import gather_objects
+from etva.distributed import gather_objects
 
 logger = logging.getLogger(__name__)
 

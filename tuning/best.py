@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etva.config.settings import ranking_order_by, tracking_uri
-from etva.eval.metrics import HEADLINE_METRICS, SELECTION_METRIC, selection_key
+from etva.config.settings import tracking_uri
+from etva.eval.metrics import HEADLINE_METRICS, SELECTION_METRIC, ranking_order_by, selection_key
 from ray_jobs.tracking import MODEL_ID_TAG, get_client
 from ray_jobs.tracking import download_checkpoint as _download
 

@@ -7,9 +7,9 @@ module instead of repeating a rule:
   search space are (the two paths are relative to a checkout, since a submitted job runs from its copy);
 - :func:`tracking_uri`: the MLflow server, a given value or ``$MLFLOW_TRACKING_URI``;
 - :func:`git_commit`: the commit of a checkout (``$ETVA_GIT_COMMIT`` inside a container);
-- :func:`setup_logging`: one log format, libraries quiet;
-- :func:`ranking_order_by`: the selection rule of :func:`etva.eval.metrics.selection_key` as an MLflow
-  ``order_by`` (what ``etva best`` asks the tracking server for).
+- :func:`setup_logging`: one log format, libraries quiet.
+
+(The selection rule and its MLflow ``order_by`` live beside each other in :mod:`etva.eval.metrics`.)
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ __all__ = [
     "tracking_uri",
     "git_commit",
     "setup_logging",
-    "ranking_order_by",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,12 +66,3 @@ def setup_logging(level: int = logging.INFO, fmt: str = LOG_FORMAT) -> None:
     logging.basicConfig(level=level, format=fmt)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
-
-
-def ranking_order_by(prefix: str = "best/") -> list[str]:
-    """:func:`etva.eval.metrics.selection_key` (highest R@1, ties by lowest MdR) as an MLflow ``order_by``
-    over the metrics ``{prefix}t2v_R1`` and ``{prefix}t2v_MdR``."""
-    # lazy: etva.eval.metrics brings numpy (140-210 ms measured), and the `etva` command imports this module
-    from etva.eval.metrics import SELECTION_METRIC, TIE_BREAK_METRIC
-
-    return [f"metrics.`{prefix}{SELECTION_METRIC}` DESC", f"metrics.`{prefix}{TIE_BREAK_METRIC}` ASC"]

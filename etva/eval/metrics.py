@@ -53,6 +53,7 @@ __all__ = [
     "metrics_from_counts",
     "selection_key",
     "is_better",
+    "ranking_order_by",
     "format_table",
     "retrieval_metrics",
     "rank_outcomes",
@@ -332,6 +333,12 @@ def selection_key(metrics: Mapping[str, float], prefix: str = "val/") -> tuple[f
     r1 = _value(metrics, f"{prefix}{SELECTION_METRIC}")
     mdr = _value(metrics, f"{prefix}{TIE_BREAK_METRIC}")
     return (-math.inf if r1 is None else r1, -math.inf if mdr is None else -mdr)
+
+
+def ranking_order_by(prefix: str = "best/") -> list[str]:
+    """:func:`selection_key` (highest R@1, ties by lowest MdR) as an MLflow ``order_by`` over the metrics
+    ``{prefix}t2v_R1`` and ``{prefix}t2v_MdR`` (what ``etva best`` asks the tracking server for)."""
+    return [f"metrics.`{prefix}{SELECTION_METRIC}` DESC", f"metrics.`{prefix}{TIE_BREAK_METRIC}` ASC"]
 
 
 def is_better(a: Mapping[str, float], b: Mapping[str, float] | None, prefix: str = "val/") -> bool:

@@ -2,7 +2,7 @@
 
 Every rank encodes its shard (:func:`etva.train.engine.evaluate`) into an :class:`EncodedStream` of float32
 embedding chunks; :func:`score_streams` concatenates them (releasing each chunk as it is copied),
-gathers them to rank 0 only (:func:`etva.train.distributed.gather_to_rank0`: the other ranks never hold the
+gathers them to rank 0 only (:func:`etva.distributed.gather_to_rank0`: the other ranks never hold the
 whole split), and rank 0 scores all pairs in blocks (``etva.eval.similarity.score_all`` +
 ``FusedScorer``) into one float32 ``(Q, V)`` matrix and ranks it with the chunked metrics. Rank 0's
 memory: the split's embeddings + the score matrix + one block's temporaries.
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from etva.distributed import gather_objects, gather_to_rank0, get_rank, get_world_size
 from etva.eval.metrics import retrieval_metrics
 from etva.eval.similarity import FusedScorer, score_all
 from etva.model.etva import ETVA
-from etva.train.distributed import gather_objects, gather_to_rank0, get_rank, get_world_size
 
 __all__ = ["EncodedStream", "score_streams"]
 

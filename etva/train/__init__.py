@@ -1,2 +1,2 @@
-"""Training: the epoch loops (engine), what a run holds (state), checkpoints, mixed precision, cross-rank
-gathers and the losses."""
+"""Training: the epoch loops (engine), what a run holds (state), checkpoints, mixed precision and the
+losses."""

@@ -2,7 +2,7 @@
 
 Training step (cross-rank negatives): every rank encodes its local batch through ``model(batch)``
 (the DDP wrapper when distributed, so gradients are synchronised), the embeddings are gathered with
-:func:`etva.train.distributed.gather_variable` (differentiable; backward all-reduces, see that module's
+:func:`etva.distributed.gather_variable` (differentiable; backward all-reduces, see that module's
 gradient convention: no loss scaling), and the loss is computed on the global ``(B, B)`` matrix.
 """
 
@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from etva.config import OptimConfig
+from etva.distributed import gather_variable, get_world_size
 from etva.eval.scoring import EncodedStream, score_streams
 from etva.model.etva import ETVA, TextEmbedding, VideoEmbedding
 from etva.model.text import TextEncoder
-from etva.train.distributed import gather_variable, get_world_size
 from etva.train.precision import autocast, float32_fields
 
 __all__ = [

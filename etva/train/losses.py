@@ -2,7 +2,7 @@
 
 Every similarity matrix here is square ``(B, B)`` with row ``i`` a text query and column ``j`` a
 video; the ground truth is the diagonal. Under DDP the matrix is built from embeddings gathered
-across ranks (see :mod:`etva.train.distributed`), so ``B`` is the global batch.
+across ranks (see :mod:`etva.distributed`), so ``B`` is the global batch.
 """
 
 from __future__ import annotations

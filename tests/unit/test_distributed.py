@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from etva.train.distributed import (
+from etva.distributed import (
     gather_objects,
     gather_to_rank0,
     gather_variable,
@@ -51,7 +51,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _loss(model: nn.Module, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     log_t = model.module.log_t if isinstance(model, DDP) else model.log_t
-    return infonce_loss(t @ v.T, log_t.exp())  # no loss scaling (etva.train.distributed docstring)
+    return infonce_loss(t @ v.T, log_t.exp())  # no loss scaling (etva.distributed docstring)
 
 
 def _grads(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from etva.config import settings
-from etva.eval.metrics import selection_key
+from etva.eval.metrics import ranking_order_by, selection_key
 
 
 def test_tracking_uri_is_the_given_value_else_the_environment(monkeypatch):
@@ -65,4 +65,4 @@ def test_ranking_order_by_is_the_selection_rule(prefix):
     rows = [(50.0, 2.0), (50.0, 1.5), (70.0, 3.0), (10.0, 1.0), (70.0, 1.0), (50.0, 2.5)]
     runs = [{f"{prefix}t2v_R1": r1, f"{prefix}t2v_MdR": mdr} for r1, mdr in rows]
     by_rule = sorted(runs, key=lambda r: selection_key(r, prefix=prefix), reverse=True)
-    assert _mlflow_sort(runs, settings.ranking_order_by(prefix)) == by_rule
+    assert _mlflow_sort(runs, ranking_order_by(prefix)) == by_rule
