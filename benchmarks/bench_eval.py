@@ -29,20 +29,17 @@ Usage: python -m benchmarks.bench_eval [--queries 59800 --videos 2990 --threads 
 from __future__ import annotations
 
 import argparse
-import resource
-import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.bench_eval_engine import run_engine
+from benchmarks.measure import GIB, gemm_flops, peak_rss_gib, reset_peak_rss, timed, unit
 from etva.config import ModelConfig
 from etva.eval.metrics import retrieval_metrics
 from etva.eval.similarity import FusedScorer, score_all
-
-GIB = 2**30
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,46 +65,6 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.queries, args.videos, args.rounds, args.gemm_n = 6_000, 300, 1, 1024
     return args
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM (Linux: write 5 to clear_refs); False where not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_gib() -> float:
-    """High-water resident set size of this process (since the last reset)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / GIB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
-
-
-def timed(fn: Callable[[], object]) -> tuple[object, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
-def gemm_flops(n: int, reps: int = 3) -> float:
-    """Best-of-``reps`` float32 (n x n) @ (n x n) FLOP/s."""
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    a @ b  # warm-up
-    best = min(timed(lambda: a @ b)[1] for _ in range(reps))
-    return 2.0 * n**3 / best
-
-
-def unit(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
-    x = torch.randn(*shape, generator=g)
-    return x.div_(x.norm(dim=-1, keepdim=True))
 
 
 def make_embeddings(args: argparse.Namespace) -> dict[str, torch.Tensor]:
@@ -151,8 +108,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.engine:
-        from benchmarks.bench_eval_engine import run_engine
-
         run_engine(args)
         return
     q, v = args.queries, args.videos

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmarks.bench_eval import gemm_flops, peak_rss_gib, reset_peak_rss, unit
+from benchmarks.measure import gemm_flops, peak_rss_gib, reset_peak_rss, unit
 from etva.config import ModelConfig
 from etva.eval.scoring import EncodedStream, score_streams
 from etva.model import build_model

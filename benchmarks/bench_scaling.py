@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.bench_eval import peak_rss_gib, reset_peak_rss
+from benchmarks.measure import peak_rss_gib, reset_peak_rss
 from etva.config import DataConfig, LossConfig, ModelConfig, OptimConfig
 from etva.data import load_records
 from etva.data.tokenizer import tokenize, train_tokenizer
