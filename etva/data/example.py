@@ -15,7 +15,7 @@ import numpy as np
 
 from etva.data.audio import log_mel, num_audio_frames
 from etva.data.decode import DecodeError, decode_clip
-from etva.data.feature_store import FeatureStore, FeatureStoreError, open_stores, store_tokens
+from etva.data.feature_store import FeatureStore, FeatureStoreError, open_stores, store_batch
 from etva.data.records import ClipRecord
 from etva.data.sources.features import (
     FeatureError,
@@ -77,6 +77,16 @@ def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
     Raises:
         DecodeError / FeatureError: the clip or one of its feature files cannot be read.
     """
+    out = _clip_example(record, cfg)
+    stores = feature_stores_for(cfg)
+    if stores:
+        out.update({k: v[0] for k, v in store_batch(stores, [record.video_id], cfg.max_feature_tokens).items()})
+    _check_has_features(record.video_id, out, cfg)
+    return out
+
+
+def _clip_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
+    """What one record gives without the Parquet store: the decoded clip and/or its ``.npy`` features."""
     out: dict[str, np.ndarray] = {}
     if cfg.decode_clips:
         clip = decode_clip(
@@ -94,18 +104,16 @@ def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
     manifest = feature_manifest_for(cfg)
     if manifest is not None:
         out.update(read_features(record, manifest.dims, cfg.max_feature_tokens))
-    stores = feature_stores_for(cfg)
-    if stores:
-        out.update(store_tokens(stores, record.video_id, cfg.max_feature_tokens))
-    if not cfg.decode_clips and manifest is None and not stores:
+    if not cfg.decode_clips and manifest is None and not cfg.feature_store:
         raise ValueError(
             "data.decode_clips=false: set data.feature_store (or data.features_dir) to read from"
         )
-    if not cfg.decode_clips and not any(v.any() for k, v in out.items() if k.startswith("feat_mask/")):
-        raise FeatureError(
-            f"{record.video_id}: no expert has features for this clip (data.decode_clips=false)"
-        )
     return out
+
+
+def _check_has_features(video_id: str, example: dict, cfg) -> None:
+    if not cfg.decode_clips and not any(v.any() for k, v in example.items() if k.startswith("feat_mask/")):
+        raise FeatureError(f"{video_id}: no expert has features for this clip (data.decode_clips=false)")
 
 
 def _empty_example(cfg) -> dict[str, np.ndarray]:
@@ -162,14 +170,19 @@ def decode_batch(batch: dict, cfg) -> dict[str, np.ndarray]:
     paths = [str(p) for p in batch["video_path"]]
     n = len(paths)
     starts, ends = batch.get("start_s", [None] * n), batch.get("end_s", [None] * n)
-    ids = batch.get("video_id", paths)
+    ids = [str(v) for v in batch.get("video_id", paths)]
+    stores = feature_stores_for(cfg)
+    from_store = store_batch(stores, ids, cfg.max_feature_tokens) if stores else {}
     examples, ok, errors = [], np.ones(n, bool), [""] * n
     for i, path in enumerate(paths):
-        rec = ClipRecord(str(ids[i]), path, [], "", _time(starts[i]), _time(ends[i]), _row_features(batch, i))
+        rec = ClipRecord(ids[i], path, [], "", _time(starts[i]), _time(ends[i]), _row_features(batch, i))
         try:
-            examples.append(make_video_example(rec, cfg))
+            ex = _clip_example(rec, cfg)
+            ex.update({k: v[i] for k, v in from_store.items()})
+            _check_has_features(ids[i], ex, cfg)
+            examples.append(ex)
         except SKIPPABLE_ERRORS as e:
-            log.warning("skipping %s: %s", path, e)
+            log.warning("skipping %s: %s", ids[i] if not cfg.decode_clips else path, e)
             ok[i], errors[i] = False, f"{type(e).__name__}: {e}"
             examples.append(None)
     template = _empty_example(cfg)
