@@ -172,11 +172,35 @@ def tokenizer_files(out_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out_dir.iterdir()) if p.is_file()}
 
 
+def check_feature_store(cfg: Config) -> None:
+    """Before any Ray work: every enabled features expert has a store in ``data.feature_store`` (or a
+    ``.npy`` folder in ``data.features_dir``) of the config's dim; the mismatch is named otherwise."""
+    from etva.data.example import feature_manifest_for, feature_stores_for
+
+    wanted = {n: e.dim for n, e in cfg.model.experts.items() if e.enabled and e.kind == "features"}
+    npy = feature_manifest_for(cfg.data)
+    wanted = {n: d for n, d in wanted.items() if npy is None or n not in npy.experts}
+    if not cfg.data.feature_store:
+        if wanted:
+            raise ValueError(
+                f"model.experts {sorted(wanted)} are features experts: set data.feature_store to the "
+                "store that holds them (etva extract, or etva data import-features)"
+            )
+        return
+    from etva.data.feature_store import check_stores
+
+    try:
+        check_stores(feature_stores_for(cfg.data), wanted, f"data.feature_store={cfg.data.feature_store}")
+    except ValueError as e:
+        raise DataError(str(e)) from e
+
+
 def prepare_splits(cfg: Config, tokenizer_dir: Path, splits: dict[str, str]):
     """Load the named splits (e.g. {"train": "train", "val": "test"}), build/load the tokenizer, tokenize.
 
     Returns (tokenizer, {name: PreparedSplit}).
     """
+    check_feature_store(cfg)
     loaded, dropped = {}, {}
     for name, split in splits.items():
         records, summary = _load(cfg.data, split)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -30,6 +31,7 @@ __all__ = [
     "decode_batch",
     "feature_manifest_for",
     "feature_stores_for",
+    "feature_stores_for_path",
     "SKIPPABLE_ERRORS",
 ]
 
@@ -53,11 +55,24 @@ def _manifest(folder: str) -> FeatureManifest:
 
 def feature_stores_for(cfg) -> dict[str, FeatureStore]:
     """The Parquet feature stores of a DataConfig (``data.feature_store``), ``{}`` when unset."""
-    return _stores(cfg.feature_store) if cfg.feature_store else {}
+    return feature_stores_for_path(cfg.feature_store) if cfg.feature_store else {}
+
+
+def feature_stores_for_path(path: str) -> dict[str, FeatureStore]:
+    """``open_stores(path)``, once per process while the store is unchanged (each store keeps its
+    id -> shard map, never its rows); a store that grew since (a resumed extraction) is opened again."""
+    return _stores(path, _stamp(path))
+
+
+def _stamp(path: str) -> tuple:
+    """Modification times of the store's index and manifests: a new shard changes them."""
+    root = Path(path)
+    files = [root / "stores.json", root / "manifest.json", *root.glob("*/manifest.json")]
+    return tuple(sorted((str(f), f.stat().st_mtime_ns) for f in files if f.is_file()))
 
 
 @lru_cache(maxsize=4)
-def _stores(path: str) -> dict[str, FeatureStore]:
+def _stores(path: str, stamp: tuple) -> dict[str, FeatureStore]:
     try:
         return open_stores(path)
     except FeatureStoreError as e:  # a config error, not a bad clip: not skippable

@@ -179,14 +179,15 @@ def test_changed_decode_setting_is_a_new_store(setup, ray_local, tmp_path):
 
 
 def test_feature_dataset_reads_the_store_without_videos(setup, ray_local, tmp_path):
-    """ray_jobs.feature_data: Parquet shards via read_parquet -> per-video model inputs, no video opened;
-    rows equal the plain per-video transform's; the clip with no features at all is flagged, not dropped."""
+    """The jobs' one builder (ray_jobs.data.build_video_dataset) on a store alone: shard groups read by
+    Ray Data tasks -> per-video model inputs keyed by video id, no video opened; rows equal the plain
+    per-video transform's; the clip with no features at all is flagged, not dropped."""
     import dataclasses
 
     from etva.config import DataConfig
     from etva.data import load_records
     from etva.data.example import make_video_example
-    from ray_jobs.feature_data import build_feature_dataset
+    from ray_jobs.data import build_video_dataset
 
     root, models, broken = setup
     cfg = load_config(REPO / "ray_jobs/configs/tiny.yaml", _overrides(root, models, tmp_path / "store"))
@@ -197,7 +198,7 @@ def test_feature_dataset_reads_the_store_without_videos(setup, ray_local, tmp_pa
         dataclasses.replace(r, video_path=str(tmp_path / "gone" / f"{r.video_id}.mp4")) for r in records
     ]
     data = DataConfig(decode_clips=False, feature_store=str(tmp_path / "store"), max_feature_tokens=3)
-    ds = build_feature_dataset(records, data, cfg.ray)
+    ds = build_video_dataset(records, data, cfg.ray)
     rows = {
         int(i): b for b in ds.iter_batches(batch_size=100, batch_format="numpy") for i in b["video_index"]
     }
