@@ -11,40 +11,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
-from transformers import (
-    ASTConfig,
-    ASTModel,
-    CLIPVisionConfig,
-    CLIPVisionModelWithProjection,
-    VideoMAEConfig,
-    VideoMAEModel,
-)
 
 from etva.config import load_config
 from etva.data.feature_store import FeatureStore, open_stores
 from etva.data.synth import generate_dataset
 from etva.extraction import FAIL_AFTER_ENV, extract_local
 from ray_jobs.extract import extraction_rows, main, run_extract
+from tests.integration.tiny_encoders import encoder_overrides, save_tiny_encoders
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 N = 16
-TINY = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-
-
-def _models(root: Path) -> dict[str, str]:
-    torch.manual_seed(0)
-    CLIPVisionModelWithProjection(
-        CLIPVisionConfig(**TINY, image_size=32, patch_size=8, projection_dim=12)
-    ).save_pretrained(root / "clip")
-    VideoMAEModel(VideoMAEConfig(**TINY, image_size=32, patch_size=16, num_frames=4)).save_pretrained(
-        root / "videomae"
-    )
-    ASTModel(
-        ASTConfig(**TINY, patch_size=16, num_mel_bins=32, max_length=64, frequency_stride=16, time_stride=16)
-    ).save_pretrained(root / "ast")
-    return {k: str(root / k) for k in ("clip", "videomae", "ast")}
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +31,13 @@ def setup(tmp_path_factory):
     generate_dataset(root, N, 0, cfg=cfg.data.synth, workers=2, progress=False)
     broken = sorted((root / "videos/all").glob("*.mp4"))[0]
     broken.write_bytes(b"")  # must be listed as failed, never crash the job
-    return root, _models(tmp_path_factory.mktemp("models")), broken.stem
+    return root, save_tiny_encoders(tmp_path_factory.mktemp("models")), broken.stem
 
 
 def _overrides(root, models, out, *extra) -> list[str]:
-    e = "model.experts"
     return [
         f"data.root={root}",
-        f"{e}.appearance.encoder=clip",
-        f"{e}.appearance.pretrained_path={models['clip']}",
-        f"{e}.motion.encoder=videomae",
-        f"{e}.motion.pretrained_path={models['videomae']}",
-        f"{e}.audio.encoder=ast",
-        f"{e}.audio.pretrained_path={models['ast']}",
-        f"{e}.audio.pooling=time",
+        *encoder_overrides(models),
         f"extract.output_dir={out}",
         "extract.num_frames=4",
         "extract.frame_size=32",
