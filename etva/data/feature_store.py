@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etva.data.sources.features import load_feature_manifest, sample_indices
+from etva.data.sources.features import sample_indices
 
 __all__ = [
     "FORMAT",
@@ -43,7 +43,6 @@ __all__ = [
     "store_tokens",
     "store_batch",
     "check_stores",
-    "import_npy_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -316,35 +315,3 @@ def check_stores(stores: Mapping[str, FeatureStore], dims: Mapping[str, int], wh
                 f"{store.path / MANIFEST}: expert '{name}' has dim {store.dim}, the config's "
                 f"model.experts.{name}.dim is {dim}"
             )
-
-
-def _chunks(items: list, n: int) -> Iterable[list]:
-    for s in range(0, len(items), n):
-        yield items[s : s + n]
-
-
-def import_npy_store(
-    features_dir: str | os.PathLike, out_root: str | os.PathLike, shard_size: int = 256
-) -> dict[str, Path]:
-    """Convert a CE/MMT-style ``.npy`` store (``features_manifest.json``) to Parquet stores.
-
-    Each expert becomes ``<out_root>/<expert>-<key>/`` (registered in ``stores.json``); re-running
-    skips videos already imported. Returns ``{expert: store folder}``.
-    """
-    manifest = load_feature_manifest(features_dir)
-    out: dict[str, Path] = {}
-    for name, spec in manifest.experts.items():
-        identity = {"source": "npy", "dir": os.path.realpath(spec.dir), "dim": spec.dim, "fps": spec.fps}
-        folder = store_dir(out_root, name, identity)
-        writer = FeatureStoreWriter(folder, identity, spec.dim, expert=name)
-        files = sorted(f for f in os.listdir(spec.dir) if f.endswith(".npy"))
-        todo = [f for f in files if f[: -len(".npy")] not in writer.done]
-        for chunk in _chunks(todo, shard_size):
-            arrays = [np.load(os.path.join(spec.dir, f), allow_pickle=False) for f in chunk]
-            writer.write_shard(
-                [f[: -len(".npy")] for f in chunk], [a[None] if a.ndim == 1 else a for a in arrays]
-            )
-        register_store(out_root, name, folder)
-        log.info("imported %s: %d videos -> %s", name, len(writer.done), folder)
-        out[name] = folder
-    return out
