@@ -67,7 +67,6 @@ def index_rows(
     """One index row per video: id (the feature store's key), path, clip bounds, its index in the split,
     and (for training) its caption ids."""
     per_video = captions.per_video(max_captions) if captions is not None else None
-    experts = sorted({name for r in records for name in (r.features or {})})
     rows = []
     for i, r in enumerate(records):
         row = {
@@ -77,8 +76,6 @@ def index_rows(
             "end_s": float("nan") if r.end_s is None else float(r.end_s),
             "video_index": i,
         }
-        for name in experts:  # "" = this video lacks the expert (masked downstream)
-            row[f"feat_path/{name}"] = str((r.features or {}).get(name, ""))
         if per_video is not None:
             row["caption_ids"] = per_video[i]
             row["caption_first"] = int(captions.first[i])

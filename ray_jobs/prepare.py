@@ -152,7 +152,6 @@ def _load(data: DataConfig, split: str) -> tuple[list[ClipRecord], object]:
         subset=data.subset,
         return_summary=True,
         max_caption_chars=data.max_caption_chars,
-        features_dir=data.features_dir or None,
     )
     records, summary = out
     if not records:
@@ -173,13 +172,11 @@ def tokenizer_files(out_dir: Path) -> dict[str, bytes]:
 
 
 def check_feature_store(cfg: Config) -> None:
-    """Before any Ray work: every enabled features expert has a store in ``data.feature_store`` (or a
-    ``.npy`` folder in ``data.features_dir``) of the config's dim; the mismatch is named otherwise."""
-    from etva.data.example import feature_manifest_for, feature_stores_for
+    """Before any Ray work: every enabled features expert has a store in ``data.feature_store`` of the
+    config's dim; the mismatch is named otherwise."""
+    from etva.data.example import feature_stores_for
 
     wanted = {n: e.dim for n, e in cfg.model.experts.items() if e.enabled and e.kind == "features"}
-    npy = feature_manifest_for(cfg.data)
-    wanted = {n: d for n, d in wanted.items() if npy is None or n not in npy.experts}
     if not cfg.data.feature_store:
         if wanted:
             raise ValueError(

@@ -20,7 +20,7 @@ __all__ = [
 ]  # fmt: skip
 
 _FORMATS = ("msrvtt", "activitynet", "lsmdc")
-_DATASETS = ("msrvtt", "activitynet", "lsmdc", "features")
+_DATASETS = ("msrvtt", "activitynet", "lsmdc")
 
 
 def _int_at_least(minimum: int) -> type:

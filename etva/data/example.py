@@ -18,18 +18,11 @@ from etva.data.audio import log_mel, num_audio_frames
 from etva.data.decode import DecodeError, decode_clip
 from etva.data.feature_store import FeatureStore, FeatureStoreError, open_stores, store_batch
 from etva.data.records import ClipRecord
-from etva.data.sources.features import (
-    FeatureError,
-    FeatureManifest,
-    default_features_dir,
-    load_feature_manifest,
-    read_features,
-)
+from etva.data.sources.features import FeatureError
 
 __all__ = [
     "make_video_example",
     "decode_batch",
-    "feature_manifest_for",
     "feature_stores_for",
     "feature_stores_for_path",
     "SKIPPABLE_ERRORS",
@@ -39,18 +32,6 @@ log = logging.getLogger(__name__)
 
 # errors that mean "this clip is bad" (skipped and counted); anything else is a bug and propagates
 SKIPPABLE_ERRORS = (DecodeError, FeatureError, OSError)
-FEAT_PATH_PREFIX = "feat_path/"
-
-
-def feature_manifest_for(cfg) -> FeatureManifest | None:
-    """The feature store of a DataConfig: ``features_dir``, or ``root/features`` for dataset=features."""
-    folder = cfg.features_dir or (str(default_features_dir(cfg.root)) if cfg.dataset == "features" else "")
-    return _manifest(folder) if folder else None
-
-
-@lru_cache(maxsize=4)
-def _manifest(folder: str) -> FeatureManifest:
-    return load_feature_manifest(folder)
 
 
 def feature_stores_for(cfg) -> dict[str, FeatureStore]:
@@ -82,8 +63,8 @@ def _stores(path: str, stamp: tuple) -> dict[str, FeatureStore]:
 def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
     """Decode one record into model inputs (``cfg`` is a :class:`etva.config.DataConfig`).
 
-    With ``cfg.decode_clips = False`` no video file is opened: only the features are read (``.npy``
-    store and/or the Parquet ``cfg.feature_store``); an expert a clip lacks is masked (unavailable).
+    With ``cfg.decode_clips = False`` no video file is opened: only the Parquet ``cfg.feature_store`` is
+    read (the shards holding this clip); an expert a clip lacks is masked (unavailable).
 
     Returns:
         frames uint8 (T, S, S, 3); audio_mel float32 (A, M); audio_mask bool (A,) (when decoding);
@@ -101,7 +82,7 @@ def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
 
 
 def _clip_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
-    """What one record gives without the Parquet store: the decoded clip and/or its ``.npy`` features."""
+    """What one record gives without the Parquet store: the decoded clip (when ``decode_clips``)."""
     out: dict[str, np.ndarray] = {}
     if cfg.decode_clips:
         clip = decode_clip(
@@ -116,13 +97,8 @@ def _clip_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
         )
         mel, mask = log_mel(clip.audio, cfg.audio_rate, cfg.num_mel_bins, cfg.max_audio_s)
         out = {"frames": clip.frames, "audio_mel": mel, "audio_mask": mask}
-    manifest = feature_manifest_for(cfg)
-    if manifest is not None:
-        out.update(read_features(record, manifest.dims, cfg.max_feature_tokens))
-    if not cfg.decode_clips and manifest is None and not cfg.feature_store:
-        raise ValueError(
-            "data.decode_clips=false: set data.feature_store (or data.features_dir) to read from"
-        )
+    if not cfg.decode_clips and not cfg.feature_store:
+        raise ValueError("data.decode_clips=false: set data.feature_store to read from")
     return out
 
 
@@ -141,9 +117,7 @@ def _empty_example(cfg) -> dict[str, np.ndarray]:
             "audio_mel": np.zeros((a, cfg.num_mel_bins), np.float32),
             "audio_mask": np.zeros((a,), bool),
         }
-    manifest = feature_manifest_for(cfg)
-    dims = {**(manifest.dims if manifest else {}), **{n: s.dim for n, s in feature_stores_for(cfg).items()}}
-    for name, dim in dims.items():
+    for name, dim in ((n, s.dim) for n, s in feature_stores_for(cfg).items()):
         out[f"feat/{name}"] = np.zeros((cfg.max_feature_tokens, dim), np.float32)
         out[f"feat_mask/{name}"] = np.zeros((cfg.max_feature_tokens,), bool)
     return out
@@ -156,26 +130,13 @@ def _time(value) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _row_features(batch: dict, i: int) -> dict[str, str] | None:
-    """Feature paths of row ``i``: a ``features`` column of dicts, or ``feat_path/<e>`` columns."""
-    feats: dict[str, str] = {}
-    col = batch.get("features")
-    if col is not None and isinstance(col[i], dict):
-        feats.update({k: str(v) for k, v in col[i].items() if v})
-    for key, values in batch.items():
-        if key.startswith(FEAT_PATH_PREFIX) and values[i]:
-            feats[key[len(FEAT_PATH_PREFIX) :]] = str(values[i])
-    return feats or None
-
-
 def decode_batch(batch: dict, cfg) -> dict[str, np.ndarray]:
     """Decode a batch of index rows (a ``map_batches`` function body).
 
     Args:
         batch: columns ``video_path`` and optionally ``start_s``/``end_s`` (None or NaN = unset),
-            ``video_id``, ``features`` (dicts expert -> path) or ``feat_path/<expert>`` (str, "" =
-            missing). Other numeric/bool columns (e.g. ``video_index``) are passed through; string
-            columns are not.
+            ``video_id`` (the feature store's key; default: the path). Other numeric/bool columns
+            (e.g. ``video_index``) are passed through; string columns are not.
         cfg: a :class:`etva.config.DataConfig`.
 
     Returns:
@@ -190,7 +151,7 @@ def decode_batch(batch: dict, cfg) -> dict[str, np.ndarray]:
     from_store = store_batch(stores, ids, cfg.max_feature_tokens) if stores else {}
     examples, ok, errors = [], np.ones(n, bool), [""] * n
     for i, path in enumerate(paths):
-        rec = ClipRecord(ids[i], path, [], "", _time(starts[i]), _time(ends[i]), _row_features(batch, i))
+        rec = ClipRecord(ids[i], path, [], "", _time(starts[i]), _time(ends[i]))
         try:
             ex = _clip_example(rec, cfg)
             ex.update({k: v[i] for k, v in from_store.items()})
@@ -206,7 +167,7 @@ def decode_batch(batch: dict, cfg) -> dict[str, np.ndarray]:
         for key, zero in template.items()
     }
     for key, values in batch.items():  # numeric columns pass through (strings cannot become tensors)
-        arr = np.asarray(values) if key not in out and key != "features" else None
+        arr = np.asarray(values) if key not in out else None
         if arr is not None and (arr.dtype.kind in "biuf"):
             out[key] = arr
     out["ok"] = ok

@@ -40,7 +40,7 @@ SMALL = [
     "model.text.embedding_size=16", "model.text.num_layers=1", "model.text.num_heads=2",
     "model.text.intermediate_size=64", "model.text.max_position=32",
     "model.d=32", "model.num_clusters=4", "model.fusion_layers=1", "model.fusion_heads=2",
-    "train.precision=fp32", "train.epochs=2", "train.batch_size=4", "train.eval_batch_size=16",
+    "train.precision=fp32", "train.epochs=1", "train.batch_size=4", "train.eval_batch_size=16",
     "optim.warmup_steps=2", f"data.val_from_train={HELD_OUT}",
     "ray.use_gpu=false", "ray.num_workers=2", "ray.cpus_per_worker=0.5", "ray.decode_cpus=0.25",
     "ray.decode_concurrency=2",
