@@ -130,6 +130,8 @@ class Schema:
         for key, value in data.items():
             full = f"{prefix}.{key}" if prefix else str(key)
             if full in RETIRED:
+                if value in ("", None):  # written unset by older versions (e.g. a checkpoint's config)
+                    continue
                 raise ConfigError(f"{source}: key '{full}' was retired: {RETIRED[full]}")
             if key not in names:
                 raise ConfigError(

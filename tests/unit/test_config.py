@@ -270,3 +270,5 @@ def test_retired_features_dir_says_what_to_do_instead(tmp_path):
     path.write_text("data:\n  features_dir: /data/msrvtt/features\n")
     with pytest.raises(ConfigError, match=r"old.yaml: key 'data.features_dir' was retired: .*import-features"):
         load_config(path)
+    path.write_text("data:\n  features_dir: ''\n")  # unset, as older checkpoints' config.yaml has it
+    assert load_config(path).data.feature_store == ""
