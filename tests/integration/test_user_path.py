@@ -28,7 +28,7 @@ from etva.data.feature_store import open_stores
 from tests.integration.test_cli_e2e import _ok, etva
 from tests.integration.tiny_encoders import encoder_overrides, save_tiny_encoders
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]  # ~20 min at load 70 on 2 cores
 CONFIG = "ray_jobs/configs/msrvtt_1k_a_features.yaml"
 EXPERIMENT = "etva-user-path"
 HELD_OUT = 4
