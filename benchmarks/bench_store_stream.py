@@ -71,7 +71,10 @@ def plain_pass(root: Path, n: int) -> float:
 
     stores = open_stores(root)
     ids = [f"video{i}" for i in range(n)]
-    mem = {e: np.stack([stores[e].read(ids)[v] for v in ids]) for e in EXPERTS}  # (N, T, D) float16
+    mem = {}
+    for e in EXPERTS:
+        got = stores[e].read(ids)  # every shard once
+        mem[e] = np.stack([got[v] for v in ids])  # (N, T, D) float16
     torch.set_num_threads(2)
     model, opt = _model()
     t0 = time.perf_counter()
