@@ -57,7 +57,7 @@ __all__ = [
 
 
 # choice fields: a value outside the Literal is refused at load time, naming key, value and choices
-Dataset = Literal["msrvtt", "activitynet", "lsmdc", "features"]
+Dataset = Literal["msrvtt", "activitynet", "lsmdc"]
 MsrvttSubset = Literal["1k-A", "1k-B", "full", "7k"]
 TextPreset = Literal["tiny", "albert-base-v2"]
 ExpertKind = Literal["appearance", "motion", "audio", "features", "pretrained"]
@@ -113,7 +113,6 @@ class DataConfig:
     max_skip_fraction: float = 0.01  # abort when more clips than this fail to decode
     decode_threads: int = 1
     cache: DecodeCache = "none"  # none | memory (object store) | disk (Parquet under ray.storage_path)
-    features_dir: str = ""  # pre-extracted expert features (dataset=features or extra experts)
     max_feature_tokens: int = 32  # N: pre-extracted features sampled/padded to N tokens per expert
     feature_store: str = ""  # Parquet feature store written by ray_jobs.extract (docs/features.md)
     decode_clips: bool = True  # false = open no video file (every enabled expert is a features expert)

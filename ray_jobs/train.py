@@ -162,10 +162,16 @@ def _tags(cfg: Config, config_file: str) -> dict[str, str]:
         "git_commit": git_commit(),
         "ray_job_submission_id": job_submission_id(),
         "dataset": cfg.data.dataset,
-        "split": f"{cfg.data.subset}:{cfg.data.train_split}->{cfg.data.val_split}",
+        "split": f"{cfg.data.subset}:{cfg.data.train_split}->{_val_name(cfg)}",
         "config_file": config_file,
-        "etva.selected_on": _selection_line(cfg).split("\n")[0],
+        "etva.selected_on": _selection_line(cfg),  # the whole statement, its NOTE line included
     }
+
+
+def _val_name(cfg: Config) -> str:
+    if cfg.data.val_from_train > 0:
+        return f"{cfg.data.val_from_train} held out of {cfg.data.train_split}"
+    return cfg.data.val_split
 
 
 def _log_inputs(client, run_id: str, cfg: Config, prepared: dict) -> None:
