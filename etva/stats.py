@@ -126,7 +126,12 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> Interval:
 
 
 def paired_bootstrap(
-    a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0, level: float = 0.95
+    a: np.ndarray,
+    b: np.ndarray,
+    n_boot: int = 10000,
+    seed: int = 0,
+    level: float = 0.95,
+    clusters: np.ndarray | None = None,
 ) -> PairedTest:
     """Paired bootstrap of ``mean(a - b)`` over queries pooled across seeds.
 
@@ -134,6 +139,8 @@ def paired_bootstrap(
         a, b: (S, Q) per-query outcomes (e.g. hit@1 in percent) of two variants on the same S seeds
             (rows) and the same Q queries (columns); a 1-D (Q,) array is one seed.
         n_boot: bootstrap resamples of the Q queries.
+        clusters: (Q,) optional cluster of every query (e.g. its video, when a video has several
+            captions): whole clusters are resampled, so correlated queries are not counted as independent.
     Returns:
         the observed difference, its percentile interval and the two-sided p-value
         ``min(1, 2 * (1 + #{boot <= 0 or >= 0, the smaller side}) / (n_boot + 1))``.
@@ -144,18 +151,26 @@ def paired_bootstrap(
     if n_boot < 1:
         raise ValueError(f"paired_bootstrap: n_boot must be >= 1, got {n_boot}")
     d = (a - b).mean(axis=0)  # (Q,) each query's difference, averaged over the seeds
-    q = d.size
+    if clusters is None:
+        sums, counts = d, np.ones_like(d)
+    else:
+        _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+        if inverse.shape != d.shape:
+            raise ValueError(f"paired_bootstrap: clusters must have shape {d.shape}, got {np.shape(clusters)}")
+        sums, counts = np.bincount(inverse, weights=d), np.bincount(inverse).astype(np.float64)
+    c = sums.size
     rng = np.random.default_rng(seed)
     boots = np.empty(n_boot)
-    step = max(1, 2_000_000 // q)  # resamples per block: bounded memory
+    step = max(1, 2_000_000 // c)  # resamples per block: bounded memory
     for s in range(0, n_boot, step):
         k = min(step, n_boot - s)
-        boots[s : s + k] = d[rng.integers(0, q, size=(k, q))].mean(axis=1)
+        idx = rng.integers(0, c, size=(k, c))
+        boots[s : s + k] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(boots, [alpha, 1.0 - alpha])
     side = min(int((boots <= 0).sum()), int((boots >= 0).sum()))
     p = min(1.0, 2.0 * (side + 1) / (n_boot + 1))
-    return PairedTest(float(d.mean()), float(low), float(high), p, q, a.shape[0], n_boot)
+    return PairedTest(float(d.mean()), float(low), float(high), p, d.size, a.shape[0], n_boot)
 
 
 def hits_at_k(h: Sequence[int], e: Sequence[int], k: int = 1, ties: str = "average") -> np.ndarray:

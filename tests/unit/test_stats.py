@@ -68,3 +68,16 @@ def test_hits_at_k_average_to_the_logged_recall():
     metrics = retrieval_metrics(sim, qv)
     for k in (1, 5, 10):
         assert hits_at_k(counts.t2v_h, counts.t2v_e, k).mean() == pytest.approx(metrics[f"t2v_R{k}"])
+
+
+def test_paired_bootstrap_clusters_resample_whole_videos():
+    # 10 videos x 10 identical captions: as 100 independent queries the interval is sqrt(10) times too
+    # narrow; resampled by video it matches the 10-query answer
+    d = np.array([1.0] * 6 + [-1.0] * 4)
+    per_video = paired_bootstrap(d, np.zeros(10), n_boot=20000, seed=2)
+    clustered = paired_bootstrap(np.repeat(d, 10), np.zeros(100), n_boot=20000, seed=2,
+                                 clusters=np.repeat(np.arange(10), 10))  # fmt: skip
+    naive = paired_bootstrap(np.repeat(d, 10), np.zeros(100), n_boot=20000, seed=2)
+    width = per_video.high - per_video.low
+    assert clustered.high - clustered.low == pytest.approx(width, rel=0.1)
+    assert naive.high - naive.low < 0.5 * width
