@@ -167,7 +167,7 @@ def score_streams(
     ``timings`` (if given) receives rank 0's seconds per phase: ``gather_s``, ``score_s``, ``metrics_s``.
     ``reweight`` (``etva.reweight``, not "none") adds ``reweighted/t2v_*`` keys computed over the same
     matrix in chunks. ``per_query`` (if given) receives rank 0's text->video rank counts per caption:
-    ``caption_index``, ``t2v_h`` and ``t2v_e`` (``etva.metrics.RankCounts``; see ``etva.stats``).
+    ``caption_index``, its ``video_index``, ``t2v_h`` and ``t2v_e`` (``etva.metrics.RankCounts``).
     """
     t0 = time.perf_counter()
     video, vcols = _gather_stream(videos, device, "video")
@@ -200,7 +200,8 @@ def score_streams(
         timings.update(gather_s=t1 - t0, score_s=t2 - t1, metrics_s=time.perf_counter() - t2)
     metrics.update(num_videos=float(len(video)), num_queries=float(len(text)))
     if per_query is not None:
-        per_query.update(caption_index=cap_idx.numpy(), t2v_h=counts.t2v_h, t2v_e=counts.t2v_e)
+        per_query.update(caption_index=cap_idx.numpy(), video_index=vid_idx.numpy()[q2v],
+                         t2v_h=counts.t2v_h, t2v_e=counts.t2v_e)  # fmt: skip
     if get_world_size() > 1:
         gather_objects(metrics)
     return metrics
