@@ -46,14 +46,16 @@ def study(local_cluster, tmp_path_factory):
         "tune.max_concurrent_trials=1",
     ]  # fmt: skip
     env = {**local_cluster.subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
+    log = tmp / "study.log"
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=540).returncode
+    assert code == 0, log.read_text()[-6000:]
     client = MlflowClient(local_cluster.mlflow_uri)
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     runs = client.search_runs([exp_id])
     parent = next(r for r in runs if r.data.tags.get("etva.study") == NAME)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    return {"tmp": tmp, "client": client, "parent": parent, "children": children, "stdout": out.stdout,
+    return {"tmp": tmp, "client": client, "parent": parent, "children": children, "stdout": log.read_text(),
             "uri": local_cluster.mlflow_uri}  # fmt: skip
 
 
