@@ -156,11 +156,14 @@ def report_test(cfg: Config, best: dict, best_path: str, client, run_id: str) ->
     per-query rank counts (:data:`RANKS_ARTIFACT`) to the trial's run. Returns the metrics."""
     from ray_jobs.evaluate import run_evaluation
     from ray_jobs.tracking import log_metrics, log_text
-    from tuning.callbacks import _local_checkpoint
 
+    if "://" in best_path:  # a checkpoint in remote storage: a local copy
+        from ray.train import Checkpoint
+
+        best_path = Checkpoint(best_path).to_directory()
     split = cfg.data.test_split
     per_query: dict = {}
-    metrics, _, unscored = run_evaluation(Path(_local_checkpoint(best_path)), split, [], per_query)
+    metrics, _, unscored = run_evaluation(Path(best_path), split, [], per_query)
     logger.info("test split %s at the selected epoch %s: t2v R@1 %.2f", split, best.get("epoch"),
                 metrics.get(f"{split}/t2v_R1", float("nan")))  # fmt: skip
     if client is not None:
