@@ -242,7 +242,7 @@ def test_evaluate_per_query_counts_and_reweighted_row():
     got = evaluate(model, batches(split, 5, keys=VIDEO_KEYS), caps, "cpu", reweight="dsl", reweight_scale=10.0,
                    per_query=per_query)  # fmt: skip
     counts = count_ranks(sim, np.arange(12))
-    assert per_query["caption_index"].tolist() == list(range(12))
+    assert per_query["caption_index"].tolist() == list(range(12)) == per_query["video_index"].tolist()
     np.testing.assert_array_equal(per_query["t2v_h"], counts.t2v_h)
     np.testing.assert_array_equal(per_query["t2v_e"], counts.t2v_e)
     want = reweighted_metrics(sim, np.arange(12), "dsl", 10.0)
