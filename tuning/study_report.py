@@ -90,7 +90,15 @@ def paired_tests(client, trials: list[Trial], reference: str, variants: list[str
 
 
 def _cell(iv: Interval | None) -> str:
-    return "-" if iv is None else f"{iv.mean:.1f} ± {iv.std:.1f} [{iv.low:.1f}, {iv.high:.1f}]"
+    if iv is None:
+        return "-"
+    if iv.n < 2:  # one seed: no spread, no interval
+        return f"{iv.mean:.1f} (1 seed)"
+    return f"{iv.mean:.1f} ± {iv.std:.1f} [{iv.low:.1f}, {iv.high:.1f}]"
+
+
+def _overlap(a: Interval, b: Interval) -> str:
+    return "n/a (1 seed)" if min(a.n, b.n) < 2 else ("yes" if a.overlaps(b) else "no")
 
 
 def to_markdown(table, tests, reference: str, variants: list[str], paper: dict[str, float]) -> str:
@@ -114,9 +122,9 @@ def to_markdown(table, tests, reference: str, variants: list[str], paper: dict[s
               "| variant | seeds | queries | diff | 95% interval | p (two-sided) | seed intervals overlap |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     for v, t in tests.items():
-        overlap = table[v]["t2v_R1"].overlaps(table[reference]["t2v_R1"])
+        overlap = _overlap(table[v]["t2v_R1"], table[reference]["t2v_R1"])
         lines.append(f"| {v} | {t.num_seeds} | {t.num_queries} | {t.diff:+.2f} | [{t.low:+.2f}, {t.high:+.2f}] | "
-                     f"{t.p_value:.4f} | {'yes' if overlap else 'no'} |")  # fmt: skip
+                     f"{t.p_value:.4f} | {overlap} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

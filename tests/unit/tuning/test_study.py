@@ -78,6 +78,9 @@ def test_report_table_has_intervals_paper_numbers_and_the_paired_rows():
     md = to_markdown(table, tests, "b", ["a", "b"], {"b": 51.3})
     assert "| a | 3 | 12.0 ± 2.0 [7.0, 17.0]" in md and "| 51.3 |" in md
     assert "**paired vs b**" in md and "| a | 3 | 2 | -50.00 |" in md and "| no |" in md
+    one = variant_table([t for t in trials if t.seed == 0], ["a", "b"])  # one seed: no interval to compare
+    md1 = to_markdown(one, tests, "b", ["a", "b"], {})
+    assert "| a | 1 | 10.0 (1 seed)" in md1 and "| n/a (1 seed) |" in md1
 
 
 def test_best_skips_only_study_trials():
