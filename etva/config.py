@@ -45,6 +45,7 @@ __all__ = [
     "MlflowConfig",
     "TuneConfig",
     "ExtractConfig",
+    "EvalConfig",
     "Config",
     "load_config",
     "config_from_dict",
@@ -70,6 +71,8 @@ DecodeCache = Literal["none", "memory", "disk"]
 Encoder = Literal["", "clip", "videomae", "ast"]
 FeatureDtype = Literal["float32", "float16"]
 Precision = Literal["fp32", "bf16", "fp16"]  # train.precision: autocast dtype (etva.precision)
+Reweight = Literal["none", "inverted_softmax", "dsl"]  # eval.reweight (etva.reweight)
+SynthMode = Literal["shapes", "compositional"]  # data.synth.mode (docs/study.md)
 
 # other accepted spellings (matched case-insensitively), stored as the canonical choice; the MSRVTT
 # ones are those of ``etva.data.sources.msrvtt`` (a unit test keeps the two in step)
@@ -89,6 +92,7 @@ class SynthConfig:
     fps: int = 15
     duration_s: float = 4.0
     captions_per_video: int = 10
+    mode: SynthMode = "shapes"  # compositional: bound attributes, ordered events, a timed sound
 
 
 @dataclass
@@ -266,6 +270,15 @@ class ExtractConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Test-split evaluation. ``reweight`` uses every test query at once (etva.reweight): reported as a
+    separate ``<split>/reweighted/...`` row, never the model's own score, never used for selection."""
+
+    reweight: Reweight = "none"
+    reweight_scale: float = 30.0  # inverse temperature of the softmax over queries
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -276,6 +289,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,10 +343,10 @@ RANGES: dict[type, dict[str, Range]] = {
         "cpus_per_actor": NON_NEGATIVE, "gpus_per_actor": NON_NEGATIVE, "decode_cpus": NON_NEGATIVE,
         "decode_concurrency": AT_LEAST_1, "torch_threads": AT_LEAST_1,
     },
+    EvalConfig: {"reweight_scale": POSITIVE},
 }  # fmt: skip
 
 
-# --------------------------------------------------------------------------------------------------
 # dict <-> dataclass with type, choice and range checking
 
 _SCHEMA = Schema(RANGES, CHOICE_ALIASES)

@@ -312,16 +312,20 @@ def eval_loop_per_worker(config: dict) -> dict:
     model.to(device).eval()
     tracker = SkipTracker()
     batch_size = cfg.train.eval_batch_size
+    per_query = {} if config.get("per_query") else None  # rank counts per caption (study trials)
     metrics = evaluate(
         model,
         eval_video_batches(ray.train.get_dataset_shard(eval_shard_name("eval", rank)), batch_size, tracker),
         eval_caption_batches(config["captions"], rank, world, batch_size),
         device,
         precision=cfg.train.precision,
+        reweight=cfg.eval.reweight,  # a separate reweighted/ row, never used for selection
+        reweight_scale=cfg.eval.reweight_scale,
+        per_query=per_query,
     )
     skipped, seen, _ = gather_skips(tracker, world)
     check_skips("eval", skipped, seen, config["video_ids"], cfg.data.max_skip_fraction)
     out = {f"{config['split']}/{k}": float(v) for k, v in metrics.items()}
     out["data/skipped_eval"] = len(skipped)
     ray.train.report(out)
-    return {"metrics": out, "skipped": [config["video_ids"][i] for i in skipped]}
+    return {"metrics": out, "skipped": [config["video_ids"][i] for i in skipped], "per_query": per_query}

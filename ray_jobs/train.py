@@ -219,6 +219,7 @@ def report_test_split(cfg: Config, best: dict, best_path: str | None, client, ru
     """Evaluate the selected checkpoint on ``data.test_split`` (when set); print and log ``test/...``."""
     if not (cfg.data.test_split and best_path):
         return {}
+    from etva.reweight import format_row
     from ray_jobs.evaluate import run_evaluation, scored_header
     from ray_jobs.tracking import log_metrics
 
@@ -229,6 +230,8 @@ def report_test_split(cfg: Config, best: dict, best_path: str | None, client, ru
         + f" at the selected epoch {int(best.get('epoch', -1)) + 1}"
     )
     print(format_table(metrics, prefix=f"{split}/"))
+    if row := format_row(metrics, f"{split}/", cfg.eval.reweight):
+        print(row)
     if client is not None:
         log_metrics(client, run_id, metrics, step=int(best.get("epoch", 0)))
     return metrics

@@ -25,6 +25,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "data": data.add_parser,
     "train": jobs.add_train_parser,
     "tune": jobs.add_tune_parser,
+    "study": jobs.add_study_parser,
     "eval": jobs.add_eval_parser,
     "extract": jobs.add_extract_parser,
     "best": best.add_parser,
