@@ -185,6 +185,7 @@ class IndexStore:
 
     def _next_part(self) -> str:
         used = {int(p[5:10]) for p in self.manifest.parts}
+        used |= {int(p.name[5:10]) for p in self.root.glob("part-*.parquet")}  # incl. ones about to go
         return f"part-{(max(used) + 1) if used else 0:05d}.parquet"
 
     def failed(self, source: int) -> dict[str, tuple[int, int, str]]:
