@@ -15,7 +15,7 @@ from typing import Any
 
 from etva.cli.errors import UsageError
 
-__all__ = ["load_space", "best_main", "best_error_type", "fetch_checkpoint"]
+__all__ = ["load_space", "best_main", "best_error_type", "fetch_checkpoint", "index_main", "serve_main"]
 
 _HINT = "run it from the repository root"  # where the ray_jobs/ and tuning/ packages live
 
@@ -83,3 +83,23 @@ def fetch_checkpoint(uri: str, dst: Path) -> Path:
     for key, value in QUIET_ENV.items():  # no per-file download progress bar in the command's output
         os.environ.setdefault(key, value)
     return _fetch(uri, dst)
+
+
+def index_main(argv: list[str]) -> int:
+    """``ray_jobs.index_job.main(argv)``: build/update an index with a Ray Data actor pool on the Ray head
+    named by ``--address`` or ``$RAY_ADDRESS``. Raises UsageError when ``ray_jobs`` cannot be imported."""
+    try:
+        from ray_jobs.index_job import main
+    except ModuleNotFoundError as e:
+        raise _missing("'etva index' needs the ray_jobs.index_job module", e) from e
+    return main(argv)
+
+
+def serve_main(argv: list[str]) -> int:
+    """``ray_jobs.serve_app.main(argv)``: serve the model's index with Ray Serve until interrupted.
+    Raises UsageError when ``ray_jobs`` cannot be imported."""
+    try:
+        from ray_jobs.serve_app import main
+    except ModuleNotFoundError as e:
+        raise _missing("'etva serve' needs the ray_jobs.serve_app module", e) from e
+    return main(argv)

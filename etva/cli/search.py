@@ -8,7 +8,6 @@ mlflow).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ from etva.cli import seam
 from etva.cli.errors import UsageError
 from etva.cli.jobs import MLFLOW_HINT, check_url
 
-__all__ = ["add_parser", "run", "resolve_checkpoint", "model_name_version", "default_index_dir"]
+__all__ = ["add_parser", "run", "resolve_checkpoint", "model_name_version"]
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
@@ -124,19 +123,12 @@ def model_name_version(model: str) -> tuple[str, str]:
     return (name, version) if name else ("", "")
 
 
-def default_index_dir(source: str, digest: str) -> Path:
-    """runs/index/<folder name>-<path hash>-<model digest>: one index per source and model."""
-    resolved = str(Path(source).resolve())
-    tag = hashlib.sha256(resolved.encode()).hexdigest()[:8]
-    return Path("runs/index") / f"{Path(resolved).name}-{tag}-{digest[:12]}"
-
-
 def run(args: argparse.Namespace) -> int:
     """Handler of ``etva search``: prints the top-k clips per query; 0 on success."""
     import torch
 
     from etva.contact_sheet import write_contact_sheet
-    from etva.index.build import load_index_model
+    from etva.index.build import default_index_dir, load_index_model
     from etva.index.vectors import EXACT
     from etva.search import load_index, search, update_index
 

@@ -40,6 +40,8 @@ __all__ = [
     "plan",
     "encode_rows",
     "open_for",
+    "default_index_dir",
+    "digest_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,8 +84,12 @@ def load_index_model(ckpt_dir: str | os.PathLike, name: str = "", version: str =
     if not (root / "model.pt").is_file():
         raise IndexError_(f"{root}: not a checkpoint directory (no model.pt)")
     model, cfg, tok = load_trained(root)
-    digest = hashlib.sha256((root / "MANIFEST.json").read_bytes()).hexdigest()
-    return IndexModel(model, cfg.data, tok, ModelId(digest, name, str(version), uri or str(root)))
+    return IndexModel(model, cfg.data, tok, ModelId(digest_of(root), name, str(version), uri or str(root)))
+
+
+def digest_of(ckpt_dir: str | os.PathLike) -> str:
+    """The model digest: sha256 of the checkpoint's MANIFEST.json (which hashes weights, config, tokenizer)."""
+    return hashlib.sha256((Path(ckpt_dir) / "MANIFEST.json").read_bytes()).hexdigest()
 
 
 def list_videos(folder: str | os.PathLike) -> dict[str, tuple[int, int]]:
@@ -174,3 +180,10 @@ def open_for(im: IndexModel, index_path: str | os.PathLike) -> IndexStore:
     """The index at ``index_path`` opened for this model (created when absent; refuses another model)."""
     m = im.model
     return IndexStore.open(index_path, im.id, m.alpha, list(m.expert_names) if m.global_align else [], im.dim)
+
+
+def default_index_dir(source: str | os.PathLike, digest: str, root: str | os.PathLike = "runs/index") -> Path:
+    """``<root>/<source name>-<path hash>-<model digest>``: one index per source and model."""
+    resolved = str(Path(source).resolve())
+    tag = hashlib.sha256(resolved.encode()).hexdigest()[:8]
+    return Path(root) / f"{Path(resolved).name}-{tag}-{digest[:12]}"
