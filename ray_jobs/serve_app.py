@@ -31,7 +31,7 @@ from etva.index.build import default_index_dir, digest_of, load_index_model
 from etva.search import load_index, search
 from ray_jobs.index_job import ResolvedModel, build_index, resolve_model
 
-__all__ = ["APP_NAME", "MAX_QUERY_CHARS", "MAX_K", "SearchDeployment", "Deployer", "main"]
+__all__ = ["APP_NAME", "MAX_QUERY_CHARS", "MAX_K", "SearchDeployment", "Deployer", "build_app", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,33 @@ document.getElementById("f").onsubmit = async (ev) => {
 """
 
 
+def _application(model: ResolvedModel, kind: str, root: str, opts: dict):
+    """(the bound application of ``model`` over its up-to-date index, the build counts)."""
+    index_dir = default_index_dir(root, digest_of(model.ckpt_dir), opts.get("index_root", "runs/index"))
+    counts = build_index(model, index_dir, kind, root, actors=int(opts.get("actors", 1)),
+                         batch_size=int(opts.get("batch_size", 8)))  # fmt: skip
+    settings = {"ckpt_dir": model.ckpt_dir, "name": model.name, "version": model.version, "uri": model.uri,
+                "index_dir": str(Path(index_dir).resolve()), "auth": bool(os.environ.get("ETVA_SERVE_TOKEN"))}  # fmt: skip
+    return SearchDeployment.options(num_replicas=int(opts.get("replicas", 1))).bind(settings), counts
+
+
+def build_app(args: dict):
+    """Serve config entry point (``import_path: ray_jobs.serve_app:build_app``, e.g. a KubeRay RayService).
+
+    ``args``: model (``models:/<name>@<alias>``), videos or store, index_root, and optionally actors,
+    batch_size, replicas. The alias is resolved when the application is (re)deployed.
+    """
+    known = {"model", "videos", "store", "index_root", "actors", "batch_size", "replicas", "revision"}
+    unknown = sorted(set(args) - known)  # revision: any new value redeploys (re-resolves the alias)
+    if unknown or "model" not in args or not (args.get("videos") or args.get("store")):
+        raise ValueError(f"serve args {sorted(args)}: expected model, videos|store, index_root "
+                         f"[actors, batch_size, replicas]; unknown {unknown}")  # fmt: skip
+    kind, root = ("folder", args["videos"]) if args.get("videos") else ("store", args["store"])
+    index_root = args.get("index_root", "runs/index")
+    model = resolve_model(args["model"], Path(index_root) / "models")
+    return _application(model, kind, root, {**args, "index_root": index_root})[0]
+
+
 class Deployer:
     """Driver side: resolve the alias, build the version's index, deploy; redeploy when the alias moves."""
 
@@ -205,15 +232,10 @@ class Deployer:
 
     def deploy(self, model: ResolvedModel) -> dict:
         """Build (or bring up to date) ``model``'s index, then deploy/update the application with it."""
-        index_dir = default_index_dir(self.root, digest_of(model.ckpt_dir), self.args.index_root)
-        counts = build_index(model, index_dir, self.kind, self.root, actors=self.args.actors,
-                             batch_size=self.args.batch_size)  # fmt: skip
-        settings = {"ckpt_dir": model.ckpt_dir, "name": model.name, "version": model.version, "uri": model.uri,
-                    "index_dir": str(Path(index_dir).resolve()), "auth": bool(os.environ.get("ETVA_SERVE_TOKEN"))}  # fmt: skip
-        app = SearchDeployment.options(num_replicas=self.args.replicas).bind(settings)
+        app, counts = _application(model, self.kind, self.root, vars(self.args))
         serve.run(app, name=APP_NAME, route_prefix="/")
         self.current = model
-        log.info("serving %s v%s with index %s (%s)", model.name, model.version, index_dir, counts)
+        log.info("serving %s v%s (index build: %s)", model.name, model.version, counts)
         return counts
 
     def poll_once(self) -> bool:
