@@ -112,7 +112,10 @@ def _check_token(request: Request, token: str) -> None:
         raise _bad("missing or wrong token (Authorization: Bearer <token>, or ?token=)", 401)
 
 
-@serve.deployment(name="search", graceful_shutdown_timeout_s=30, ray_actor_options={"num_cpus": 0.25})
+# max_surge_percent=100: on an update the new replicas start first; the old ones answer until they are ready
+@serve.deployment(
+    name="search", graceful_shutdown_timeout_s=30, max_surge_percent=100, ray_actor_options={"num_cpus": 0.25}
+)
 @serve.ingress(api)
 class SearchDeployment:
     def __init__(self, settings: dict) -> None:

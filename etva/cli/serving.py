@@ -96,11 +96,11 @@ def run_index(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Handler of ``etva serve`` (blocks until interrupted)."""
-    argv = _check(args)
     token = args.token or os.environ.get("ETVA_SERVE_TOKEN", "")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         raise UsageError(f"--host {args.host}: serving beyond this machine needs a token",
                          "pass --token or set ETVA_SERVE_TOKEN")  # fmt: skip
+    argv = _check(args)
     argv += ["--index-root", args.index_root, "--host", args.host, "--port", str(args.port)]
     argv += ["--poll-s", str(args.poll_s)]
     if token:
