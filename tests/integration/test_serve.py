@@ -33,6 +33,7 @@ from etva.index.store import IndexStore
 from etva.inference import encode_records, encode_texts, load_trained
 from ray_jobs import tracking
 from tests.integration.conftest import free_ports
+from tests.integration.test_mlflow_ui import CHROME_FLAGS, CHROMEDRIVER, CHROMIUM
 from tests.integration.tiny_checkpoint import tiny_checkpoint
 from tuning.best import register
 
@@ -189,6 +190,50 @@ def test_top1_is_the_engines_top1_and_bad_input_is_a_4xx(server):
     for bad in ("/clip/0/../serve.log", "/clip/0/%2e%2e/serve.log", "/clip/0/missing.mp4", "/clip/7/x.mp4"):
         assert _get(base + bad)[0] == 404, bad
     assert _get(f"{base}/health")[0] == 200  # still serving
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium (cluster/install_browser.sh) via Selenium; missing pieces FAIL the test."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail(f"{CHROMIUM} / {CHROMEDRIVER} missing: run `bash cluster/install_browser.sh` first")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = str(CHROMIUM)
+    for flag in (*CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_search_page_in_a_headless_browser(server, browser):
+    """The page's search box posts the query and shows the hits as thumbnails linking to the clips."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server["base"] + "/")
+    box = browser.find_element(By.ID, "q")
+    box.send_keys(server["records"][2].captions[0])
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "img.thumb")) == 8)
+    loaded = "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"
+    WebDriverWait(browser, 120).until(lambda d: d.execute_script(loaded))
+    links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "a.clip")]
+    assert len(links) == 8 and all("/clip/0/" in h for h in links)
+    assert "v1" in browser.find_element(By.ID, "status").text
+    box.clear()
+    browser.find_element(By.ID, "go").click()  # an empty query: the page shows the server's 400 message
+    WebDriverWait(browser, 60).until(lambda d: "empty query" in d.find_element(By.ID, "status").text)
+    shots = Path(os.environ.get("ETVA_UI_SHOTS", REPO / "test-artifacts" / "ui-shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(shots / "serve-search-page.png"))
 
 
 def test_alias_move_switches_without_failed_requests(server):
