@@ -94,7 +94,7 @@ def _etva(cluster, *args: str, **kw) -> subprocess.CompletedProcess:
 def models(local_cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     ckpt1, records = tiny_checkpoint(tmp)
-    ckpt2, _ = tiny_checkpoint(tmp, "model.alpha=0.7")  # other config: another digest
+    ckpt2, _ = tiny_checkpoint(tmp, "model.alignment=global")  # another model: another digest
     assert digest_of(ckpt1) != digest_of(ckpt2)
     videos = tmp / "videos"
     videos.mkdir()
