@@ -223,13 +223,16 @@ def main() -> None:
     p.add_argument("--videos", type=int, default=120, help="clips for the serving figures")
     p.add_argument("--seconds", type=float, default=20.0, help="per concurrency level")
     p.add_argument("--no-serving", action="store_true", help="vector search figures only")
+    p.add_argument("--no-vectors", action="store_true", help="index build and HTTP figures only")
     p.add_argument("--json", default="")
     args = p.parse_args()
     if args.quick:
         args.big, args.videos, args.seconds = 200_000, 40, 10.0
     torch.set_num_threads(2)
-    figures = {"vectors": vector_figures([int(s) for s in args.sizes.split(",")], args.big, args.spec,
-                                         args.big_spec, args.queries)}  # fmt: skip
+    figures = {}
+    if not args.no_vectors:
+        figures["vectors"] = vector_figures([int(s) for s in args.sizes.split(",")], args.big, args.spec,
+                                            args.big_spec, args.queries)  # fmt: skip
     if not args.no_serving:
         with tempfile.TemporaryDirectory(prefix="etva-bench-serve-") as tmp:
             figures["serving"] = serving_figures(args.videos, args.seconds, Path(tmp))
