@@ -14,7 +14,8 @@ when it moves, the new index is built first and ``serve.run`` updates the deploy
 replaces the replicas; requests in flight finish on the old ones). Bad input is a 4xx naming the problem.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: FastAPI must see the real `Request` type of the routes under
+# Serve's ingress (string annotations made it a required query parameter)
 
 import argparse
 import html
