@@ -182,7 +182,15 @@ def serving_figures(num_videos: int, seconds: float, tmp: Path) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):  # a loaded machine can miss ray's fixed 30 s raylet start wait
+        try:
+            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception as e:  # ray raises a bare Exception for this
+            if attempt == 2:
+                raise
+            print(f"ray.init failed ({e}); retrying", flush=True)
+            ray.shutdown()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = Namespace(model=str(ckpt), videos=str(videos), store="", index_root=str(tmp / "index"),
