@@ -182,15 +182,23 @@ def serving_figures(num_videos: int, seconds: float, tmp: Path) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for attempt in range(3):  # a loaded machine can miss ray's fixed 30 s raylet start wait
-        try:
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception as e:  # ray raises a bare Exception for this
-            if attempt == 2:
-                raise
-            print(f"ray.init failed ({e}); retrying", flush=True)
-            ray.shutdown()
+    import os
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from cluster import local
+
+    ports = []
+    for _ in range(5):  # free ports for a private head (never the user's defaults)
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            ports.append(sk.getsockname()[1])
+    settings = local.LocalSettings(tmp / "head", ray_port=ports[0], dashboard_port=ports[1], mlflow_port=ports[2],
+                                   ray_client_port=ports[3], dashboard_agent_port=ports[4], num_cpus=4,
+                                   start_timeout_s=600)  # fmt: skip
+    cluster = local.start_all(settings, ray=True, mlflow=False)  # what `etva serve` runs against
+    os.environ.update(cluster.env)
+    ray.init(address=cluster.ray_address, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = Namespace(model=str(ckpt), videos=str(videos), store="", index_root=str(tmp / "index"),
@@ -218,6 +226,7 @@ def serving_figures(num_videos: int, seconds: float, tmp: Path) -> dict:
     finally:
         serve.shutdown()
         ray.shutdown()
+        local.stop_all(settings, ray=True, mlflow=False)
 
 
 def main() -> None:
