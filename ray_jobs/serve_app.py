@@ -159,10 +159,9 @@ class SearchDeployment:
         return Response(png_bytes(strip), media_type="image/png")
 
     @api.get("/", response_class=HTMLResponse)
-    def page(self) -> str:
-        return PAGE.replace("{{model}}", html.escape(f"{self.svc.im.id.name} v{self.svc.im.id.version}"))
-
-
+    def page(self) -> HTMLResponse:
+        name = html.escape(f"{self.svc.im.id.name} v{self.svc.im.id.version}")
+        return HTMLResponse(PAGE.replace("{{model}}", name))
 
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>etva search</title>
