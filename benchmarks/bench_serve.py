@@ -196,10 +196,10 @@ def serving_figures(num_videos: int, seconds: float, tmp: Path) -> dict:
     settings = local.LocalSettings(tmp / "head", ray_port=ports[0], dashboard_port=ports[1], mlflow_port=ports[2],
                                    ray_client_port=ports[3], dashboard_agent_port=ports[4], num_cpus=4,
                                    start_timeout_s=600)  # fmt: skip
-    cluster = local.start_all(settings, ray=True, mlflow=False)  # what `etva serve` runs against
-    os.environ.update(cluster.env)
-    ray.init(address=cluster.ray_address, log_to_driver=False)
     try:
+        cluster = local.start_all(settings, ray=True, mlflow=False)  # what `etva serve` runs against
+        os.environ.update(cluster.env)
+        ray.init(address=cluster.ray_address, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = Namespace(model=str(ckpt), videos=str(videos), store="", index_root=str(tmp / "index"),
                          tracking_uri="", actors=2, batch_size=8, replicas=1)  # fmt: skip
