@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "ablation": [],
     "bench_search": [],
     "bench_store_stream": [],
+    "bench_serve": [],
     "bench_scaling": ["--png", "benchmarks/scaling_quick.png"],
     "gpu_check": ["--device", "cpu"],
 }

@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from etva.cli import best, data, jobs, search
+from etva.cli import best, data, jobs, search, serving
 from etva.cli.errors import UsageError
 
 __all__ = ["UsageError", "COMMANDS", "build_parser", "main"]
@@ -30,6 +30,8 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "extract": jobs.add_extract_parser,
     "best": best.add_parser,
     "search": search.add_parser,
+    "index": serving.add_index_parser,
+    "serve": serving.add_serve_parser,
 }
 
 
@@ -40,7 +42,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         "etva.config:ConfigError",
         "etva.data.synth:SynthError",
         "etva.checkpoint:CheckpointError",
-        "etva.search:SearchError",
+        "etva.index.store:IndexError_",
     ):
         module, name = entry.split(":")
         if module in sys.modules:  # only types a handler actually imported

@@ -15,7 +15,16 @@ from typing import Any
 
 from etva.cli.errors import UsageError
 
-__all__ = ["load_space", "load_study", "best_main", "best_error_type", "fetch_checkpoint", "check_mlflow_login"]
+__all__ = [
+    "load_space",
+    "load_study",
+    "best_main",
+    "best_error_type",
+    "fetch_checkpoint",
+    "check_mlflow_login",
+    "index_main",
+    "serve_main",
+]
 
 _HINT = "run it from the repository root"  # where the ray_jobs/ and tuning/ packages live
 
@@ -127,3 +136,23 @@ def check_mlflow_login(uri: str) -> dict[str, str]:
         raise UsageError(str(e), "cluster/mlflow/README.md: users and job credentials") from e
     path = os.environ.get(CREDENTIALS_ENV, "")
     return {CREDENTIALS_ENV: path} if path else {}
+
+
+def index_main(argv: list[str]) -> int:
+    """``ray_jobs.index_job.main(argv)``: build/update an index with a Ray Data actor pool on the Ray head
+    named by ``--address`` or ``$RAY_ADDRESS``. Raises UsageError when ``ray_jobs`` cannot be imported."""
+    try:
+        from ray_jobs.index_job import main
+    except ModuleNotFoundError as e:
+        raise _missing("'etva index' needs the ray_jobs.index_job module", e) from e
+    return main(argv)
+
+
+def serve_main(argv: list[str]) -> int:
+    """``ray_jobs.serve_app.main(argv)``: serve the model's index with Ray Serve until interrupted.
+    Raises UsageError when ``ray_jobs`` cannot be imported."""
+    try:
+        from ray_jobs.serve_app import main
+    except ModuleNotFoundError as e:
+        raise _missing("'etva serve' needs the ray_jobs.serve_app module", e) from e
+    return main(argv)

@@ -69,12 +69,14 @@ def _command(capsys) -> list[str]:
 
 
 def test_every_command_is_registered_with_help(capsys):
-    assert {"data", "train", "tune", "eval", "best", "search"} <= set(COMMANDS)
+    assert {"data", "train", "tune", "eval", "best", "search", "index", "serve"} <= set(COMMANDS)
     for argv, words in (
         (["train"], "resumes"),
         (["tune"], "search space"),
         (["eval"], "models:/"),
-        (["search"], "incrementally"),
+        (["search"], "brought up to date"),
+        (["index"], "never mixes two models"),
+        (["serve"], "without dropping requests"),
         (["best"], "champion"),
         (["data", "check"], "decode every referenced video"),
         (["data", "synth"], "shapes"),
