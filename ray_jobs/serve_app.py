@@ -113,6 +113,38 @@ def _check_token(request: Request, token: str) -> None:
         raise _bad("missing or wrong token (Authorization: Bearer <token>, or ?token=)", 401)
 
 
+# Defined before the deployment class: Serve pickles an ingress class by value, with the module globals
+# that exist when it is decorated (a name defined below it is missing in the replica: NameError, a 500).
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>etva search</title>
+<style>body{font-family:sans-serif} .hit{display:inline-block;margin:4px;font-size:12px;vertical-align:top}
+img{display:block}</style></head><body><h1>etva search <small>{{model}}</small></h1>
+<form id="f"><input id="q" name="q" size="50" placeholder="a red circle moves left">
+<input id="k" name="k" type="number" value="8" min="1" max="100"><button id="go">search</button></form>
+<p id="status"></p><div id="results"></div>
+<script>
+const token = new URLSearchParams(location.search).get("token") || "";
+const tq = token ? "?token=" + encodeURIComponent(token) : "";
+document.getElementById("f").onsubmit = async (ev) => {
+  ev.preventDefault();
+  const q = document.getElementById("q").value, k = document.getElementById("k").value;
+  const r = await fetch("/search", {method: "POST", headers: {"Content-Type": "application/json",
+    ...(token ? {"Authorization": "Bearer " + token} : {})}, body: JSON.stringify({q: q, k: Number(k)})});
+  const data = await r.json(), out = document.getElementById("results");
+  out.innerHTML = "";
+  if (!r.ok) { document.getElementById("status").textContent = "error: " + data.detail; return; }
+  document.getElementById("status").textContent = data.results.length + " results (" + data.model + " v" + data.version + ")";
+  for (const h of data.results) {
+    const d = document.createElement("div"); d.className = "hit";
+    const img = h.thumbnail ? '<img class="thumb" src="' + h.thumbnail + tq + '">' : "(no preview)";
+    const a = h.clip ? '<a class="clip" href="' + h.clip + tq + '">' + h.video_id + "</a>" : h.video_id;
+    d.innerHTML = img + "#" + h.rank + " " + h.score.toFixed(3) + "<br>" + a;
+    out.appendChild(d);
+  }
+};
+</script></body></html>
+"""
+
+
 # max_surge_percent=100: on an update the new replicas start first; the old ones answer until they are ready
 @serve.deployment(
     name="search", graceful_shutdown_timeout_s=30, max_surge_percent=100, ray_actor_options={"num_cpus": 0.25}
@@ -164,34 +196,6 @@ class SearchDeployment:
         return HTMLResponse(PAGE.replace("{{model}}", name))
 
 
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>etva search</title>
-<style>body{font-family:sans-serif} .hit{display:inline-block;margin:4px;font-size:12px;vertical-align:top}
-img{display:block}</style></head><body><h1>etva search <small>{{model}}</small></h1>
-<form id="f"><input id="q" name="q" size="50" placeholder="a red circle moves left">
-<input id="k" name="k" type="number" value="8" min="1" max="100"><button id="go">search</button></form>
-<p id="status"></p><div id="results"></div>
-<script>
-const token = new URLSearchParams(location.search).get("token") || "";
-const tq = token ? "?token=" + encodeURIComponent(token) : "";
-document.getElementById("f").onsubmit = async (ev) => {
-  ev.preventDefault();
-  const q = document.getElementById("q").value, k = document.getElementById("k").value;
-  const r = await fetch("/search", {method: "POST", headers: {"Content-Type": "application/json",
-    ...(token ? {"Authorization": "Bearer " + token} : {})}, body: JSON.stringify({q: q, k: Number(k)})});
-  const data = await r.json(), out = document.getElementById("results");
-  out.innerHTML = "";
-  if (!r.ok) { document.getElementById("status").textContent = "error: " + data.detail; return; }
-  document.getElementById("status").textContent = data.results.length + " results (" + data.model + " v" + data.version + ")";
-  for (const h of data.results) {
-    const d = document.createElement("div"); d.className = "hit";
-    const img = h.thumbnail ? '<img class="thumb" src="' + h.thumbnail + tq + '">' : "(no preview)";
-    const a = h.clip ? '<a class="clip" href="' + h.clip + tq + '">' + h.video_id + "</a>" : h.video_id;
-    d.innerHTML = img + "#" + h.rank + " " + h.score.toFixed(3) + "<br>" + a;
-    out.appendChild(d);
-  }
-};
-</script></body></html>
-"""
 
 
 def _application(model: ResolvedModel, kind: str, root: str, opts: dict):
