@@ -43,6 +43,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_data_start": [],
     "ablation": [],
     "bench_search": [],
+    "bench_store_stream": [],
+    "bench_serve": [],
     "bench_scaling": ["--png", "benchmarks/scaling_quick.png"],
     "gpu_check": ["--device", "cpu"],
 }

@@ -66,19 +66,18 @@ class CaptionTable:
 def index_rows(
     records: list[ClipRecord], captions: CaptionTable | None, max_captions: int = 32
 ) -> list[dict]:
-    """One index row per video: path, clip bounds, its index, and (for training) its caption ids."""
+    """One index row per video: id (the feature store's key), path, clip bounds, its index in the split,
+    and (for training) its caption ids."""
     per_video = captions.per_video(max_captions) if captions is not None else None
-    experts = sorted({name for r in records for name in (r.features or {})})
     rows = []
     for i, r in enumerate(records):
         row = {
+            "video_id": r.video_id,
             "video_path": r.video_path,
             "start_s": float("nan") if r.start_s is None else float(r.start_s),
             "end_s": float("nan") if r.end_s is None else float(r.end_s),
             "video_index": i,
         }
-        for name in experts:  # "" = this video lacks the expert (masked downstream)
-            row[f"feat_path/{name}"] = str((r.features or {}).get(name, ""))
         if per_video is not None:
             row["caption_ids"] = per_video[i]
             row["caption_first"] = int(captions.first[i])
@@ -130,7 +129,14 @@ def build_video_dataset(
         rows = rows[rank::world]
     if shuffle:  # each block a random set of videos, not a run of neighbours (one movie, one source)
         rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
-    ds = ray.data.from_items(rows, override_num_blocks=_num_blocks(len(rows), ray_cfg.decode_concurrency))
+    if data_cfg.feature_store and not data_cfg.decode_clips:
+        # store only: one block per store shard (the split's videos in it), so each task reads each
+        # shard it needs once per epoch and holds one shard group, never the store
+        ds = ray.data.from_arrow(_blocks(_store_groups(rows, data_cfg.feature_store)))
+        batch_size = None
+    else:
+        ds = ray.data.from_items(rows, override_num_blocks=_num_blocks(len(rows), ray_cfg.decode_concurrency))
+        batch_size = 8
     streaming = data_cfg.cache == "none"
     if shuffle and streaming:
         # a new block order every epoch (re-executed); rows mix in the worker's local shuffle buffer
@@ -140,7 +146,7 @@ def build_video_dataset(
     decoded = ds.map_batches(
         decode_stage,
         fn_kwargs={"data_cfg": asdict(data_cfg)},
-        batch_size=8,
+        batch_size=batch_size,
         batch_format="numpy",
         num_cpus=ray_cfg.decode_cpus,
         compute=TaskPoolStrategy(size=max(1, ray_cfg.decode_concurrency)),
@@ -149,6 +155,32 @@ def build_video_dataset(
         return decoded
     decoded = cached(decoded, rows, data_cfg, storage, name)
     return decoded.randomize_block_order() if shuffle else decoded
+
+
+def _store_groups(rows: list[dict], feature_store: str) -> list[list[dict]]:
+    """The rows grouped by the shard of the first expert's store that holds their video (order kept
+    within a group); videos that store lacks form groups of their own (other experts may have them)."""
+    from etva.data.example import feature_stores_for_path
+
+    stores = feature_stores_for_path(feature_store)
+    where = stores[sorted(stores)[0]].shard_map()
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(where.get(row["video_id"], ""), []).append(row)
+    out = [g for key, g in groups.items() if key]
+    lacking = groups.get("", [])
+    out += [lacking[s : s + 64] for s in range(0, len(lacking), 64)]
+    return out
+
+
+def _blocks(groups: list[list[dict]]) -> list:
+    """One Arrow block per group of index rows (the unit a read task and the shuffle work on)."""
+    from ray.data.block import BlockAccessor
+
+    return [
+        BlockAccessor.batch_to_block({k: np.stack([np.asarray(r[k]) for r in g]) for k in g[0]})
+        for g in groups
+    ]
 
 
 def eval_shard_name(split: str, rank: int) -> str:

@@ -79,7 +79,7 @@ def add_overrides(p: argparse.ArgumentParser) -> None:
 
 def resolve_paths(cfg: Config) -> Config:
     """Make data paths absolute (jobs and workers run in other folders)."""
-    places = [(cfg.data, n) for n in ("root", "tokenizer_path", "features_dir", "feature_store")]
+    places = [(cfg.data, n) for n in ("root", "tokenizer_path", "feature_store")]
     places += [(cfg.extract, "output_dir"), (cfg.model.text, "pretrained_path")]
     places += [(e, "pretrained_path") for e in cfg.model.experts.values()]
     for section, name in places:

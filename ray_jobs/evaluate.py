@@ -24,6 +24,7 @@ from ray.train.torch import TorchTrainer
 from etva.config import settings
 from etva.eval.metrics import format_table
 from etva.inference import read_trained
+from etva.reweight import format_row
 from ray_jobs.driver import add_overrides, init_ray, resolve_paths, setup_logging, storage_path
 from ray_jobs.prepare import build_datasets, dataset_config, prepare_splits, scaling_config
 from ray_jobs.recipe import EvalInputs, eval_loop_per_worker
@@ -62,11 +63,15 @@ def fetch_checkpoint(uri: str, dst: Path) -> Path:
     return path
 
 
-def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> tuple[dict, object, list[str]]:
+def run_evaluation(
+    ckpt_dir: Path, split: str | None, overrides: list[str], per_query: dict | None = None
+) -> tuple[dict, object, list[str]]:
     """Distributed evaluation of one checkpoint.
 
     Returns (metrics incl. ``<split>/num_videos`` and ``num_queries`` as scored, resolved config, ids of
     the split's videos that were not scored: file missing while preparing or failed to decode).
+    ``per_query`` (if given) receives the per-caption text->video rank counts (``caption_index``,
+    ``t2v_h``, ``t2v_e``: ``etva.eval.scoring.score_streams``).
     """
     trained = read_trained(ckpt_dir, overrides)
     cfg = resolve_paths(trained.cfg)
@@ -80,6 +85,7 @@ def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> t
         split=split,
         video_ids=ev.video_ids,
         captions=ev.caption_arrays(),
+        per_query=per_query is not None,
     )
     trainer = TorchTrainer(
         eval_loop_per_worker,
@@ -95,6 +101,8 @@ def run_evaluation(ckpt_dir: Path, split: str | None, overrides: list[str]) -> t
     metrics = dict(result.return_value["metrics"])
     unscored = sorted(set(ev.dropped) | set(result.return_value["skipped"]))
     metrics[f"{split}/num_unscored_videos"] = float(len(unscored))
+    if per_query is not None:
+        per_query.update(result.return_value.get("per_query") or {})
     return metrics, cfg, unscored
 
 
@@ -124,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     split = args.split or cfg.data.val_split
     print(scored_header(cfg, split, metrics, unscored) + f"\ncheckpoint: {args.checkpoint}")
     print(format_table(metrics, prefix=f"{split}/"))
+    if row := format_row(metrics, f"{split}/", cfg.eval.reweight):
+        print(row)
     if not args.no_mlflow and tracking_uri(cfg):
         _log_to_mlflow(cfg, split, args.checkpoint, metrics)
     return 0

@@ -7,15 +7,20 @@ is loaded, and :func:`mlflow.models.set_model` below names the model object.
 Input: a pandas DataFrame (or a list of dicts) with
 
 - ``text`` (string, required): one caption or query per row;
-- ``video_path`` (string, optional): a video file on the loading machine.
+- ``video_path`` (string, optional): a video file on the loading machine;
+- ``video_id`` (string, optional): a clip of the feature store (a model trained from features): its
+  features are read from the store named by ``params={"feature_store": <store root>}`` at predict time,
+  else from the model's own ``data.feature_store`` (its training config). Only the shards holding the
+  ids asked for are read. A model with experts decoded from the clip also needs ``video_path``.
 
 Output: a DataFrame with one row per input row:
 
-- without ``video_path``: ``embedding``, the caption's text embedding as a flat float list (the
-  per-expert unit vectors ``E*d`` followed by the local VLAD descriptors ``K*d``, whichever the model has);
-- with ``video_path``: ``score``, the model's fused retrieval similarity of the row's text and video
-  (higher = better match; the score ``etva search`` ranks by), plus ``error`` naming a video that could not
-  be decoded (its score is NaN).
+- without ``video_path``/``video_id``: ``embedding``, the caption's text embedding as a flat float list
+  (the per-expert unit vectors ``E*d`` followed by the local VLAD descriptors ``K*d``, whichever the model
+  has);
+- with either: ``score``, the model's fused retrieval similarity of the row's text and video (higher =
+  better match; the score ``etva search`` ranks by), plus ``error`` naming a video that could not be read
+  (its score is NaN).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import pandas as pd
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
-TEXT_COL, VIDEO_COL = "text", "video_path"
+TEXT_COL, VIDEO_COL, ID_COL = "text", "video_path", "video_id"
+STORE_PARAM = "feature_store"  # predict(params=...): the store root for ``video_id`` rows
 CHECKPOINT_ARTIFACT = "checkpoint"  # the artifacts key (and folder) holding the etva checkpoint
 
 
@@ -60,26 +66,42 @@ class ETVAModel(PythonModel):
         df = as_frame(model_input)
         texts = [str(t) for t in df[TEXT_COL].tolist()]
         text = encode_texts(self.model, self.tokenizer, texts, self.cfg.data.max_text_len)  # Q rows
-        if VIDEO_COL not in df.columns:
+        if VIDEO_COL not in df.columns and ID_COL not in df.columns:
             parts = [t.flatten(1) for t in (text.experts, text.local) if t is not None]  # (Q, E*d), (Q, K*d)
             flat = torch.cat(parts, dim=1)  # (Q, E*d + K*d)
             return pd.DataFrame({"embedding": [row.tolist() for row in flat.float().cpu()]})
         with torch.no_grad():
-            return self._scores(text, [str(p) for p in df[VIDEO_COL].tolist()])
+            return self._scores(text, _records(df), self._data_cfg(params or {}))
 
-    def _scores(self, text, paths: list[str]) -> pd.DataFrame:
+    def _data_cfg(self, params: dict):
+        """The model's data settings, its feature store replaced by ``params['feature_store']`` if given."""
+        from dataclasses import replace
+
+        store = str(params.get(STORE_PARAM) or "")
+        return replace(self.cfg.data, feature_store=store) if store else self.cfg.data
+
+    def _scores(self, text, records: list, data_cfg) -> pd.DataFrame:
         """Row i: the fused similarity of text i and video i (NaN + error when the video cannot be read)."""
-        from etva.data.records import ClipRecord  # lazy, as in load_context
         from etva.inference import encode_records
 
-        records = [ClipRecord(Path(p).name, p, [], "") for p in paths]
-        enc = encode_records(self.model, records, self.cfg.data)
-        scores, errors = [float("nan")] * len(paths), [enc.failed.get(i, "") for i in range(len(paths))]
+        n = len(records)
+        enc = encode_records(self.model, records, data_cfg)
+        scores, errors = [float("nan")] * n, [enc.failed.get(i, "") for i in range(n)]
         if enc.video is not None:
             sim = self.model.similarity(text[enc.kept], enc.video)["fused"]  # (kept, kept)
             for row, i in enumerate(enc.kept):
                 scores[i] = float(sim[row, row])
         return pd.DataFrame({"score": scores, "error": errors})
+
+
+def _records(df: pd.DataFrame) -> list:
+    """One ClipRecord per row: ``video_id`` (the store key) and/or ``video_path`` (a file to decode)."""
+
+    from etva.data.records import ClipRecord
+
+    paths = [str(p) for p in df[VIDEO_COL]] if VIDEO_COL in df.columns else [""] * len(df)
+    ids = [str(v) for v in df[ID_COL]] if ID_COL in df.columns else [Path(p).stem for p in paths]
+    return [ClipRecord(v, p, [], "") for v, p in zip(ids, paths, strict=True)]
 
 
 set_model(ETVAModel())

@@ -160,7 +160,6 @@ def _load(data: DataConfig, split: str) -> tuple[list[ClipRecord], object]:
         subset=data.subset,
         return_summary=True,
         max_caption_chars=data.max_caption_chars,
-        features_dir=data.features_dir or None,
     )
     records, summary = out
     if not records:
@@ -216,9 +215,31 @@ def tokenizer_files(out_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out_dir.iterdir()) if p.is_file()}
 
 
+def check_feature_store(cfg: Config) -> None:
+    """Before any Ray work: every enabled features expert has a store in ``data.feature_store`` of the
+    config's dim; the mismatch is named otherwise."""
+    from etva.data.example import feature_stores_for
+
+    wanted = {n: e.dim for n, e in cfg.model.experts.items() if e.enabled and e.kind == "features"}
+    if not cfg.data.feature_store:
+        if wanted:
+            raise ValueError(
+                f"model.experts {sorted(wanted)} are features experts: set data.feature_store to the "
+                "store that holds them (etva extract, or etva data import-features)"
+            )
+        return
+    from etva.data.feature_store import check_stores
+
+    try:
+        check_stores(feature_stores_for(cfg.data), wanted, f"data.feature_store={cfg.data.feature_store}")
+    except ValueError as e:
+        raise DataError(str(e)) from e
+
+
 def load_splits(cfg: Config, splits: dict[str, str]) -> dict[str, tuple[list[ClipRecord], object, list[str]]]:
     """The named splits' records (e.g. {"train": "train", "val": "test"}), unusable videos dropped and a
     validation split carved from train when configured: {name: (records, summary, dropped ids)}."""
+    check_feature_store(cfg)
     loaded, dropped = {}, {}
     for name, split in splits.items():
         records, summary = _load(cfg.data, split)

@@ -95,6 +95,7 @@ class EvalInputs:
     video_ids: list[str]  # of the split, in the order of the captions' video_index
     captions: dict[str, np.ndarray]  # input_ids, attention_mask, video_index of the split
     torch_threads: int = 1
+    per_query: bool = False  # return the per-caption rank counts too (study trials)
 
     def loop_config(self) -> dict[str, Any]:
         """Ray Train's ``train_loop_config`` carrying these inputs."""
@@ -109,10 +110,12 @@ def evaluate_split(
     split: str,
     cfg: Config,
     device: torch.device,
+    **engine_options: Any,
 ) -> tuple[dict[str, float], list[int]]:
     """Score one split over all ranks: every rank encodes its ``shard`` of videos and its share of the
     captions, ``etva.train.engine.evaluate`` gathers and scores, then the ranks agree on the skipped clips and
-    fail when too many were skipped (``data.max_skip_fraction``). Returns (metrics, skipped indices
+    fail when too many were skipped (``data.max_skip_fraction``). ``engine_options`` go to
+    ``etva.train.engine.evaluate`` (re-weighting, per-query counts). Returns (metrics, skipped indices
     into ``video_ids``)."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -124,6 +127,7 @@ def evaluate_split(
         eval_caption_batches(captions, rank, world, batch_size),
         device,
         precision=cfg.train.precision,
+        **engine_options,
     )
     skipped, seen, _ = gather_skips(tracker, world)
     check_skips(split, skipped, seen, video_ids, cfg.data.max_skip_fraction)
@@ -351,18 +355,22 @@ def train_loop_per_worker(config: dict) -> dict:
 
 def eval_loop_per_worker(config: dict) -> dict:
     """Ray Train's entry point of the evaluation job: ``config[INPUTS_KEY]`` is an :class:`EvalInputs`.
-    Every rank encodes its shard of the "eval" dataset; the scores are over all pairs of the split."""
+    Every rank encodes its shard of the "eval" dataset; the scores are over all pairs of the split, with
+    the configured test-time re-weighting as a separate ``reweighted/`` row (never used for selection)."""
     setup_logging()
     inputs: EvalInputs = config[INPUTS_KEY]
+    cfg = inputs.cfg
     torch.set_num_threads(max(1, inputs.torch_threads))
     device = ray.train.torch.get_device()
-    model = build_trained_model(inputs.cfg, inputs.vocab_size, ray.get(inputs.weights_ref)).to(device)
+    model = build_trained_model(cfg, inputs.vocab_size, ray.get(inputs.weights_ref)).to(device)
     rank = ray.train.get_context().get_world_rank()
     shard = ray.train.get_dataset_shard(eval_shard_name("eval", rank))
+    per_query = {} if inputs.per_query else None  # rank counts per caption (study trials)
     metrics, skipped = evaluate_split(
-        model, shard, inputs.captions, inputs.video_ids, "eval", inputs.cfg, device
-    )
+        model, shard, inputs.captions, inputs.video_ids, "eval", cfg, device,
+        reweight=cfg.eval.reweight, reweight_scale=cfg.eval.reweight_scale, per_query=per_query,
+    )  # fmt: skip
     out = {f"{inputs.split}/{k}": float(v) for k, v in metrics.items()}
     out["data/skipped_eval"] = len(skipped)
     ray.train.report(out)
-    return {"metrics": out, "skipped": [inputs.video_ids[i] for i in skipped]}
+    return {"metrics": out, "skipped": [inputs.video_ids[i] for i in skipped], "per_query": per_query}

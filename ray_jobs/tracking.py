@@ -203,7 +203,7 @@ def log_best_model(client, run_id: str, ckpt_dir: str | Path, step: int = 0) -> 
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     from ray_jobs import mlflow_model  # lazy: importing the model's code registers it with MLflow
 
@@ -212,8 +212,10 @@ def log_best_model(client, run_id: str, ckpt_dir: str | Path, step: int = 0) -> 
             [
                 ColSpec("string", mlflow_model.TEXT_COL),
                 ColSpec("string", mlflow_model.VIDEO_COL, required=False),
+                ColSpec("string", mlflow_model.ID_COL, required=False),
             ]
-        )
+        ),
+        params=ParamSchema([ParamSpec(mlflow_model.STORE_PARAM, "string", "")]),
     )
     mlflow.set_tracking_uri(client.tracking_uri)
     with mlflow.start_run(run_id=run_id):  # log_model attaches the model to the active run

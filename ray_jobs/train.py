@@ -172,10 +172,16 @@ def _tags(cfg: Config, config_file: str) -> dict[str, str]:
         "git_commit": git_commit(),
         "ray_job_submission_id": job_submission_id(),
         "dataset": cfg.data.dataset,
-        "split": f"{cfg.data.subset}:{cfg.data.train_split}->{cfg.data.val_split}",
+        "split": f"{cfg.data.subset}:{cfg.data.train_split}->{_val_name(cfg)}",
         "config_file": config_file,
-        "etva.selected_on": _selection_line(cfg).split("\n")[0],
+        "etva.selected_on": _selection_line(cfg),  # the whole statement, its NOTE line included
     }
+
+
+def _val_name(cfg: Config) -> str:
+    if cfg.data.val_from_train > 0:
+        return f"{cfg.data.val_from_train} held out of {cfg.data.train_split}"
+    return cfg.data.val_split
 
 
 def _log_inputs(client, run_id: str, cfg: Config, prepared: dict) -> None:
@@ -214,6 +220,8 @@ def report_test_split(cfg: Config, best: dict, best_path: str | None, client, ru
     """Evaluate the selected checkpoint on ``data.test_split`` (when set); print and log ``test/...``."""
     if not (cfg.data.test_split and best_path):
         return {}
+    from etva.reweight import format_row
+
     split = cfg.data.test_split
     metrics, _, unscored = run_evaluation(Path(best_path), split, [])
     print(
@@ -221,6 +229,8 @@ def report_test_split(cfg: Config, best: dict, best_path: str | None, client, ru
         + f" at the selected epoch {int(best.get('epoch', -1)) + 1}"
     )
     print(format_table(metrics, prefix=f"{split}/"))
+    if row := format_row(metrics, f"{split}/", cfg.eval.reweight):
+        print(row)
     if client is not None:
         log_metrics(client, run_id, metrics, step=int(best.get("epoch", 0)))
     return metrics

@@ -5,7 +5,7 @@
     etva best --run-id <run id> [--model-name etva-shapes]  # register this run instead of the top one
 
 Best = highest ``best/t2v_R1`` over every run of the experiment that logged a model (training runs and
-nested sweep trials alike), ties broken by lower ``best/t2v_MdR``, then by the earlier run. The run's
+nested sweep trials alike; trials of ablation studies only with ``--include-studies``), ties broken by lower ``best/t2v_MdR``, then by the earlier run. The run's
 logged model (``models:/<model id>``, see ``ray_jobs.tracking.log_best_model``) is registered exactly as
 the UI's *Register model* button does it (source ``models:/<model id>``, run id, model id), so versions
 from the browser and from here are the same kind; a run that already has a version of the registered
@@ -61,8 +61,14 @@ def _sort_key(run) -> tuple[float, float, int]:
     return (-r1, -neg_mdr, run.info.start_time or 0)
 
 
-def rank_runs(client, experiment: str) -> list:
-    """Every run of ``experiment`` (nested ones included) with a checkpoint and ``best/t2v_R1``, best first."""
+def is_study_trial(run) -> bool:
+    """A trial of an ablation study (``tuning.study``): a variant's seed, not a model to deploy."""
+    return '"study.variant"' in run.data.tags.get("etva.sampled", "")
+
+
+def rank_runs(client, experiment: str, include_studies: bool = False) -> list:
+    """Every run of ``experiment`` (nested ones included) with a checkpoint and ``best/t2v_R1``, best first;
+    trials of ablation studies only with ``include_studies``."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise BestError(f"MLflow experiment '{experiment}' does not exist")
@@ -80,6 +86,8 @@ def rank_runs(client, experiment: str) -> list:
         if not token:
             break
     runs = [r for r in runs if r.data.tags.get(MODEL_ID_TAG) and not math.isnan(r.data.metrics[METRIC])]
+    if not include_studies:
+        runs = [r for r in runs if not is_study_trial(r)]
     return sorted(runs, key=_sort_key)
 
 
@@ -136,7 +144,12 @@ def _run_by_id(client, run_id: str):
 
 
 def pick_best(
-    experiment: str, model_name: str = "", tracking_uri: str = "", run_id: str = "", dry_run: bool = False
+    experiment: str,
+    model_name: str = "",
+    tracking_uri: str = "",
+    run_id: str = "",
+    dry_run: bool = False,
+    include_studies: bool = False,
 ) -> Pick:
     """Rank the experiment's runs; register the best one (or ``run_id``) and alias it ``champion``
     unless ``dry_run``."""
@@ -144,7 +157,7 @@ def pick_best(
     chosen = _run_by_id(client, run_id) if run_id else None
     if chosen is not None and not experiment:
         experiment = client.get_experiment(chosen.info.experiment_id).name
-    ranked = rank_runs(client, experiment)
+    ranked = rank_runs(client, experiment, include_studies)
     if chosen is None and not ranked:
         raise BestError(f"experiment '{experiment}': no run has a logged model and a '{METRIC}' metric yet")
     name = model_name or experiment
@@ -187,9 +200,10 @@ def main(
     tracking_uri: str = "",
     run_id: str = "",
     dry_run: bool = False,
+    include_studies: bool = False,
 ) -> int:
     """`etva best`: print the top runs; register the best (or ``run_id``), print its models:/ URI."""
-    pick = pick_best(experiment, model_name, tracking_uri, run_id, dry_run)
+    pick = pick_best(experiment, model_name, tracking_uri, run_id, dry_run, include_studies)
     n = len(pick.ranked)
     print(f"experiment '{pick.experiment}': {n} runs with a model; top {min(top, n)}:")
     print(format_ranking(pick.ranked, top))

@@ -55,6 +55,10 @@ class SearchSpace:
     def keys(self) -> list[str]:
         return [d.key for d in self.dims]
 
+    def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A trial's sampled values as config overrides (a study space expands its variant name)."""
+        return params
+
     @property
     def swept(self) -> list[str]:
         """Keys that take more than one value (the columns of summaries and plots)."""

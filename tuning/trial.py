@@ -48,7 +48,8 @@ class SweepContext:
 
 def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> Config:
     """The trial's resolved config: base + sampled values, epochs = max_epochs, its own Train run."""
-    cfg = apply_params(config_from_dict(ctx.base), params, f"{ctx.space.source} (trial {trial_id})")
+    source = f"{ctx.space.source} (trial {trial_id})"
+    cfg = apply_params(config_from_dict(ctx.base), ctx.space.resolve(params), source)
     cfg.train.epochs = ctx.max_epochs
     cfg.ray.storage_path = ctx.train_storage
     cfg.ray.run_name = f"{ctx.sweep_name}-{trial_id}"
@@ -108,6 +109,10 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             # SweepMlflowCallback has already finished the run with that verdict; do not overwrite it
             logger.info("trial %s: stopped by the scheduler; its MLflow run is already finished", trial_id)
             return
+        if cfg.data.test_split and best_path:  # the selected epoch on the test split (+ per-query ranks)
+            from tuning.study import report_test
+
+            report_test(cfg, best, best_path, client, run_id)
         if client is not None:
             mark_stopped(client, run_id, early=False, reason="completed", epochs=epochs)
         finish_run(client, run_id, best, best_path, "FINISHED")

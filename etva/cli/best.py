@@ -29,6 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the ranking only; register nothing")
     p.add_argument("--model-name", default="", help="registered model name (default: the experiment name)")
     p.add_argument("--top", type=int, default=10, help="runs to list (default 10)")
+    p.add_argument("--include-studies", action="store_true",
+                   help="also rank the trials of ablation studies (etva study), skipped by default")  # fmt: skip
     p.add_argument("--tracking-uri", default="", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
     p.set_defaults(handler=run)
 
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     best_error = seam.best_error_type()
     try:
         return seam.best_main(
-            args.experiment, args.model_name, args.top, args.tracking_uri, args.run_id, args.dry_run
+            args.experiment, args.model_name, args.top, args.tracking_uri, args.run_id, args.dry_run,
+            args.include_studies,
         )
     except best_error as e:
         raise UsageError(str(e), "check --experiment and --tracking-uri (or $MLFLOW_TRACKING_URI)") from e

@@ -1,5 +1,6 @@
-"""``etva data synth`` (generate the synthetic "shapes" benchmark) and ``etva data check`` (validate a
-dataset: annotations, every video decodable). A light module: the generator and the checker are imported
+"""``etva data synth`` (generate the synthetic "shapes" benchmark), ``etva data check`` (validate a
+dataset: annotations, every video decodable) and ``etva data import-features`` (existing ``.npy``/``.npz``
+features into the Parquet feature store). A light module: the generator and the checker are imported
 only when a command runs.
 """
 
@@ -13,10 +14,13 @@ from pathlib import Path
 
 from etva.cli.errors import UsageError
 
-__all__ = ["DATA_COMMANDS", "add_parser", "add_synth_parser", "add_check_parser", "run_synth", "run_check"]
+__all__ = [
+    "DATA_COMMANDS", "add_parser", "add_synth_parser", "add_check_parser", "add_import_parser", "run_synth",
+    "run_check", "run_import",
+]  # fmt: skip
 
 _FORMATS = ("msrvtt", "activitynet", "lsmdc")
-_DATASETS = ("msrvtt", "activitynet", "lsmdc", "features")
+_DATASETS = ("msrvtt", "activitynet", "lsmdc")
 
 
 def _int_at_least(minimum: int) -> type:
@@ -135,10 +139,79 @@ def run_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def add_import_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``import-features`` to the ``etva data`` subcommands."""
+    p = subparsers.add_parser(
+        "import-features",
+        help="import .npy/.npz features into a Parquet feature store",
+        description="Convert existing pre-extracted features into the Parquet feature store that training "
+        "reads (data.feature_store): a folder with features_manifest.json and <expert>/<video_id>.npy "
+        "files; a folder of <video_id>.npy files of one expert (--expert); or one array per split: a .npz "
+        "with 'ids' and 'features', or a .npy with --ids. Shapes and ids are checked (bad entries are "
+        "listed and not written); with --root, the dataset's videos that have no features are reported. "
+        "A re-run writes only what is not stored yet. Exit code 0 when all is well, 1 when entries were "
+        "invalid or videos lack features, 2 for usage mistakes.",
+    )
+    p.add_argument("source", help="features folder, .npz, or .npy file")
+    p.add_argument("--out", required=True, help="store root (set data.feature_store to it)")
+    p.add_argument("--expert", default="", help="expert name (model.experts.<name>), without a manifest")
+    p.add_argument("--ids", default="", help="for a .npy of one split: its video ids, one per line")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored precision")
+    p.add_argument("--shard-size", type=_int_at_least(1), default=256, help="videos per shard (default 256)")
+    p.add_argument("--dataset", choices=_FORMATS, default="msrvtt", help="dataset of --root (default msrvtt)")
+    p.add_argument("--root", default="", help="dataset folder: report its videos that lack features")
+    p.add_argument("--subset", default=None, help="MSRVTT protocol of --root (default 1k-A)")
+    p.add_argument("--splits", default="train,test", help="splits of --root to check (default train,test)")
+    p.set_defaults(handler=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from etva.data.feature_import import import_features
+    from etva.data.feature_store import FeatureStoreError
+    from etva.data.records import AnnotationError
+
+    try:
+        results = import_features(args.source, args.out, expert=args.expert, ids_file=args.ids,
+                                  shard_size=args.shard_size, dtype=args.dtype)  # fmt: skip
+    except (FeatureStoreError, AnnotationError, OSError) as e:
+        raise UsageError(str(e), "see etva data import-features --help for the layouts") from e
+    ok = True
+    for r in results:
+        print(f"{r.expert}: dim {r.dim}, {r.stored} videos stored ({r.written} new) in {r.folder}")
+        for where, why in list(r.invalid.items())[:20]:
+            print(f"  invalid: {where}: {why}")
+        if r.invalid:
+            ok = False
+            print(f"  {len(r.invalid)} invalid entries not imported")
+    if args.root:
+        ok = _report_missing(args, results) and ok
+    print(f"store: {Path(args.out).expanduser()} (set data.feature_store to it)")
+    return 0 if ok else 1
+
+
+def _report_missing(args: argparse.Namespace, results) -> bool:
+    """Print, per expert, the videos of ``--root``'s splits the store lacks; True when none."""
+    from etva.data import load_records
+    from etva.data.feature_store import open_stores
+
+    ids = sorted({r.video_id for s in args.splits.split(",") if s.strip()
+                  for r in load_records(args.dataset, args.root, s.strip(), args.subset)})  # fmt: skip
+    stores, ok = open_stores(args.out), True
+    for r in results:
+        have = stores[r.expert].ids()
+        missing = [v for v in ids if v not in have]
+        if missing:
+            ok = False
+            more = ", ..." if len(missing) > 10 else ""
+            print(f"{r.expert}: {len(missing)} of {len(ids)} videos have no features: {', '.join(missing[:10])}{more}")
+    return ok
+
+
 # subcommands of ``etva data``: name -> function adding its parser
 DATA_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "synth": add_synth_parser,
     "check": add_check_parser,
+    "import-features": add_import_parser,
 }
 
 

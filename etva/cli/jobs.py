@@ -1,4 +1,4 @@
-"""``etva train``, ``etva tune``, ``etva eval``: run the Ray entry points locally or submit them to a cluster.
+"""``etva train``, ``etva tune``, ``etva study``, ``etva eval``: run the Ray entry points locally or submit them to a cluster.
 
 These commands wrap the existing entry points (``python -m ray_jobs.train``, ``tuning.sweep``,
 ``ray_jobs.evaluate``) instead of re-implementing them. Before anything starts, the config and the
@@ -35,7 +35,9 @@ from etva.cli.errors import UsageError
 from etva.config import ConfigError, apply_overrides, config_from_dict, load_config
 from etva.config.settings import DEFAULT_CONFIG, DEFAULT_SPACE, REPO, UNKNOWN_COMMIT, git_commit, tracking_uri
 
-__all__ = ["add_train_parser", "add_tune_parser", "add_eval_parser", "check_url", "build_job", "run"]
+__all__ = [
+    "add_train_parser", "add_tune_parser", "add_study_parser", "add_eval_parser", "check_url", "build_job", "run",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ MLFLOW_HINT = (
     "start one with: bash cluster/start_local.sh && source runs/local/env.sh, or unset MLFLOW_TRACKING_URI"
 )
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+STUDY_CONFIG = "ray_jobs/configs/study.yaml"
+STUDY_SPACE = "tuning/spaces/ablations.yaml"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,15 @@ JOBS: dict[str, JobSpec] = {
         "Ray Tune sweep (NetVLAD clusters, expert mix, loss weights)",
         "Run a Ray Tune sweep over a YAML search space (python -m tuning.sweep): one MLflow parent run, "
         "a child run per trial. Re-using --name resumes the sweep.",
+    ),
+    "study": JobSpec(
+        "tuning.study",
+        "ablation study: variants x seeds as Tune trials, the answer in one MLflow parent run",
+        "Run an ablation study (python -m tuning.study): every variant of a study space (default: the "
+        "paper's Tables 4-5, tuning/spaces/ablations.yaml) x N seeds on the same budget, each trial "
+        "selecting its epoch on data.val_from_train and reporting data.test_split; the parent run holds "
+        "the table with 95% intervals, the paired comparison with the reference and a picture "
+        "(docs/study.md). Re-using --name resumes the study.",
     ),
     "extract": JobSpec(
         "ray_jobs.extract",
@@ -124,6 +137,18 @@ def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--restart-errored", action="store_true", help="on resume, rerun errored trials")
     _add_common(p)
     p.set_defaults(handler=run, job="tune")
+
+
+def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = _job_parser(subparsers, "study", "base YAML config (default: ray_jobs/configs/study.yaml)")
+    p.set_defaults(config=STUDY_CONFIG)
+    p.add_argument("--space", default=STUDY_SPACE, help=f"study space YAML (default: {STUDY_SPACE})")
+    p.add_argument("--name", default="", help="stable study name; re-using it resumes the study")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the space's, 5)")
+    p.add_argument("--variants", default="", help="comma-separated subset of the space's variants")
+    p.add_argument("--restart-errored", action="store_true", help="on resume, rerun errored trials")
+    _add_common(p)
+    p.set_defaults(handler=run, job="study")
 
 
 def add_extract_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -230,7 +255,27 @@ def _train_args(args: argparse.Namespace, working_dir: Path, mode: str) -> tuple
         _validate_space(space, cfg)
         argv += ["--space", _abs(space)] + (["--name", args.name] if args.name else [])
         argv += ["--restart-errored"] if args.restart_errored else []
+    if args.job == "study":
+        argv += _study_args(args, cfg)
     return argv + list(args.overrides) + extra, cfg
+
+
+def _study_args(args: argparse.Namespace, cfg) -> list[str]:
+    """The study's own options, after checking the space file and the config (a user mistake is one line)."""
+    from etva.config import ConfigError
+
+    space = args.space if Path(args.space).is_file() else str(REPO / args.space)
+    if not Path(space).is_file():
+        raise _usage_error(f"--space {args.space}: no such file", f"the paper's study is {STUDY_SPACE}")
+    only = [v.strip() for v in args.variants.split(",") if v.strip()] or None
+    try:
+        seam.load_study(space, cfg, args.seeds, only)
+    except ConfigError as e:
+        raise _usage_error(str(e), "see docs/study.md for the study space format") from e
+    argv = ["--space", _abs(space)] + (["--name", args.name] if args.name else [])
+    argv += ["--seeds", str(args.seeds)] if args.seeds is not None else []
+    argv += ["--variants", args.variants] if args.variants else []
+    return argv + (["--restart-errored"] if args.restart_errored else [])
 
 
 def _validate_space(space: str, cfg) -> None:

@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from etva.cli import best, data, jobs, search
+from etva.cli import best, data, jobs, search, serving
 from etva.cli.errors import UsageError
 from etva.config.settings import CLI_LOG_FORMAT, setup_logging
 
@@ -26,10 +26,13 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "data": data.add_parser,
     "train": jobs.add_train_parser,
     "tune": jobs.add_tune_parser,
+    "study": jobs.add_study_parser,
     "eval": jobs.add_eval_parser,
     "extract": jobs.add_extract_parser,
     "best": best.add_parser,
     "search": search.add_parser,
+    "index": serving.add_index_parser,
+    "serve": serving.add_serve_parser,
 }
 
 
@@ -40,7 +43,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         "etva.config:ConfigError",
         "etva.data.synth:SynthError",
         "etva.train.checkpoint:CheckpointError",
-        "etva.search:SearchError",
+        "etva.index.store:IndexError_",
     ):
         module, name = entry.split(":")
         if module in sys.modules:  # only types a handler actually imported

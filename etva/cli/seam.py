@@ -15,7 +15,16 @@ from typing import Any
 
 from etva.cli.errors import UsageError
 
-__all__ = ["load_space", "best_main", "best_error_type", "fetch_checkpoint", "check_mlflow_login"]
+__all__ = [
+    "load_space",
+    "load_study",
+    "best_main",
+    "best_error_type",
+    "fetch_checkpoint",
+    "check_mlflow_login",
+    "index_main",
+    "serve_main",
+]
 
 _HINT = "run it from the repository root"  # where the ray_jobs/ and tuning/ packages live
 
@@ -39,6 +48,23 @@ def load_space(path: str | Path, cfg: Any) -> Any:
     return _load_space(path, cfg)
 
 
+def load_study(path: str | Path, cfg: Any, seeds: int | None = None, only: list[str] | None = None) -> Any:
+    """``tuning.study.load_study(...)``: the validated study space (variants x seeds) of a YAML file;
+    ``check_config(cfg)`` first (a study needs ``data.val_from_train`` and ``data.test_split``).
+
+    Raises:
+        UsageError: the ``tuning`` package cannot be imported.
+        etva.config.ConfigError: a bad space file or config (from ``tuning.study``).
+    """
+    try:
+        from tuning.study import check_config
+        from tuning.study import load_study as _load_study
+    except ModuleNotFoundError as e:
+        raise _missing("'etva study' needs the tuning package", e) from e
+    check_config(cfg)
+    return _load_study(path, cfg, seeds, only)
+
+
 def best_error_type() -> type[Exception]:
     """``tuning.best.BestError``: the user-facing error of ``best_main`` (no experiment, no runs, ...).
 
@@ -53,10 +79,17 @@ def best_error_type() -> type[Exception]:
 
 
 def best_main(
-    experiment: str, model_name: str, top: int, tracking_uri: str, run_id: str = "", dry_run: bool = False
+    experiment: str,
+    model_name: str,
+    top: int,
+    tracking_uri: str,
+    run_id: str = "",
+    dry_run: bool = False,
+    include_studies: bool = False,
 ) -> int:
     """``tuning.best.main(...)``: register the best run of ``experiment`` (or ``run_id``) as
-    '<model_name>@champion'; ``dry_run`` prints the ranking only.
+    '<model_name>@champion'; ``dry_run`` prints the ranking only; ``include_studies`` also ranks the
+    trials of ablation studies (skipped by default).
 
     Returns the exit code. Raises :func:`best_error_type` errors for user mistakes, and
     UsageError when the ``tuning`` package cannot be imported.
@@ -65,7 +98,7 @@ def best_main(
         from tuning.best import main
     except ModuleNotFoundError as e:
         raise _missing("'etva best' needs the tuning.best module", e) from e
-    return main(experiment, model_name, top, tracking_uri, run_id, dry_run)
+    return main(experiment, model_name, top, tracking_uri, run_id, dry_run, include_studies)
 
 
 def fetch_checkpoint(uri: str, dst: Path) -> Path:
@@ -103,3 +136,23 @@ def check_mlflow_login(uri: str) -> dict[str, str]:
         raise UsageError(str(e), "cluster/mlflow/README.md: users and job credentials") from e
     path = os.environ.get(CREDENTIALS_ENV, "")
     return {CREDENTIALS_ENV: path} if path else {}
+
+
+def index_main(argv: list[str]) -> int:
+    """``ray_jobs.index_job.main(argv)``: build/update an index with a Ray Data actor pool on the Ray head
+    named by ``--address`` or ``$RAY_ADDRESS``. Raises UsageError when ``ray_jobs`` cannot be imported."""
+    try:
+        from ray_jobs.index_job import main
+    except ModuleNotFoundError as e:
+        raise _missing("'etva index' needs the ray_jobs.index_job module", e) from e
+    return main(argv)
+
+
+def serve_main(argv: list[str]) -> int:
+    """``ray_jobs.serve_app.main(argv)``: serve the model's index with Ray Serve until interrupted.
+    Raises UsageError when ``ray_jobs`` cannot be imported."""
+    try:
+        from ray_jobs.serve_app import main
+    except ModuleNotFoundError as e:
+        raise _missing("'etva serve' needs the ray_jobs.serve_app module", e) from e
+    return main(argv)

@@ -18,7 +18,7 @@ from etva.cli import seam
 from etva.cli.errors import UsageError
 from etva.cli.jobs import MLFLOW_HINT, check_url
 
-__all__ = ["add_parser", "run", "resolve_checkpoint"]
+__all__ = ["add_parser", "run", "resolve_checkpoint", "model_name_version"]
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
@@ -27,19 +27,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the top-level ``search`` command."""
     p = subparsers.add_parser(
         "search",
-        help="find the clips of a video folder that match a text query",
-        description="Encode a folder of videos once with a trained model (cached in "
-        "<videos>/.etva_index/, updated incrementally when files are added, changed or deleted), then "
-        "print the top-k clips and scores for each text query; optionally write an HTML contact sheet.",
+        help="find the clips of an index (or a video folder) that match a text query",
+        description="Rank the videos of an index built by 'etva index' for each text query and print the "
+        "top-k clips and scores; with --videos or --store the index is brought up to date first in this "
+        "process (new or changed videos encoded, deleted ones dropped); optionally write an HTML contact "
+        "sheet.",
     )
     p.add_argument("queries", nargs="*", help="text queries (or --queries-file)")
     p.add_argument(
         "--model", required=True, help="checkpoint dir, models:/<name>@<alias> or models:/<model id>"
     )
-    p.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
+    p.add_argument("--videos", default="", help="folder of videos to index first (searched recursively)")
+    p.add_argument("--store", default="", help="Parquet feature store to index first (instead of --videos)")
+    p.add_argument("--index", default="", help="index directory (default with --videos/--store: "
+                   "runs/index/<folder>-<model digest>)")  # fmt: skip
     p.add_argument("--queries-file", default="", help="one query per line")
     p.add_argument("--top-k", type=int, default=5, help="results per query (default 5)")
-    p.add_argument("--index", default="", help="index cache file (default: <videos>/.etva_index/<model>.pt)")
+    p.add_argument("--folder", default="", help="only videos in this sub-folder of the indexed folder")
+    p.add_argument("--approximate", default="", metavar="FAISS_SPEC",
+                   help="approximate search with this faiss index (e.g. IVF256,Flat); default exact")  # fmt: skip
     p.add_argument("--html", default="", help="write an HTML contact sheet here")
     p.add_argument("--thumbnails", choices=("inline", "files"), default="inline",
                    help="contact sheet images as data URIs (default) or PNG files next to the page")  # fmt: skip
@@ -65,6 +71,10 @@ def _queries(args: argparse.Namespace) -> list[str]:
         raise UsageError("no query given", 'etva search "a red circle moves left" --model ... --videos DIR')
     if args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k}: must be >= 1")
+    if args.videos and args.store:
+        raise UsageError("--videos and --store: pass one source per call")
+    if not (args.videos or args.store or args.index):
+        raise UsageError("nothing to search", "pass --index DIR (from 'etva index'), --videos DIR or --store PATH")
     return queries
 
 
@@ -97,37 +107,52 @@ def format_results(queries: list[str], results: list[list]) -> str:
     lines = []
     for q, hits in zip(queries, results):
         lines += [f"query: {q}", f"{'rank':>4}  {'score':>7}  video"]
-        lines += [f"{h.rank:>4}  {h.score:>7.4f}  {h.path}" for h in hits]
+        lines += [f"{h.rank:>4}  {h.score:>7.4f}  {h.path or h.key}" for h in hits]
         lines.append("")
     return "\n".join(lines)
+
+
+def model_name_version(model: str) -> tuple[str, str]:
+    """(registered name, version) spelled in a ``models:/`` URI ('' where the URI does not say)."""
+    if not model.startswith("models:/"):
+        return "", ""
+    body = model.removeprefix("models:/").strip("/")
+    if "@" in body:
+        return body.split("@", 1)[0], ""
+    name, _, version = body.rpartition("/")
+    return (name, version) if name else ("", "")
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``etva search``: prints the top-k clips per query; 0 on success."""
     import torch
 
-    from etva.search import load_searcher, search, update_index
-    from etva.viz.contact_sheet import write_contact_sheet
+    from etva.index.build import default_index_dir, load_index_model
+    from etva.index.vectors import EXACT
+    from etva.search import load_index, search, update_index
+    from etva.viz.figures.contact_sheet import write_contact_sheet
 
     queries = _queries(args)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), args.workers)))
     with tempfile.TemporaryDirectory(prefix="etva-search-") as tmp:
-        searcher = load_searcher(resolve_checkpoint(args.model, Path(tmp), args.tracking_uri))
-    index, stats = update_index(
-        searcher, args.videos, args.index or None,
-        batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
-    )  # fmt: skip
-    print(
-        f"index: {len(index.paths)} videos ({stats.reused} cached, {stats.encoded} encoded, "
-        f"{stats.dropped} dropped, {stats.failed} undecodable)",
-        file=sys.stderr,
-    )
-    results = search(searcher, index, queries, args.top_k)
+        name, version = model_name_version(args.model)
+        ckpt = resolve_checkpoint(args.model, Path(tmp), args.tracking_uri)
+        im = load_index_model(ckpt, name, version, args.model)
+    kind, source = ("folder", args.videos) if args.videos else ("store", args.store)
+    index_dir = Path(args.index) if args.index else default_index_dir(source, im.id.digest)
+    if args.videos or args.store:
+        stats = update_index(im, index_dir, kind, source, batch_size=args.batch_size, workers=args.workers,
+                             progress=not args.no_progress)  # fmt: skip
+        print(
+            f"index {index_dir}: {stats.reused + stats.encoded} videos ({stats.reused} cached, "
+            f"{stats.encoded} encoded, {stats.dropped} dropped, {stats.failed} undecodable)",
+            file=sys.stderr,
+        )
+    index = load_index(im, index_dir, args.approximate or EXACT)
+    results = search(im, index, queries, args.top_k, args.folder)
     sys.stdout.write(format_results(queries, results))
     if args.html:
-        page = write_contact_sheet(
-            args.html, args.videos, queries, results, inline=args.thumbnails == "inline"
-        )
+        page = write_contact_sheet(args.html, queries, results, inline=args.thumbnails == "inline")
         print(f"contact sheet: {page}", file=sys.stderr)
     if args.json:
         rows = [{"query": q, "hits": [vars(h) for h in hits]} for q, hits in zip(queries, results)]

@@ -45,6 +45,7 @@ __all__ = [
     "MlflowConfig",
     "TuneConfig",
     "ExtractConfig",
+    "EvalConfig",
     "Config",
     "load_config",
     "config_from_dict",
@@ -57,7 +58,7 @@ __all__ = [
 
 
 # choice fields: a value outside the Literal is refused at load time, naming key, value and choices
-Dataset = Literal["msrvtt", "activitynet", "lsmdc", "features"]
+Dataset = Literal["msrvtt", "activitynet", "lsmdc"]
 MsrvttSubset = Literal["1k-A", "1k-B", "full", "7k"]
 TextPreset = Literal["tiny", "albert-base-v2"]
 ExpertKind = Literal["appearance", "motion", "audio", "features", "pretrained"]
@@ -70,6 +71,8 @@ DecodeCache = Literal["none", "memory", "disk"]
 Encoder = Literal["", "clip", "videomae", "ast"]
 FeatureDtype = Literal["float32", "float16"]
 Precision = Literal["fp32", "bf16", "fp16"]  # train.precision: autocast dtype (etva.train.precision)
+Reweight = Literal["none", "inverted_softmax", "dsl"]  # eval.reweight (etva.reweight)
+SynthMode = Literal["shapes", "compositional"]  # data.synth.mode (docs/study.md)
 
 # other accepted spellings (matched case-insensitively), stored as the canonical choice; the MSRVTT
 # ones are those of ``etva.data.sources.msrvtt`` (a unit test keeps the two in step)
@@ -89,6 +92,7 @@ class SynthConfig:
     fps: int = 15
     duration_s: float = 4.0
     captions_per_video: int = 10
+    mode: SynthMode = "shapes"  # compositional: bound attributes, ordered events, a timed sound
 
 
 @dataclass
@@ -113,7 +117,6 @@ class DataConfig:
     max_skip_fraction: float = 0.01  # abort when more clips than this fail to decode
     decode_threads: int = 1
     cache: DecodeCache = "none"  # none | memory (object store) | disk (Parquet under ray.storage_path)
-    features_dir: str = ""  # pre-extracted expert features (dataset=features or extra experts)
     max_feature_tokens: int = 32  # N: pre-extracted features sampled/padded to N tokens per expert
     feature_store: str = ""  # Parquet feature store written by ray_jobs.extract (docs/features.md)
     decode_clips: bool = True  # false = open no video file (every enabled expert is a features expert)
@@ -267,6 +270,15 @@ class ExtractConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Test-split evaluation. ``reweight`` uses every test query at once (etva.reweight): reported as a
+    separate ``<split>/reweighted/...`` row, never the model's own score, never used for selection."""
+
+    reweight: Reweight = "none"
+    reweight_scale: float = 30.0  # inverse temperature of the softmax over queries
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -277,6 +289,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,10 +343,10 @@ RANGES: dict[type, dict[str, Range]] = {
         "cpus_per_actor": NON_NEGATIVE, "gpus_per_actor": NON_NEGATIVE, "decode_cpus": NON_NEGATIVE,
         "decode_concurrency": AT_LEAST_1, "torch_threads": AT_LEAST_1,
     },
+    EvalConfig: {"reweight_scale": POSITIVE},
 }  # fmt: skip
 
 
-# --------------------------------------------------------------------------------------------------
 # dict <-> dataclass with type, choice and range checking
 
 _SCHEMA = Schema(RANGES, CHOICE_ALIASES)

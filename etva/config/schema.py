@@ -19,6 +19,13 @@ import yaml
 __all__ = ["ConfigError", "Range", "Schema", "POSITIVE", "AT_LEAST_1", "NON_NEGATIVE", "FRACTION"]
 
 
+# keys that no longer exist, with what to do instead (a clearer error than "unknown key")
+RETIRED = {
+    "data.features_dir": "convert the .npy folder once with `etva data import-features <folder> --out "
+    "<store>` and set data.feature_store to <store> (docs/features.md)",
+}
+
+
 class ConfigError(ValueError):
     """A config key is unknown, has the wrong type, a value outside its choices/range, or a file is unreadable."""
 
@@ -122,6 +129,10 @@ class Schema:
         kwargs = {}
         for key, value in data.items():
             full = f"{prefix}.{key}" if prefix else str(key)
+            if full in RETIRED:
+                if value in ("", None):  # written unset by older versions (e.g. a checkpoint's config)
+                    continue
+                raise ConfigError(f"{source}: key '{full}' was retired: {RETIRED[full]}")
             if key not in names:
                 raise ConfigError(
                     f"{source}: unknown key '{full}' (known keys under '{prefix or '<top>'}': "

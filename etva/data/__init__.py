@@ -5,7 +5,7 @@ modules (``etva.data.decode``, ``etva.data.audio``, ``etva.data.tokenizer``, ``e
 """
 
 from etva.data.records import AnnotationError, ClipRecord, LoadSummary
-from etva.data.sources import SOURCES, load_feature_manifest, load_records, load_split, read_features
+from etva.data.sources import SOURCES, load_feature_manifest, load_records, load_split
 
 __all__ = [
     "AnnotationError",
@@ -15,5 +15,4 @@ __all__ = [
     "load_records",
     "load_split",
     "load_feature_manifest",
-    "read_features",
 ]

@@ -76,7 +76,8 @@ class CheckReport:
 
 def splits_of(dataset: str, subset: str | None) -> list[str]:
     """The splits a source defines (MSRVTT: those of ``subset``)."""
-    if dataset in ("msrvtt", "features"):
+
+    if dataset == "msrvtt":
         key = (subset or "1k-a").strip().lower()
         key = msrvtt._ALIASES.get(key, key)
         if key not in msrvtt.SUBSETS:
@@ -168,14 +169,14 @@ def check_dataset(
         raise FileNotFoundError(f"dataset root {root} is not a directory")
     data_cfg = data_cfg or DataConfig(dataset=dataset, root=str(root), subset=subset or "1k-A")
     report = CheckReport(
-        dataset, str(root), subset or (data_cfg.subset if dataset in ("msrvtt", "features") else None)
+        dataset, str(root), subset or (data_cfg.subset if dataset == "msrvtt" else None)
     )
     records: dict[str, list[ClipRecord]] = {}
     summaries = {}
     for split in splits_of(dataset, subset):
         try:
             records[split], summaries[split] = load_records(
-                dataset, root, split, subset, features_dir=data_cfg.features_dir or None,
+                dataset, root, split, subset,
                 max_caption_chars=data_cfg.max_caption_chars, return_summary=True,
             )  # fmt: skip
         except AnnotationError as e:

@@ -10,27 +10,22 @@ from __future__ import annotations
 import logging
 import math
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from etva.data.audio import log_mel, num_audio_frames
 from etva.data.decode import DecodeError, decode_clip
-from etva.data.feature_store import FeatureStore, FeatureStoreError, open_stores, store_tokens
+from etva.data.feature_store import FeatureStore, FeatureStoreError, open_stores, store_batch
 from etva.data.records import ClipRecord
-from etva.data.sources.features import (
-    FeatureError,
-    FeatureManifest,
-    default_features_dir,
-    load_feature_manifest,
-    read_features,
-)
+from etva.data.sources.features import FeatureError
 
 __all__ = [
     "make_video_example",
     "decode_batch",
-    "feature_manifest_for",
     "feature_stores_for",
     "example_nbytes",
+    "feature_stores_for_path",
     "SKIPPABLE_ERRORS",
 ]
 
@@ -38,27 +33,28 @@ log = logging.getLogger(__name__)
 
 # errors that mean "this clip is bad" (skipped and counted); anything else is a bug and propagates
 SKIPPABLE_ERRORS = (DecodeError, FeatureError, OSError)
-FEAT_PATH_PREFIX = "feat_path/"
-
-
-def feature_manifest_for(cfg) -> FeatureManifest | None:
-    """The feature store of a DataConfig: ``features_dir``, or ``root/features`` for dataset=features."""
-    folder = cfg.features_dir or (str(default_features_dir(cfg.root)) if cfg.dataset == "features" else "")
-    return _manifest(folder) if folder else None
-
-
-@lru_cache(maxsize=4)
-def _manifest(folder: str) -> FeatureManifest:
-    return load_feature_manifest(folder)
 
 
 def feature_stores_for(cfg) -> dict[str, FeatureStore]:
     """The Parquet feature stores of a DataConfig (``data.feature_store``), ``{}`` when unset."""
-    return _stores(cfg.feature_store) if cfg.feature_store else {}
+    return feature_stores_for_path(cfg.feature_store) if cfg.feature_store else {}
+
+
+def feature_stores_for_path(path: str) -> dict[str, FeatureStore]:
+    """``open_stores(path)``, once per process while the store is unchanged (each store keeps its
+    id -> shard map, never its rows); a store that grew since (a resumed extraction) is opened again."""
+    return _stores(path, _stamp(path))
+
+
+def _stamp(path: str) -> tuple:
+    """Modification times of the store's index and manifests: a new shard changes them."""
+    root = Path(path)
+    files = [root / "stores.json", root / "manifest.json", *root.glob("*/manifest.json")]
+    return tuple(sorted((str(f), f.stat().st_mtime_ns) for f in files if f.is_file()))
 
 
 @lru_cache(maxsize=4)
-def _stores(path: str) -> dict[str, FeatureStore]:
+def _stores(path: str, stamp: tuple) -> dict[str, FeatureStore]:
     try:
         return open_stores(path)
     except FeatureStoreError as e:  # a config error, not a bad clip: not skippable
@@ -68,8 +64,8 @@ def _stores(path: str) -> dict[str, FeatureStore]:
 def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
     """Decode one record into model inputs (``cfg`` is a :class:`etva.config.DataConfig`).
 
-    With ``cfg.decode_clips = False`` no video file is opened: only the features are read (``.npy``
-    store and/or the Parquet ``cfg.feature_store``); an expert a clip lacks is masked (unavailable).
+    With ``cfg.decode_clips = False`` no video file is opened: only the Parquet ``cfg.feature_store`` is
+    read (the shards holding this clip); an expert a clip lacks is masked (unavailable).
 
     Returns:
         frames uint8 (T, S, S, 3); audio_mel float32 (A, M); audio_mask bool (A,) (when decoding);
@@ -78,6 +74,16 @@ def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
     Raises:
         DecodeError / FeatureError: the clip or one of its feature files cannot be read.
     """
+    out = _clip_example(record, cfg)
+    stores = feature_stores_for(cfg)
+    if stores:
+        out.update({k: v[0] for k, v in store_batch(stores, [record.video_id], cfg.max_feature_tokens).items()})
+    _check_has_features(record.video_id, out, cfg)
+    return out
+
+
+def _clip_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
+    """What one record gives without the Parquet store: the decoded clip (when ``decode_clips``)."""
     out: dict[str, np.ndarray] = {}
     if cfg.decode_clips:
         clip = decode_clip(
@@ -92,20 +98,8 @@ def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
         )
         mel, mask = log_mel(clip.audio, cfg.audio_rate, cfg.num_mel_bins, cfg.max_audio_s)
         out = {"frames": clip.frames, "audio_mel": mel, "audio_mask": mask}
-    manifest = feature_manifest_for(cfg)
-    if manifest is not None:
-        out.update(read_features(record, manifest.dims, cfg.max_feature_tokens))
-    stores = feature_stores_for(cfg)
-    if stores:
-        out.update(store_tokens(stores, record.video_id, cfg.max_feature_tokens))
-    if not cfg.decode_clips and manifest is None and not stores:
-        raise ValueError(
-            "data.decode_clips=false: set data.feature_store (or data.features_dir) to read from"
-        )
-    if not cfg.decode_clips and not any(v.any() for k, v in out.items() if k.startswith("feat_mask/")):
-        raise FeatureError(
-            f"{record.video_id}: no expert has features for this clip (data.decode_clips=false)"
-        )
+    if not cfg.decode_clips and not cfg.feature_store:
+        raise ValueError("data.decode_clips=false: set data.feature_store to read from")
     return out
 
 
@@ -113,6 +107,11 @@ def example_nbytes(cfg) -> int:
     """Bytes of one decoded example's arrays (frames, audio, expert features) under ``cfg``: the size
     estimate a decoded cache (``data.cache``) checks before decoding anything."""
     return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in _example_shapes(cfg).values())
+
+
+def _check_has_features(video_id: str, example: dict, cfg) -> None:
+    if not cfg.decode_clips and not any(v.any() for k, v in example.items() if k.startswith("feat_mask/")):
+        raise FeatureError(f"{video_id}: no expert has features for this clip (data.decode_clips=false)")
 
 
 def _example_shapes(cfg) -> dict[str, tuple[tuple[int, ...], type]]:
@@ -125,9 +124,7 @@ def _example_shapes(cfg) -> dict[str, tuple[tuple[int, ...], type]]:
             "audio_mel": ((a, cfg.num_mel_bins), np.float32),
             "audio_mask": ((a,), bool),
         }
-    manifest = feature_manifest_for(cfg)
-    dims = {**(manifest.dims if manifest else {}), **{n: s.dim for n, s in feature_stores_for(cfg).items()}}
-    for name, dim in dims.items():
+    for name, dim in ((n, s.dim) for n, s in feature_stores_for(cfg).items()):
         out[f"feat/{name}"] = ((cfg.max_feature_tokens, dim), np.float32)
         out[f"feat_mask/{name}"] = ((cfg.max_feature_tokens,), bool)
     return out
@@ -145,26 +142,13 @@ def _time(value) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _row_features(batch: dict, i: int) -> dict[str, str] | None:
-    """Feature paths of row ``i``: a ``features`` column of dicts, or ``feat_path/<e>`` columns."""
-    feats: dict[str, str] = {}
-    col = batch.get("features")
-    if col is not None and isinstance(col[i], dict):
-        feats.update({k: str(v) for k, v in col[i].items() if v})
-    for key, values in batch.items():
-        if key.startswith(FEAT_PATH_PREFIX) and values[i]:
-            feats[key[len(FEAT_PATH_PREFIX) :]] = str(values[i])
-    return feats or None
-
-
 def decode_batch(batch: dict, cfg) -> dict[str, np.ndarray]:
     """Decode a batch of index rows (a ``map_batches`` function body).
 
     Args:
         batch: columns ``video_path`` and optionally ``start_s``/``end_s`` (None or NaN = unset),
-            ``video_id``, ``features`` (dicts expert -> path) or ``feat_path/<expert>`` (str, "" =
-            missing). Other numeric/bool columns (e.g. ``video_index``) are passed through; string
-            columns are not.
+            ``video_id`` (the feature store's key; default: the path). Other numeric/bool columns
+            (e.g. ``video_index``) are passed through; string columns are not.
         cfg: a :class:`etva.config.DataConfig`.
 
     Returns:
@@ -174,14 +158,19 @@ def decode_batch(batch: dict, cfg) -> dict[str, np.ndarray]:
     paths = [str(p) for p in batch["video_path"]]
     n = len(paths)
     starts, ends = batch.get("start_s", [None] * n), batch.get("end_s", [None] * n)
-    ids = batch.get("video_id", paths)
+    ids = [str(v) for v in batch.get("video_id", paths)]
+    stores = feature_stores_for(cfg)
+    from_store = store_batch(stores, ids, cfg.max_feature_tokens) if stores else {}
     examples, ok, errors = [], np.ones(n, bool), [""] * n
     for i, path in enumerate(paths):
-        rec = ClipRecord(str(ids[i]), path, [], "", _time(starts[i]), _time(ends[i]), _row_features(batch, i))
+        rec = ClipRecord(ids[i], path, [], "", _time(starts[i]), _time(ends[i]))
         try:
-            examples.append(make_video_example(rec, cfg))
+            ex = _clip_example(rec, cfg)
+            ex.update({k: v[i] for k, v in from_store.items()})
+            _check_has_features(ids[i], ex, cfg)
+            examples.append(ex)
         except SKIPPABLE_ERRORS as e:
-            log.warning("skipping %s: %s", path, e)
+            log.warning("skipping %s: %s", ids[i] if not cfg.decode_clips else path, e)
             ok[i], errors[i] = False, f"{type(e).__name__}: {e}"
             examples.append(None)
     template = _empty_example(cfg)
@@ -190,7 +179,7 @@ def decode_batch(batch: dict, cfg) -> dict[str, np.ndarray]:
         for key, zero in template.items()
     }
     for key, values in batch.items():  # numeric columns pass through (strings cannot become tensors)
-        arr = np.asarray(values) if key not in out and key != "features" else None
+        arr = np.asarray(values) if key not in out else None
         if arr is not None and (arr.dtype.kind in "biuf"):
             out[key] = arr
     out["ok"] = ok

@@ -30,7 +30,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etva.data.sampling import sample_indices
-from etva.data.sources.features import load_feature_manifest
 
 __all__ = [
     "FORMAT",
@@ -42,7 +41,8 @@ __all__ = [
     "open_stores",
     "register_store",
     "store_tokens",
-    "import_npy_store",
+    "store_batch",
+    "check_stores",
 ]
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,12 @@ class FeatureStoreWriter:
 
 
 class FeatureStore:
-    """Read a store folder: ``get(video_id) -> (T, D)`` array or None; shards load on first use."""
+    """Read a store folder by video id, loading only the shards that hold the ids asked for.
+
+    Opening reads the manifest; the first lookup reads the ``video_id`` column of each shard (an id ->
+    shard map, a few bytes per clip). ``get``/``read`` then read only the shards that hold the ids asked
+    for, keeping the last shard read (one shard, never the whole store) for neighbouring lookups.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -184,31 +189,64 @@ class FeatureStore:
                 f"{self.path / MANIFEST}: format {self.manifest['format']!r}, want {FORMAT}"
             )
         self.dim, self.key = int(self.manifest["dim"]), self.manifest["key"]
-        self._rows: dict[str, np.ndarray] | None = None
+        self.expert = str(self.manifest.get("expert") or "")
+        self._where: dict[str, str] | None = None  # video_id -> shard file
+        self._last: tuple[str, dict[str, np.ndarray]] = ("", {})  # the last shard read, by id
 
     def shard_files(self) -> list[str]:
-        """Finished shard files (what ``ray.data.read_parquet`` should read)."""
+        """Finished shard files (what a reader should read)."""
         return sorted(str(p) for p in (self.path / "shards").glob("part-*.parquet"))
 
-    def _load(self) -> dict[str, np.ndarray]:
-        if self._rows is None:
-            rows: dict[str, np.ndarray] = {}
-            for f in self.shard_files():
-                t = pq.read_table(f)
-                values = t.column("features").combine_chunks()
-                flat = values.values.to_numpy(zero_copy_only=False)
-                offsets = values.offsets.to_numpy()
-                for j, vid in enumerate(t.column("video_id").to_pylist()):
-                    rows[vid] = flat[offsets[j] : offsets[j + 1]].reshape(-1, self.dim)
-            self._rows = rows
-        return self._rows
+    def shard_map(self) -> dict[str, str]:
+        """``{video_id: shard file}`` of every finished clip (read from the shards' id columns once)."""
+        if self._where is None:
+            self._where = {vid: f for f in self.shard_files() for vid in _shard_ids(Path(f))}
+        return self._where
 
     def ids(self) -> set[str]:
-        return set(self._load())
+        return set(self.shard_map())
+
+    def read(self, video_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """``{video_id: (T, D) array}`` for the ids the store has (others are absent); each needed shard
+        is read once, only its rows for these ids."""
+        where = self.shard_map()
+        by_shard: dict[str, list[str]] = {}
+        for vid in dict.fromkeys(video_ids):
+            if vid in where:
+                by_shard.setdefault(where[vid], []).append(vid)
+        out: dict[str, np.ndarray] = {}
+        for shard, ids in by_shard.items():
+            if self._last[0] == shard:
+                rows = self._last[1]
+            elif len(ids) == 1:  # a per-id caller walks neighbours: keep this one shard
+                rows = _read_rows(shard, None, self.dim)
+                self._last = (shard, rows)
+            else:
+                rows = _read_rows(shard, ids, self.dim)
+            out.update((vid, rows[vid]) for vid in ids if vid in rows)
+        return out
 
     def get(self, video_id: str) -> np.ndarray | None:
         """The (T, D) features of one clip (T may be 0), or None when the store lacks it."""
-        return self._load().get(video_id)
+        return self.read([video_id]).get(video_id)
+
+
+def _read_rows(shard: str, ids: list[str] | None, dim: int) -> dict[str, np.ndarray]:
+    """``{video_id: (T, D)}`` of one shard file, only ``ids`` (all when None)."""
+    import pyarrow.compute as pc
+
+    flt = None if ids is None else pc.field("video_id").isin(ids)
+    try:
+        t = pq.read_table(shard, columns=["video_id", "features"], filters=flt)
+    except (OSError, pa.ArrowException) as e:
+        raise FeatureStoreError(f"{shard}: not a readable feature shard ({e})") from e
+    values = t.column("features").combine_chunks()
+    flat = values.values.to_numpy(zero_copy_only=False)
+    offsets = values.offsets.to_numpy()
+    return {
+        vid: flat[offsets[j] : offsets[j + 1]].reshape(-1, dim)
+        for j, vid in enumerate(t.column("video_id").to_pylist())
+    }
 
 
 def register_store(root: str | os.PathLike, expert: str, folder: str | os.PathLike) -> None:
@@ -233,51 +271,47 @@ def open_stores(path: str | os.PathLike) -> dict[str, FeatureStore]:
 
 
 def store_tokens(stores: Mapping[str, FeatureStore], video_id: str, max_tokens: int) -> dict[str, np.ndarray]:
-    """``feat/<e>`` float32 (N, D) and ``feat_mask/<e>`` bool (N,) for one clip from each store.
+    """``feat/<e>`` float32 (N, D) and ``feat_mask/<e>`` bool (N,) for one clip from each store."""
+    return {k: v[0] for k, v in store_batch(stores, [video_id], max_tokens).items()}
+
+
+def store_batch(stores: Mapping[str, FeatureStore], video_ids: list[str], max_tokens: int) -> dict[str, np.ndarray]:
+    """``feat/<e>`` float32 (B, N, D) and ``feat_mask/<e>`` bool (B, N) for a batch of clips.
 
     Longer arrays are sampled at N segment centres, shorter ones zero-padded; a clip the store lacks
-    (or with T = 0) gets an all-False mask: the expert is unavailable for it.
+    (or with T = 0) gets an all-False mask: the expert is unavailable for it. Each store reads only the
+    shards that hold these ids.
     """
     out: dict[str, np.ndarray] = {}
     for name, store in stores.items():
-        arr = store.get(video_id)
-        feat = np.zeros((max_tokens, store.dim), np.float32)  # (N, D)
-        mask = np.zeros((max_tokens,), bool)  # (N,)
-        if arr is not None and len(arr):
-            idx = sample_indices(len(arr), max_tokens) if len(arr) > max_tokens else np.arange(len(arr))
-            feat[: len(idx)] = arr[idx]
-            mask[: len(idx)] = True
+        found = store.read(video_ids)
+        feat = np.zeros((len(video_ids), max_tokens, store.dim), np.float32)  # (B, N, D)
+        mask = np.zeros((len(video_ids), max_tokens), bool)  # (B, N)
+        for i, vid in enumerate(video_ids):
+            arr = found.get(vid)
+            if arr is not None and len(arr):
+                idx = sample_indices(len(arr), max_tokens) if len(arr) > max_tokens else np.arange(len(arr))
+                feat[i, : len(idx)] = arr[idx]
+                mask[i, : len(idx)] = True
         out[f"feat/{name}"], out[f"feat_mask/{name}"] = feat, mask
     return out
 
 
-def _chunks(items: list, n: int) -> Iterable[list]:
-    for s in range(0, len(items), n):
-        yield items[s : s + n]
+def check_stores(stores: Mapping[str, FeatureStore], dims: Mapping[str, int], where: str) -> None:
+    """Fail unless every expert of ``dims`` (``{expert: input dim}``, 0 = any) has a store of that width.
 
-
-def import_npy_store(
-    features_dir: str | os.PathLike, out_root: str | os.PathLike, shard_size: int = 256
-) -> dict[str, Path]:
-    """Convert a CE/MMT-style ``.npy`` store (``features_manifest.json``) to Parquet stores.
-
-    Each expert becomes ``<out_root>/<expert>-<key>/`` (registered in ``stores.json``); re-running
-    skips videos already imported. Returns ``{expert: store folder}``.
+    Raises:
+        FeatureStoreError: naming the expert, the manifest, what the config asks and what the store has.
     """
-    manifest = load_feature_manifest(features_dir)
-    out: dict[str, Path] = {}
-    for name, spec in manifest.experts.items():
-        identity = {"source": "npy", "dir": os.path.realpath(spec.dir), "dim": spec.dim, "fps": spec.fps}
-        folder = store_dir(out_root, name, identity)
-        writer = FeatureStoreWriter(folder, identity, spec.dim, expert=name)
-        files = sorted(f for f in os.listdir(spec.dir) if f.endswith(".npy"))
-        todo = [f for f in files if f[: -len(".npy")] not in writer.done]
-        for chunk in _chunks(todo, shard_size):
-            arrays = [np.load(os.path.join(spec.dir, f), allow_pickle=False) for f in chunk]
-            writer.write_shard(
-                [f[: -len(".npy")] for f in chunk], [a[None] if a.ndim == 1 else a for a in arrays]
+    for name, dim in dims.items():
+        store = stores.get(name)
+        if store is None:
+            raise FeatureStoreError(
+                f"{where}: no store for expert '{name}' (the store has {sorted(stores)}); extract it "
+                "(etva extract) or import it (etva data import-features)"
             )
-        register_store(out_root, name, folder)
-        log.info("imported %s: %d videos -> %s", name, len(writer.done), folder)
-        out[name] = folder
-    return out
+        if dim and dim != store.dim:
+            raise FeatureStoreError(
+                f"{store.path / MANIFEST}: expert '{name}' has dim {store.dim}, the config's "
+                f"model.experts.{name}.dim is {dim}"
+            )

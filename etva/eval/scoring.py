@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from etva.distributed import gather_objects, gather_to_rank0, get_rank, get_world_size
-from etva.eval.metrics import retrieval_metrics
+from etva.eval.metrics import check_inputs, count_ranks, metrics_from_counts
 from etva.eval.similarity import FusedScorer, score_all
 from etva.model.etva import ETVA
 
@@ -157,11 +157,17 @@ def score_streams(
     ties: str = "average",
     score_key: str = "fused",
     timings: dict[str, float] | None = None,
+    reweight: str = "none",
+    reweight_scale: float = 30.0,
+    per_query: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Gather every rank's encoded videos (cols: video_index) and captions (cols: caption_index,
     video_index) to rank 0, dedupe and order them by index, score all pairs in fp32 blocks and compute
     the metrics with the chunked path. Consumes the streams' chunks. Every rank returns rank 0's numbers.
     ``timings`` (if given) receives rank 0's seconds per phase: ``gather_s``, ``score_s``, ``metrics_s``.
+    ``reweight`` (``etva.reweight``, not "none") adds ``reweighted/t2v_*`` keys computed over the same
+    matrix in chunks. ``per_query`` (if given) receives rank 0's text->video rank counts per caption:
+    ``caption_index``, its ``video_index``, ``t2v_h`` and ``t2v_e`` (``etva.eval.metrics.RankCounts``).
     """
     t0 = time.perf_counter()
     video, vcols = _gather_stream(videos, device, "video")
@@ -169,7 +175,7 @@ def score_streams(
     if get_rank() != 0:
         return gather_objects(None)[0]
     video, (vid_idx,) = _select(video, vcols, _first_per_index(vcols[0]))
-    text, (_, cap_vid) = _select(text, ccols, _first_per_index(ccols[0]))
+    text, (cap_idx, cap_vid) = _select(text, ccols, _first_per_index(ccols[0]))
     column = {int(v): j for j, v in enumerate(vid_idx.tolist())}
     has_video = torch.tensor([int(v) in column for v in cap_vid.tolist()], dtype=torch.bool)
     if not bool(has_video.all()):
@@ -177,16 +183,25 @@ def score_streams(
             "evaluate: %d captions whose video was not encoded (skipped clip) are dropped",
             int((~has_video).sum()),
         )
-        text, (cap_vid,) = _select(text, [cap_vid], has_video.nonzero(as_tuple=True)[0])
+        text, (cap_idx, cap_vid) = _select(text, [cap_idx, cap_vid], has_video.nonzero(as_tuple=True)[0])
     q2v = np.array([column[int(v)] for v in cap_vid.tolist()], dtype=np.int64)
     t1 = time.perf_counter()
     with torch.no_grad():
         sim = _score(core, text, video, query_chunk, video_chunk, score_key)  # (Q, V) float32
         t2 = time.perf_counter()
-        metrics = retrieval_metrics(sim, q2v, ties=ties, query_chunk=query_chunk)
+        counts = count_ranks(sim, check_inputs(sim.shape, q2v, (1, 5, 10), ties), query_chunk)
+        metrics = metrics_from_counts(counts, ties=ties)
+        if reweight != "none":
+            from etva.reweight import reweighted_metrics
+
+            rw = reweighted_metrics(sim, q2v, reweight, reweight_scale, ties=ties, query_chunk=query_chunk)
+            metrics.update({f"reweighted/{k}": v for k, v in rw.items()})
     if timings is not None:
         timings.update(gather_s=t1 - t0, score_s=t2 - t1, metrics_s=time.perf_counter() - t2)
     metrics.update(num_videos=float(len(video)), num_queries=float(len(text)))
+    if per_query is not None:
+        per_query.update(caption_index=cap_idx.numpy(), video_index=vid_idx.numpy()[q2v],
+                         t2v_h=counts.t2v_h, t2v_e=counts.t2v_e)  # fmt: skip
     if get_world_size() > 1:
         gather_objects(metrics)
     return metrics

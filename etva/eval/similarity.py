@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from etva.index.exact import query_vectors, video_vectors
+
 __all__ = ["score_all", "FusedScorer"]
 
 logger = logging.getLogger(__name__)
@@ -116,10 +118,8 @@ class FusedScorer:
         if not (has_g or has_l):
             raise ValueError("FusedScorer: neither global nor local embeddings given")
         norm = (lambda t: t.float()) if normalized else (lambda t: F.normalize(t.float(), dim=-1))
-        self.w_global = float(alpha) if has_l else 1.0
-        self.w_local = (1.0 - float(alpha)) if has_g else 1.0
+        self.alpha = float(alpha)
         self.text_global = self.text_local = self.text_logits = None
-        video_parts = []
         if has_g:
             num_q, num_e, d = text_global.shape
             num_v = video_global.shape[0]
@@ -127,18 +127,18 @@ class FusedScorer:
             _check_shape("video_global", video_global, (num_v, num_e, d))
             _check_shape("video_avail", video_avail, (num_v, num_e))
             self.text_global, self.text_logits = norm(text_global), text_logits.float()
-            avail = video_avail.bool()
-            video_parts.append((norm(video_global) * avail[..., None]).flatten(1))  # (V, E*d)
-            self.patterns, self.video_pattern = torch.unique(avail, dim=0, return_inverse=True)
         if has_l:
             num_q, num_k, d = text_local.shape
             _check_shape("video_local", video_local, (video_local.shape[0], num_k, d))
-            self.text_local, self.num_k = norm(text_local), num_k
-            video_parts.append(norm(video_local).flatten(1))  # (V, K*d)
-        if not has_g:  # one trivial pattern
+            self.text_local = norm(text_local)
+        self.video, avail = video_vectors(  # (V, (E+K)*d), (V, E)
+            norm(video_global) if has_g else None, video_avail, norm(video_local) if has_l else None
+        )
+        if has_g:
+            self.patterns, self.video_pattern = torch.unique(avail, dim=0, return_inverse=True)
+        else:  # one trivial pattern
             self.patterns = torch.zeros(1, 0, dtype=torch.bool)
-            self.video_pattern = torch.zeros(video_local.shape[0], dtype=torch.long)
-        self.video = torch.cat(video_parts, dim=1)  # (V, (E+K)*d)
+            self.video_pattern = torch.zeros(len(self.video), dtype=torch.long)
         logger.debug("FusedScorer: %d availability patterns", len(self.patterns))
 
     @classmethod
@@ -151,14 +151,10 @@ class FusedScorer:
 
     def text_features(self, qs: slice, pattern: Tensor) -> Tensor:
         """(q, (E+K)*d) text side of the inner product for one availability pattern (E,) bool."""
-        parts = []
-        if self.text_global is not None:
-            logits = self.text_logits[qs].masked_fill(~pattern, float("-inf"))  # (q, E)
-            w = torch.softmax(logits, dim=-1) if pattern.any() else torch.zeros_like(logits)
-            parts.append((self.w_global * w[..., None] * self.text_global[qs]).flatten(1))
-        if self.text_local is not None:
-            parts.append((self.text_local[qs] * (self.w_local / self.num_k)).flatten(1))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        glob = None if self.text_global is None else self.text_global[qs]
+        logits = None if self.text_logits is None else self.text_logits[qs]
+        local = None if self.text_local is None else self.text_local[qs]
+        return query_vectors(glob, logits, local, pattern, self.alpha)
 
     def __call__(self, qs: slice, vs: slice) -> Tensor:
         """(q, v) similarities of the queries in ``qs`` and the videos in ``vs``."""

@@ -45,7 +45,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-FAIL_AFTER_ENV = "ETVA_EXTRACT_FAIL_AFTER_SHARDS"  # fault injection for tests: stop after N shards
+# fault injection for tests (never set by users): after writing shard k the driver creates
+# <dir>/shard-<k> and waits while that file exists, so a test can kill processes at a known point
+PAUSE_DIR_ENV = "ETVA_EXTRACT_PAUSE_DIR"
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,13 @@ class BatchEncoder:
         return {**out, f"feat/{self.job.name}": feats, f"ntok/{self.job.name}": ntok}
 
 
+def _pause(gate: Path) -> None:
+    """Create ``gate`` and wait while it exists (see ``PAUSE_DIR_ENV``)."""
+    gate.write_text(str(os.getpid()))
+    while gate.exists():
+        time.sleep(0.05)
+
+
 class StoreSink:
     """Writes encoded batches to each expert's store (one shard per batch per expert)."""
 
@@ -207,7 +216,7 @@ class StoreSink:
         self.jobs, self.root = jobs, root
         self.writers = {j.name: FeatureStoreWriter(j.folder, j.identity, j.dim, dtype, j.name) for j in jobs}
         self.shards = self.written = self.failed = 0
-        self.fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
+        self.pause_dir = os.environ.get(PAUSE_DIR_ENV, "")
         self.marks: list[tuple[float, int]] = []  # (time, clips) per shard written, for throughput
 
     def first_shard_s(self, t0: float) -> float | None:
@@ -232,8 +241,8 @@ class StoreSink:
         self.failed += len(fails)
         self.shards += 1
         self.marks.append((time.perf_counter(), len(ids)))
-        if self.fail_after and self.shards >= self.fail_after:
-            raise RuntimeError(f"{FAIL_AFTER_ENV}={self.fail_after}: stopping after {self.shards} shards")
+        if self.pause_dir:
+            _pause(Path(self.pause_dir) / f"shard-{self.shards}")
 
     def finish(self) -> dict:
         for j in self.jobs:

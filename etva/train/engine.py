@@ -233,6 +233,9 @@ def evaluate(
     ties: str = "average",
     score_key: str = "fused",
     precision: str = "fp32",
+    reweight: str = "none",
+    reweight_scale: float = 30.0,
+    per_query: dict | None = None,
 ) -> dict[str, float]:
     """Encode every video and caption once, gather them to rank 0, score all pairs, compute metrics.
 
@@ -240,7 +243,8 @@ def evaluate(
     metrics are computed in fp32. Videos are deduplicated by ``video_index`` (a padding sampler may
     repeat some) and ordered by it; captions likewise by ``caption_index``; a caption's ground truth is
     its ``video_index``. Returns the ``etva.eval.metrics.retrieval_metrics`` keys (t2v_R1 ... v2t_MnR) plus
-    ``num_videos`` and ``num_queries``; every rank returns rank 0's numbers.
+    ``num_videos`` and ``num_queries``; every rank returns rank 0's numbers. ``reweight``/``per_query``:
+    the test-time re-weighted row and the per-caption rank counts (``etva.eval.scoring.score_streams``).
     """
     core = _unwrap(model)
     was_training = core.training
@@ -252,6 +256,7 @@ def evaluate(
     return score_streams(
         core, videos, captions, device,
         query_chunk=query_chunk, video_chunk=video_chunk, ties=ties, score_key=score_key,
+        reweight=reweight, reweight_scale=reweight_scale, per_query=per_query,
     )  # fmt: skip
 
 

@@ -56,7 +56,6 @@ def _img_src(strip: np.ndarray | None, out_html: Path, name: str, inline: bool) 
 
 def write_contact_sheet(
     out_html: str | os.PathLike,
-    videos_dir: str | os.PathLike,
     queries: list[str],
     results: list[list],
     *,
@@ -64,7 +63,8 @@ def write_contact_sheet(
     frames: int = 3,
     size: int = 96,
 ) -> Path:
-    """Write the page; ``results[i]`` are the hits (``.path``, ``.score``, ``.rank``) of ``queries[i]``."""
+    """Write the page; ``results[i]`` are the hits of ``queries[i]`` (``etva.search.Hit``: the file is
+    ``.root``/``.path``; a hit without a file, from a feature store, gets no preview)."""
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
     strips: dict[str, str] = {}  # video path -> img src (each video thumbnailed once)
@@ -72,13 +72,14 @@ def write_contact_sheet(
     for q, hits in zip(queries, results):
         cells = []
         for hit in hits:
-            if hit.path not in strips:
-                strip = thumbnail_strip(Path(videos_dir) / hit.path, frames, size)
-                strips[hit.path] = _img_src(strip, out, f"{len(strips):05d}.png", inline)
-            src = strips[hit.path]
-            img = f'<img src="{html.escape(src)}" alt="{html.escape(hit.path)}">' if src else "(no preview)"
+            name = hit.path or hit.key
+            if name not in strips:
+                strip = thumbnail_strip(Path(hit.root) / hit.path, frames, size) if hit.path else None
+                strips[name] = _img_src(strip, out, f"{len(strips):05d}.png", inline)
+            src = strips[name]
+            img = f'<img src="{html.escape(src)}" alt="{html.escape(name)}">' if src else "(no preview)"
             cells.append(
-                f"<td>{img}<br><b>#{hit.rank}</b> {hit.score:.3f}<br><code>{html.escape(hit.path)}</code></td>"
+                f"<td>{img}<br><b>#{hit.rank}</b> {hit.score:.3f}<br><code>{html.escape(name)}</code></td>"
             )
         rows.append(f"<h2>{html.escape(q)}</h2>\n<table><tr>{''.join(cells)}</tr></table>")
     style = (

@@ -54,9 +54,10 @@ def test_cli_end_to_end(local_cluster, tmp_path):
     _ok(etva(local_cluster, "best", "--experiment", EXPERIMENT, "--model-name", EXPERIMENT))
     videos = data / "videos" / "all"
     found = _ok(etva(local_cluster, "search", "a red circle moves left", "--model", f"models:/{EXPERIMENT}@champion",
-                     "--videos", str(videos), "--top-k", "3", "--html", str(tmp_path / "sheet.html"), "--no-progress"))  # fmt: skip
+                     "--videos", str(videos), "--index", str(tmp_path / "index"), "--top-k", "3",
+                     "--html", str(tmp_path / "sheet.html"), "--no-progress"))  # fmt: skip
     assert len(re.findall(r"^\s+[123]\s+-?\d+\.\d{4}\s+video\d+\.mp4$", found, re.M)) == 3
-    assert "24 encoded" in found and list((videos / ".etva_index").glob("*.pt"))
+    assert "24 encoded" in found and (tmp_path / "index" / "manifest.json").is_file()
     again = _ok(
         etva(
             local_cluster,
@@ -66,6 +67,8 @@ def test_cli_end_to_end(local_cluster, tmp_path):
             ckpt,
             "--videos",
             str(videos),
+            "--index",
+            str(tmp_path / "index"),
             "--no-progress",
         )
     )

@@ -1,11 +1,16 @@
 """ray_jobs.extract on the shapes benchmark through a real local Ray cluster: three tiny random encoders
-(CLIP vision, VideoMAE, AST) saved with save_pretrained; run twice (the second reuses everything), killed
-mid-way then resumed (nothing lost or duplicated), a changed decode setting makes a new store, and the
-Ray Data output equals the plain single-process loop's."""
+(CLIP vision, VideoMAE, AST) saved with save_pretrained; run twice (the second reuses everything); an
+encoder actor and then the driver SIGKILLed mid-run, then resumed (nothing lost or duplicated); a changed
+decode setting makes a new store; the jobs' dataset builder reads the store with no video."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +20,15 @@ import pytest
 from etva.config import load_config
 from etva.data.feature_store import FeatureStore, open_stores
 from etva.data.synth import generate_dataset
-from etva.features.extractor import FAIL_AFTER_ENV, extract_local
+from etva.features.extractor import PAUSE_DIR_ENV, extract_local
 from ray_jobs.extract import extraction_rows, main, run_extract
+from tests.integration.tiny_encoders import encoder_overrides, save_tiny_encoders
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 N = 16
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_encoders):
     root = tmp_path_factory.mktemp("shapes")
@@ -28,20 +36,13 @@ def setup(tmp_path_factory, tiny_encoders):
     generate_dataset(root, N, 0, cfg=cfg.data.synth, workers=2, progress=False)
     broken = sorted((root / "videos/all").glob("*.mp4"))[0]
     broken.write_bytes(b"")  # must be listed as failed, never crash the job
-    return root, tiny_encoders, broken.stem
+    return root, save_tiny_encoders(tmp_path_factory.mktemp("models")), broken.stem
 
 
 def _overrides(root, models, out, *extra) -> list[str]:
-    e = "model.experts"
     return [
         f"data.root={root}",
-        f"{e}.appearance.encoder=clip",
-        f"{e}.appearance.pretrained_path={models['clip']}",
-        f"{e}.motion.encoder=videomae",
-        f"{e}.motion.pretrained_path={models['videomae']}",
-        f"{e}.audio.encoder=ast",
-        f"{e}.audio.pretrained_path={models['ast']}",
-        f"{e}.audio.pooling=time",
+        *encoder_overrides(models),
         f"extract.output_dir={out}",
         "extract.num_frames=4",
         "extract.frame_size=32",
@@ -99,22 +100,60 @@ def test_extract_twice_and_matches_plain_loop(setup, ray_local, tmp_path):
             np.testing.assert_allclose(plain[name].get(vid), stores[name].get(vid), rtol=1e-4, atol=1e-5)
 
 
-def test_killed_midway_then_resumed(setup, ray_local, tmp_path, monkeypatch):
+def _wait_for(path: Path, proc: subprocess.Popen) -> None:
+    """Wait until ``path`` exists (the driver paused there); fail at once if the driver died."""
+    while not path.exists():
+        assert proc.poll() is None, f"the extraction driver exited early (rc={proc.returncode})"
+        time.sleep(0.05)
+
+
+def _encoder_pids() -> list[int]:
+    """Process ids of the live Ray Data actors (the encoder actor pools) of the cluster."""
+    import ray
+
+    return [a["Pid"] for a in ray.state.actors().values()
+            if a["State"] == "ALIVE" and "MapWorker" in a["ActorClassName"] and a["Pid"]]  # fmt: skip
+
+
+def test_sigkilled_encoder_then_driver_then_resumed(setup, ray_local, tmp_path):
+    """A real kill: the driver (`python -m ray_jobs.extract`, its own process on this cluster) pauses
+    after each shard; after shard 1 an encoder actor is SIGKILLed and the job goes on (Ray restarts the
+    actor); after shard 2 the driver itself is SIGKILLed. The rerun finishes: nothing lost, nothing twice."""
     root, models, broken = setup
-    out = tmp_path / "store"
+    out, gates = tmp_path / "store", tmp_path / "gates"
+    gates.mkdir()
+    address = ray_local.get_runtime_context().gcs_address
+    argv = [sys.executable, "-m", "ray_jobs.extract", "--config", str(REPO / "ray_jobs/configs/tiny.yaml"),
+            *_overrides(root, models, out), f"ray.address={address}"]  # fmt: skip
+    env = {**os.environ, PAUSE_DIR_ENV: str(gates), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(gates / "shard-1", proc)
+        victims = _encoder_pids()
+        assert victims, "no encoder actor found to kill"
+        os.kill(victims[0], signal.SIGKILL)
+        (gates / "shard-1").unlink()  # go on without that actor
+        _wait_for(gates / "shard-2", proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    partial = {name: set(_ids_in_shards(s)) for name, s in _stores_by_folder(out).items()}
+    assert all(0 < len(ids) < N - 1 for ids in partial.values()), partial
     cfg = load_config(REPO / "ray_jobs/configs/tiny.yaml", _overrides(root, models, out))
-    monkeypatch.setenv(FAIL_AFTER_ENV, "2")
-    with pytest.raises(RuntimeError, match="stopping after 2 shards"):
-        run_extract(cfg)
-    partial = FeatureStore(next(out.glob("appearance-*")))
-    assert 0 < len(partial.ids()) < N - 1
-    monkeypatch.delenv(FAIL_AFTER_ENV)
     summary = json.loads(_run_main(cfg, tmp_path))
-    assert summary["skipped_done"] == len(partial.ids())
+    assert summary["skipped_done"] == len(set.intersection(*partial.values()))
     for name, store in open_stores(out).items():
         got = _ids_in_shards(store)
         assert len(got) == len(set(got)) == N - 1, name  # nothing lost, nothing twice
-        assert broken not in got
+        assert broken not in got and partial[name] <= set(got)
+
+
+def _stores_by_folder(out: Path) -> dict[str, FeatureStore]:
+    """The stores of a killed run (``stores.json`` is written only when a run finishes)."""
+    return {p.name.split("-")[0]: FeatureStore(p) for p in out.glob("*-*") if (p / "manifest.json").is_file()}
 
 
 def _run_main(cfg, tmp_path) -> str:
@@ -153,14 +192,15 @@ def test_changed_decode_setting_is_a_new_store(setup, ray_local, tmp_path):
 
 
 def test_feature_dataset_reads_the_store_without_videos(setup, ray_local, tmp_path):
-    """ray_jobs.feature_data: Parquet shards via read_parquet -> per-video model inputs, no video opened;
-    rows equal the plain per-video transform's; the clip with no features at all is flagged, not dropped."""
+    """The jobs' one builder (ray_jobs.data.build_video_dataset) on a store alone: shard groups read by
+    Ray Data tasks -> per-video model inputs keyed by video id, no video opened; rows equal the plain
+    per-video transform's; the clip with no features at all is flagged, not dropped."""
     import dataclasses
 
     from etva.config import DataConfig
     from etva.data import load_records
     from etva.data.example import make_video_example
-    from ray_jobs.feature_data import build_feature_dataset
+    from ray_jobs.data import build_video_dataset
 
     root, models, broken = setup
     cfg = load_config(REPO / "ray_jobs/configs/tiny.yaml", _overrides(root, models, tmp_path / "store"))
@@ -171,7 +211,7 @@ def test_feature_dataset_reads_the_store_without_videos(setup, ray_local, tmp_pa
         dataclasses.replace(r, video_path=str(tmp_path / "gone" / f"{r.video_id}.mp4")) for r in records
     ]
     data = DataConfig(decode_clips=False, feature_store=str(tmp_path / "store"), max_feature_tokens=3)
-    ds = build_feature_dataset(records, data, cfg.ray)
+    ds = build_video_dataset(records, data, cfg.ray)
     rows = {
         int(i): b for b in ds.iter_batches(batch_size=100, batch_format="numpy") for i in b["video_index"]
     }

@@ -69,12 +69,14 @@ def _command(capsys) -> list[str]:
 
 
 def test_every_command_is_registered_with_help(capsys):
-    assert {"data", "train", "tune", "eval", "best", "search"} <= set(COMMANDS)
+    assert {"data", "train", "tune", "eval", "best", "search", "index", "serve"} <= set(COMMANDS)
     for argv, words in (
         (["train"], "resumes"),
         (["tune"], "search space"),
         (["eval"], "models:/"),
-        (["search"], "incrementally"),
+        (["search"], "brought up to date"),
+        (["index"], "never mixes two models"),
+        (["serve"], "without dropping requests"),
         (["best"], "champion"),
         (["data", "check"], "decode every referenced video"),
         (["data", "synth"], "shapes"),
@@ -261,3 +263,17 @@ def test_seam_reaches_the_job_layer(tmp_path):
     assert space.dims and all("." in d.key for d in space.dims)
     ckpt = _fake_checkpoint(tmp_path / "ckpt")
     assert seam.fetch_checkpoint(str(ckpt), tmp_path / "dl") == ckpt.resolve()
+
+
+def test_study_validates_space_and_config_and_passes_its_options(env, capsys):
+    rc = main(["study", "--local", "--name", "st", "--seeds", "2", "--variants", "global_only,shared_centres",
+               "--dry-run", "data.root=ds"])  # fmt: skip
+    cmd = _command(capsys)
+    assert rc == 0 and cmd[cmd.index("-m") + 1] == "tuning.study"
+    assert cmd[cmd.index("--config") + 1] == str(REPO / "ray_jobs/configs/study.yaml")
+    assert cmd[cmd.index("--space") + 1] == str(REPO / "tuning/spaces/ablations.yaml")
+    assert cmd[cmd.index("--seeds") + 1] == "2" and cmd[cmd.index("--variants") + 1] == "global_only,shared_centres"
+    assert main(["study", "--local", "--variants", "global_only,nope", "data.root=ds"]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
+    assert main(["study", "--local", "--config", str(TINY), "data.root=ds"]) == 2  # no val_from_train
+    assert "data.val_from_train" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def test_defaults_build():
 def test_every_shipped_yaml_loads(path):
     cfg = load_config(path)
     assert cfg.train.epochs >= 1
-    assert cfg.data.dataset in {"msrvtt", "activitynet", "lsmdc", "features"}
+    assert cfg.data.dataset in {"msrvtt", "activitynet", "lsmdc"}
 
 
 def test_shipped_configs_cover_the_datasets():
@@ -139,7 +139,7 @@ def test_dict_roundtrip_and_flatten():
 # choices and ranges are refused at load time
 
 CHOICES = [
-    ("data.dataset", "msrvt", "msrvtt, activitynet, lsmdc, features"),
+    ("data.dataset", "msrvt", "msrvtt, activitynet, lsmdc"),
     ("data.subset", "2k", "1k-A, 1k-B, full, 7k"),
     ("model.text.preset", "albert-large", "tiny, albert-base-v2"),
     ("model.experts.audio.kind", "sound", "appearance, motion, audio, features, pretrained"),
@@ -263,3 +263,12 @@ def test_every_range_names_a_numeric_field():
 def test_fault_injection_hooks_are_not_config_fields():
     with pytest.raises(ConfigError, match="unknown key 'train.fail_at_epoch'"):
         load_config(None, ["train.fail_at_epoch=1"])
+
+
+def test_retired_features_dir_says_what_to_do_instead(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("data:\n  features_dir: /data/msrvtt/features\n")
+    with pytest.raises(ConfigError, match=r"old.yaml: key 'data.features_dir' was retired: .*import-features"):
+        load_config(path)
+    path.write_text("data:\n  features_dir: ''\n")  # unset, as older checkpoints' config.yaml has it
+    assert load_config(path).data.feature_store == ""

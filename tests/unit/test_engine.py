@@ -224,3 +224,27 @@ def test_scheduler_warmup_then_cosine():
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[9] == pytest.approx(0.5)  # halfway through the 10 cosine steps
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+
+
+def test_evaluate_per_query_counts_and_reweighted_row():
+    from etva.eval.metrics import count_ranks
+    from etva.reweight import reweighted_metrics
+
+    split = make_split(12, seed=4)
+    model, *_ = _setup(seed=6)
+    model.eval()
+    with torch.no_grad():
+        t, v = model(move_batch(split, "cpu"))
+        sim = model.similarity(t, v)["fused"].numpy()
+    perm = np.random.default_rng(1).permutation(12)  # captions arrive shuffled: counts come back in index order
+    caps = [{k: split[k][perm] for k in CAPTION_KEYS}]
+    per_query: dict = {}
+    got = evaluate(model, batches(split, 5, keys=VIDEO_KEYS), caps, "cpu", reweight="dsl", reweight_scale=10.0,
+                   per_query=per_query)  # fmt: skip
+    counts = count_ranks(sim, np.arange(12))
+    assert per_query["caption_index"].tolist() == list(range(12)) == per_query["video_index"].tolist()
+    np.testing.assert_array_equal(per_query["t2v_h"], counts.t2v_h)
+    np.testing.assert_array_equal(per_query["t2v_e"], counts.t2v_e)
+    want = reweighted_metrics(sim, np.arange(12), "dsl", 10.0)
+    assert got["reweighted/t2v_R1"] == pytest.approx(want["t2v_R1"], abs=1e-4)
+    assert "reweighted/t2v_R1" not in evaluate(model, batches(split, 5, keys=VIDEO_KEYS), caps, "cpu")

@@ -1,4 +1,4 @@
-"""etva.search: cached, incremental video index; top-k search; the `etva search` command and contact sheet.
+"""etva.search over the etva.index format: incremental, resumable index; exact top-k search; the `etva search` command and contact sheet.
 
 The fixture builds a real checkpoint (tiny config, SentencePiece tokenizer on the shapes captions) over
 real generated shapes clips, trained for a few epochs in this process, so search must both agree with
@@ -19,15 +19,18 @@ import pytest
 import torch
 import yaml
 
-from etva import search as search_mod
 from etva.cli import main
 from etva.config import config_to_dict, load_config
 from etva.data.example import make_video_example
+from etva.data.records import ClipRecord
 from etva.data.sources import load_records
 from etva.data.synth import generate_dataset
 from etva.data.tokenizer import tokenize, train_tokenizer
+from etva.index.build import list_videos, load_index_model
+from etva.index.store import IndexMismatch, IndexStore
+from etva.inference import encode_texts, encode_videos
 from etva.model import build_model
-from etva.search import VideoIndex, list_videos, load_searcher, search, update_index
+from etva.search import SearchError, load_index, search, update_index
 from etva.train.checkpoint import save_checkpoint
 from etva.train.engine import build_optimizer, evaluate
 from etva.train.losses import build_loss
@@ -95,80 +98,92 @@ def videos(trained, tmp_path) -> Path:
     return Path(shutil.copytree(trained[1], tmp_path / "videos"))
 
 
-def test_index_is_reused_and_updated_incrementally(trained, videos, monkeypatch):
-    searcher = load_searcher(trained[0])
-    calls: list[list[str]] = []
-    real = search_mod.encode_videos
+def _load(trained):
+    return load_index_model(trained[0])
 
-    def counting(s, folder, paths, *a, **kw):
-        calls.append(list(paths))
-        return real(s, folder, paths, *a, **kw)
 
-    monkeypatch.setattr(search_mod, "encode_videos", counting)
-    first, stats = update_index(searcher, videos, progress=False)
-    assert (stats.encoded, stats.reused, len(first.paths)) == (NUM_VIDEOS, 0, NUM_VIDEOS)
-    assert (videos / ".etva_index" / f"{searcher.key}.pt").is_file()
+def test_index_is_reused_and_updated_incrementally(trained, videos, tmp_path):
+    im, where = _load(trained), tmp_path / "index"
+    stats = update_index(im, where, "folder", videos, progress=False)
+    assert (stats.encoded, stats.reused, stats.dropped) == (NUM_VIDEOS, 0, 0)
+    first = IndexStore.read(where)
+    assert first.manifest.model.digest == im.id.digest and len(first.manifest.parts) == 1
+    assert not (videos / ".etva_index").exists()  # the index lives where it is told, not in the folder
 
-    again, stats = update_index(searcher, videos, progress=False)  # fresh: nothing encoded
-    assert (stats.encoded, stats.reused, len(calls)) == (0, NUM_VIDEOS, 1)
-    torch.testing.assert_close(again.emb, first.emb)
+    stats = update_index(im, where, "folder", videos, progress=False)  # fresh: nothing encoded
+    assert (stats.encoded, stats.reused) == (0, NUM_VIDEOS)
+    assert IndexStore.read(where).manifest.parts == first.manifest.parts
 
     changed, gone = "video3.mp4", "video5.mp4"
     shutil.copyfile(videos / "video0.mp4", videos / changed)  # new content under an old name
     os.utime(videos / changed, ns=(1, 1))
     (videos / gone).unlink()
-    (videos / "new.mp4").write_bytes((videos / "video1.mp4").read_bytes())
+    (videos / "sub").mkdir()
+    (videos / "sub" / "new.mp4").write_bytes((videos / "video1.mp4").read_bytes())
     (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
-    upd, stats = update_index(searcher, videos, progress=False)
-    assert sorted(calls[-1]) == sorted(["broken.mp4", changed, "new.mp4"])
-    assert (stats.encoded, stats.dropped, stats.failed) == (2, 1, 1)
-    assert gone not in upd.paths and "broken.mp4" in upd.failed and len(upd.paths) == NUM_VIDEOS
-    row = {p: i for i, p in enumerate(upd.paths)}
-    torch.testing.assert_close(upd.emb["local"][row[changed]], upd.emb["local"][row["video0.mp4"]])
-    torch.testing.assert_close(upd.emb["local"][row["new.mp4"]], upd.emb["local"][row["video1.mp4"]])
+    stats = update_index(im, where, "folder", videos, progress=False)
+    assert (stats.encoded, stats.dropped, stats.failed) == (2, 2, 1)  # changed + new; changed + gone
+    t = IndexStore.read(where).table()
+    keys = t.column("key").to_pylist()
+    vec = {k: np.asarray(v) for k, v in zip(keys, t.column("vector").to_pylist())}
+    assert gone not in keys and "broken.mp4" not in keys and len(keys) == NUM_VIDEOS
+    assert "broken.mp4" in IndexStore.read(where).failed(0)
+    assert dict(zip(keys, t.column("group").to_pylist()))["sub/new.mp4"] == "sub"
+    np.testing.assert_allclose(vec[changed], vec["video0.mp4"], atol=1e-5)
+    np.testing.assert_allclose(vec["sub/new.mp4"], vec["video1.mp4"], atol=1e-5)
 
-    _, stats = update_index(searcher, videos, progress=False)  # the broken file is not retried
-    assert (stats.encoded, stats.failed, len(calls)) == (0, 1, 2)
-    scratch, _ = update_index(searcher, videos, videos / "other.pt", progress=False)
-    order = [scratch.paths.index(p) for p in upd.paths]
-    torch.testing.assert_close(scratch.emb["experts"][order], upd.emb["experts"], atol=1e-5, rtol=1e-4)
-
-
-def test_index_for_another_model_or_corrupt_file_is_rebuilt(trained, videos):
-    searcher = load_searcher(trained[0])
-    path = videos / "idx.pt"
-    update_index(searcher, videos, path, progress=False)
-    assert VideoIndex.load(path, "another-model") is None
-    path.write_bytes(b"garbage")
-    _, stats = update_index(searcher, videos, path, progress=False)
-    assert stats.encoded == NUM_VIDEOS and VideoIndex.load(path, searcher.key) is not None
+    stats = update_index(im, where, "folder", videos, progress=False)  # the broken file is not retried
+    assert (stats.encoded, stats.failed, stats.reused) == (0, 1, NUM_VIDEOS)
 
 
-def test_search_scores_are_the_models_fused_similarity(trained):
-    searcher = load_searcher(trained[0])
-    index, _ = update_index(searcher, trained[1], trained[1].parent / "scores.pt", progress=False)
+def test_interrupted_build_resumes_and_other_models_are_refused(trained, videos, tmp_path):
+    im, where = _load(trained), tmp_path / "index"
+    update_index(im, where, "folder", videos, part_size=16, progress=False)
+    store = IndexStore.read(where)
+    assert len(store.manifest.parts) == NUM_VIDEOS // 16
+    store.manifest.parts = store.manifest.parts[:1]  # as if the build stopped after its first part
+    store.commit()
+    stats = update_index(im, where, "folder", videos, part_size=16, progress=False)
+    assert (stats.reused, stats.encoded) == (16, NUM_VIDEOS - 16)
+    assert len(list(where.glob("part-*.parquet"))) == NUM_VIDEOS // 16  # the stale parts were deleted
+    other = dataclasses.replace(im, id=dataclasses.replace(im.id, digest="0" * 64, name="etva", version="9"))
+    with pytest.raises(IndexMismatch, match="never mixed"):
+        update_index(other, where, "folder", videos, progress=False)
+    with pytest.raises(IndexMismatch, match="rebuild it"):
+        load_index(other, where)
+    with pytest.raises(SearchError, match="no index here"):
+        load_index(im, tmp_path / "nowhere")
+
+
+def test_search_scores_are_the_models_fused_similarity(trained, tmp_path):
+    im = _load(trained)
+    update_index(im, tmp_path / "index", "folder", trained[1], progress=False)
+    index = load_index(im, tmp_path / "index")
     queries = ["a red circle moves left", "a blue square rises"]
-    hits = search(searcher, index, queries, top_k=100)
+    hits = search(im, index, queries, top_k=100)
     assert [len(h) for h in hits] == [NUM_VIDEOS, NUM_VIDEOS]  # top_k clipped to the index
-    ids, mask = tokenize(searcher.tokenizer, queries, searcher.data_cfg.max_text_len)
+    examples = [make_video_example(ClipRecord(k, str(trained[1] / k), [], ""), im.data_cfg) for k in index.keys]
     with torch.no_grad():
-        text = searcher.model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
-        sim = searcher.model.similarity(text, index.embedding())["fused"]
+        text = encode_texts(im.model, im.tokenizer, queries, im.data_cfg.max_text_len)
+        sim = im.model.similarity(text, encode_videos(im.model, examples))["fused"]
     for q, row in enumerate(hits):
         scores = [h.score for h in row]
         assert scores == sorted(scores, reverse=True) and [h.rank for h in row] == list(
             range(1, NUM_VIDEOS + 1)
         )
-        expected = {index.paths[v]: float(sim[q, v]) for v in range(NUM_VIDEOS)}
+        expected = {index.keys[v]: float(sim[q, v]) for v in range(NUM_VIDEOS)}
         for h in row:
-            assert h.score == pytest.approx(expected[h.path], abs=1e-5)
+            assert h.score == pytest.approx(expected[h.key], abs=1e-5)
+    in_sub = search(im, index, queries, top_k=5, folder="nowhere")
+    assert in_sub == [[], []]
 
 
 def test_trained_model_finds_the_clip_in_the_top5_like_the_metrics_say(trained):
     """Search's top-5 share equals the evaluation code's t2v R@5; most captions find their clip."""
     ckpt, vids, records, examples, enc = trained
-    searcher = load_searcher(ckpt)
-    index, _ = update_index(searcher, vids, vids.parent / "top5.pt", progress=False)
+    searcher = load_index_model(ckpt)
+    update_index(searcher, vids.parent / "top5", "folder", vids, progress=False)
+    index = load_index(searcher, vids.parent / "top5")
     queries = [(r.captions[0], f"{r.video_id}.mp4") for r in records]
     hits = search(searcher, index, [q for q, _ in queries], top_k=5)
     share = np.mean([gt in [h.path for h in row] for (_, gt), row in zip(queries, hits)])
@@ -185,6 +200,7 @@ def test_trained_model_finds_the_clip_in_the_top5_like_the_metrics_say(trained):
 def test_search_command_prints_table_and_writes_contact_sheets(trained, videos, tmp_path, capsys):
     page = tmp_path / "sheet.html"
     argv = ["search", "a red circle moves left", "a green square", "--model", str(trained[0])]
+    argv += ["--index", str(tmp_path / "index")]
     rc = main([*argv, "--videos", str(videos), "--top-k", "3", "--html", str(page), "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -196,7 +212,7 @@ def test_search_command_prints_table_and_writes_contact_sheets(trained, videos, 
     uris = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
     assert 3 <= len(uris) <= 6 and "a red circle moves left" in text
     files_page = tmp_path / "files.html"
-    assert main([*argv, "--videos", str(videos), "--html", str(files_page), "--thumbnails", "files"]) == 0
+    assert main([*argv, "--html", str(files_page), "--thumbnails", "files"]) == 0  # the index alone
     pngs = sorted((tmp_path / "files_thumbs").glob("*.png"))
     assert pngs and all(f'src="files_thumbs/{p.name}"' in files_page.read_text() for p in pngs)
     assert pngs[0].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

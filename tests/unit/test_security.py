@@ -42,7 +42,7 @@ SECRET_PATTERNS = {
 URI_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:([^@\s/'\"]+)@", re.I)
 # password: "literal" / token = 'literal' in YAML, env files and code
 ASSIGNED_SECRET = re.compile(
-    r"(?:password|passwd|secret|token|api_?key)\w*[\"']?\s*[:=]\s*[\"']([^\"'\s]{8,})[\"']", re.I
+    r"(?:password|passwd|secret|token(?!iz)|api_?key)\w*[\"']?\s*[:=]\s*[\"']([^\"'\s]{8,})[\"']", re.I
 )
 
 
@@ -88,6 +88,7 @@ def test_scanner_flags_credentials_and_allows_placeholders():
         "postgresql://user:<password>@host/db",
         "MLFLOW_DB_PASSWORD=",
         "token = ensure_token(s).read_text()",
+        'TOKENIZER_CACHE = "tokenizer-cache"',
         '--from-literal=auth_token="$(openssl rand -hex 32)"',
         "RAY_AUTH_TOKEN: {valueFrom: {secretKeyRef: {name: etva-ray-auth, key: auth_token}}}",
     ]

@@ -15,12 +15,7 @@ from pathlib import Path
 
 from etva.data.records import ClipRecord, LoadSummary, clean_captions
 from etva.data.sources.activitynet import load_activitynet
-from etva.data.sources.features import (
-    attach_features,
-    default_features_dir,
-    load_feature_manifest,
-    read_features,
-)
+from etva.data.sources.features import load_feature_manifest
 from etva.data.sources.lsmdc import load_lsmdc
 from etva.data.sources.msrvtt import load_msrvtt
 
@@ -29,7 +24,6 @@ __all__ = [
     "load_records",
     "load_split",
     "load_feature_manifest",
-    "read_features",
 ]
 
 log = logging.getLogger(__name__)
@@ -40,7 +34,6 @@ SOURCES: dict[str, Adapter] = {
     "msrvtt": load_msrvtt,
     "activitynet": load_activitynet,
     "lsmdc": load_lsmdc,
-    "features": load_msrvtt,  # MSRVTT annotations + a feature store (root/features by default)
 }
 
 _MAX_MISSING_EXAMPLES = 10
@@ -52,20 +45,16 @@ def load_records(
     split: str,
     subset: str | None = None,
     *,
-    features_dir: str | os.PathLike | None = None,
     max_caption_chars: int = 1000,
     return_summary: bool = False,
 ) -> list[ClipRecord] | tuple[list[ClipRecord], LoadSummary]:
     """Parse ``dataset`` under ``root`` into the records of ``split``.
 
     Args:
-        dataset: a key of :data:`SOURCES` (msrvtt | activitynet | lsmdc | features).
+        dataset: a key of :data:`SOURCES` (msrvtt | activitynet | lsmdc).
         root: the dataset folder (annotation files and videos).
         split: e.g. "train", "val", "test" (per source; see each adapter).
         subset: MSRVTT split protocol ("1k-A", "1k-B", "full", "7k"); ignored by other sources.
-        features_dir: a pre-extracted feature store (``features_manifest.json``); records get
-            ``features={expert: path}`` for the files that exist. ``dataset="features"`` defaults
-            to ``root/features``.
         max_caption_chars: longer captions are truncated (counted); 0 = no limit.
         return_summary: also return the :class:`LoadSummary` (counts of what was dropped).
 
@@ -81,10 +70,6 @@ def load_records(
     summary = LoadSummary(dataset=dataset, split=split, subset=subset, root=str(root))
     raw = SOURCES[dataset](root, split, subset, summary)
     records = _clean(raw, max_caption_chars, summary)
-    if features_dir is None and dataset == "features":
-        features_dir = default_features_dir(root)
-    if features_dir:
-        records = attach_features(records, Path(features_dir), summary)
     _count_missing(records, summary)
     log.info(
         "%s %s%s: %d videos, %d captions (dropped: %d empty captions, %d caption-less videos; "
@@ -109,7 +94,6 @@ def load_split(cfg, split: str, return_summary: bool = False):
         cfg.root,
         split,
         cfg.subset,
-        features_dir=cfg.features_dir or None,
         max_caption_chars=cfg.max_caption_chars,
         return_summary=return_summary,
     )

@@ -69,6 +69,11 @@ def _check_args(num_videos: int, seed: int, fmt: str, cfg: SynthConfig, workers:
     need(cfg.fps >= 1, f"synth.fps must be >= 1, got {cfg.fps}")
     need(cfg.duration_s > 0, f"synth.duration_s must be > 0, got {cfg.duration_s}")
     need(cfg.captions_per_video >= 1, f"synth.captions_per_video must be >= 1, got {cfg.captions_per_video}")
+    need(
+        cfg.mode == "shapes" or fmt == "msrvtt",
+        f"synth.mode={cfg.mode!r} is built for the msrvtt layout only, got format {fmt!r}",
+        "use --format msrvtt (or synth.mode=shapes)",
+    )
 
 
 def _params(num_videos: int, seed: int, fmt: str, cfg: SynthConfig) -> dict:
@@ -83,6 +88,7 @@ def _params(num_videos: int, seed: int, fmt: str, cfg: SynthConfig) -> dict:
         "duration_s": float(cfg.duration_s),
         "captions_per_video": cfg.captions_per_video,
         "audio_rate": AUDIO_RATE,
+        **({"mode": cfg.mode} if cfg.mode != "shapes" else {}),  # shapes datasets keep their old params
     }
 
 

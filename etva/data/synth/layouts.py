@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from etva.config import SynthConfig
+from etva.data.synth import compositional as comp
 from etva.data.synth.content import ClipSpec, caption, make_captions, sample_group, sample_spec
 from etva.data.synth.render import ClipJob
 
@@ -67,6 +68,14 @@ def _grouped_specs(rng: np.random.Generator, n: int) -> tuple[list[ClipSpec], li
         groups += [len(attrs)] * len(members)
         attrs.append(attr)
     return specs, groups, attrs
+
+
+def _per_group(groups: list[int], changed: list[str]) -> list[str]:
+    """Compositional groups: per group, the bindings its distractors change ("a|b|c"), by group id."""
+    out: dict[int, list[str]] = {}
+    for g, c in zip(groups, changed):
+        out.setdefault(g, []).extend([c] if c else [])
+    return ["|".join(out[g]) for g in sorted(out)]
 
 
 def _negatives(ids: list[str], groups: list[int]) -> list[list[str]]:
@@ -131,7 +140,8 @@ def _single_clips(ids, paths, split, specs, groups, attrs, cfg: SynthConfig, see
     d, negs = float(cfg.duration_s), _negatives(ids, groups)
     jobs, videos = [], {}
     for i, (v, s) in enumerate(zip(ids, specs)):
-        jobs.append(_job(paths[i], [(s, 0.0, d)], d, cfg, _clip_seed(seed, i)))
+        segments = s.segments(d) if hasattr(s, "segments") else [(s, 0.0, d)]
+        jobs.append(_job(paths[i], segments, d, cfg, _clip_seed(seed, i)))
         videos[v] = {"path": paths[i], "split": split[i], "group": groups[i], "varied_attribute": attrs[groups[i]],
                      "hard_negatives": negs[i], "attributes": s.attributes()}  # fmt: skip
     return jobs, videos
@@ -139,7 +149,12 @@ def _single_clips(ids, paths, split, specs, groups, attrs, cfg: SynthConfig, see
 
 def plan_msrvtt(num_videos: int, seed: int, cfg: SynthConfig) -> Plan:
     """MSRVTT: ``videos/all/videoN.mp4``, ``MSRVTT_data.json`` and the 1k-A/1k-B/Full/7k split files."""
-    specs, groups, attrs = _grouped_specs(_rng(seed, 0), num_videos)
+    compositional = cfg.mode == "compositional"
+    if compositional:  # distractors differ in one binding each; "varied attribute" = the binding
+        specs, groups, changed = comp.grouped_specs(_rng(seed, 0), num_videos)
+        attrs = _per_group(groups, changed)
+    else:
+        specs, groups, attrs = _grouped_specs(_rng(seed, 0), num_videos)
     cap_rng, split_rng = _rng(seed, 1), _rng(seed, 2)
     ids = [f"video{i}" for i in range(num_videos)]
     n_train, n_val, n_test = split_sizes(num_videos, [0.6513, 0.0497, 0.2990])
@@ -149,7 +164,8 @@ def plan_msrvtt(num_videos: int, seed: int, cfg: SynthConfig) -> Plan:
     test_a = _pick_by_groups(test_full, groups, n_1k, split_rng)
     test_b = _pick_by_groups(test_full, groups, n_1k, split_rng)
     d = float(cfg.duration_s)
-    captions = [make_captions(s, cap_rng, cfg.captions_per_video) for s in specs]
+    captioner = comp.make_captions if compositional else make_captions
+    captions = [captioner(s, cap_rng, cfg.captions_per_video) for s in specs]
     data = _msrvtt_json(ids, groups, full, captions, d)
     in_a, in_b = set(test_a), set(test_b)
     jsfusion = [
@@ -171,6 +187,9 @@ def plan_msrvtt(num_videos: int, seed: int, cfg: SynthConfig) -> Plan:
     }
     paths = [f"videos/all/{v}.mp4" for v in ids]
     jobs, videos = _single_clips(ids, paths, full, specs, groups, attrs, cfg, seed)
+    if compositional:  # "" for a group's target, else the one binding this distractor changes
+        for v, c in zip(ids, changed):
+            videos[v]["changed_binding"] = c
     splits = {
         "full/train": n_train,
         "full/validate": n_val,

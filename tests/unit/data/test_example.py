@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import numpy as np
@@ -47,26 +46,3 @@ def test_decode_batch_marks_failures_and_keeps_shapes(clip_dir):
     assert "video_path" not in out and out["end_s"][3] == 3.0  # numeric columns pass through
     single = make_video_example(ClipRecord("t", batch["video_path"][0], [], ""), CFG)
     np.testing.assert_array_equal(out["frames"][0], single["frames"])
-
-
-def test_decode_batch_with_features(clip_dir, tmp_path):
-    store = tmp_path / "store"
-    (store / "rgb").mkdir(parents=True)
-    (store / "features_manifest.json").write_text(
-        json.dumps({"experts": {"rgb": {"dim": 5, "fps": 1, "dir": "rgb"}}})
-    )
-    np.save(store / "rgb" / "tone.npy", np.ones((3, 5), np.float32))
-    np.save(store / "rgb" / "bad.npy", np.ones((3, 2), np.float32))
-    cfg = replace(CFG, features_dir=str(store), max_feature_tokens=6)
-    batch = {
-        "video_path": [str(clip_dir / "tone.mp4")] * 3,
-        "features": [{"rgb": str(store / "rgb" / "tone.npy")}, None, {"rgb": str(store / "rgb" / "bad.npy")}],
-    }
-    out = decode_batch(batch, cfg)
-    assert out["ok"].tolist() == [True, True, False] and "FeatureError" in out["error"][2]
-    assert out["feat/rgb"].shape == (3, 6, 5) and out["feat_mask/rgb"].sum(1).tolist() == [3, 0, 0]
-    assert "features" not in out
-    flat = decode_batch(
-        {"video_path": batch["video_path"][:1], "feat_path/rgb": [batch["features"][0]["rgb"]]}, cfg
-    )
-    np.testing.assert_array_equal(flat["feat/rgb"][0], out["feat/rgb"][0])

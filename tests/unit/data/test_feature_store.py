@@ -1,4 +1,5 @@
-"""Parquet feature store: write/read, resume, identity keys, failures, and the .npy import."""
+"""Parquet feature store: write/read, resume, identity keys, failures, the per-id reader, and
+`etva data import-features` (the .npy/.npz import)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from etva.cli import main
 from etva.data.feature_store import (
     FeatureStore,
     FeatureStoreError,
     FeatureStoreWriter,
-    import_npy_store,
     open_stores,
     register_store,
     store_dir,
@@ -116,7 +117,8 @@ def test_open_stores_and_tokens(tmp_path):
         open_stores(tmp_path / "nowhere")
 
 
-def test_npy_store_imports_identical_arrays(tmp_path):
+def test_import_features_from_a_manifest_folder(tmp_path, capsys):
+    """`etva data import-features` of a CE/MMT-style folder: identical arrays, resumable, one store each."""
     src = tmp_path / "npy"
     arrs = {"appearance": _arrays(9, dim=5), "audio": _arrays(4, dim=3, seed=1)}
     spec = {}
@@ -126,13 +128,50 @@ def test_npy_store_imports_identical_arrays(tmp_path):
             np.save(src / name / f"{vid}.npy", a)
         spec[name] = {"dim": a.shape[1], "fps": 1.0, "dir": name}
     (src / MANIFEST_NAME).write_text(json.dumps({"experts": spec}))
-    out = import_npy_store(src, tmp_path / "pq", shard_size=4)
-    assert sorted(out) == ["appearance", "audio"]
+    argv = ["data", "import-features", str(src), "--out", str(tmp_path / "pq"), "--shard-size", "4"]
+    assert main(argv) == 0
+    assert "appearance: dim 5, 9 videos stored (9 new)" in capsys.readouterr().out
     stores = open_stores(tmp_path / "pq")
+    assert sorted(stores) == ["appearance", "audio"]
     for name, per_video in arrs.items():
         assert stores[name].ids() == set(per_video)
         for vid, a in per_video.items():
             np.testing.assert_array_equal(stores[name].get(vid), a)
     assert len(stores["appearance"].shard_files()) == 3
-    import_npy_store(src, tmp_path / "pq", shard_size=4)  # again: nothing new is written
-    assert len(FeatureStore(out["appearance"]).shard_files()) == 3
+    assert main(argv) == 0  # again: nothing new is written
+    assert "(0 new)" in capsys.readouterr().out
+    assert len(FeatureStore(stores["appearance"].path).shard_files()) == 3
+
+
+def test_import_features_one_array_per_split_checks_shapes_ids_and_missing(tmp_path, capsys):
+    from etva.data.synth import generate_dataset
+
+    root = tmp_path / "ds"
+    generate_dataset(root, 6, 0, progress=False, workers=1)
+    from etva.data import load_records
+
+    ids = [r.video_id for s in ("train", "test") for r in load_records("msrvtt", root, s, "1k-A")]
+    feats = np.random.default_rng(0).normal(size=(len(ids) - 1, 3, 4)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", ids=np.array(ids[:-1]), features=feats)
+    out = tmp_path / "pq"
+    argv = ["data", "import-features", str(tmp_path / "train.npz"), "--out", str(out), "--expert", "motion"]
+    assert main([*argv, "--root", str(root)]) == 1  # the last video has no features: reported
+    text = capsys.readouterr().out
+    assert f"motion: 1 of {len(ids)} videos have no features: {ids[-1]}" in text
+    np.testing.assert_array_equal(open_stores(out)["motion"].get(ids[0]), feats[0])
+    # a .npy of one split with its id list; a folder where one array has the wrong width (listed, not written)
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 5), np.float16))
+    (tmp_path / "ids.txt").write_text("a\nb\n")
+    assert main(["data", "import-features", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "p2"),
+                 "--expert", "audio", "--ids", str(tmp_path / "ids.txt")]) == 0  # fmt: skip
+    (tmp_path / "one").mkdir()
+    np.save(tmp_path / "one" / "x.npy", np.zeros((2, 5), np.float32))
+    np.save(tmp_path / "one" / "y.npy", np.zeros((2, 6), np.float32))
+    assert main(["data", "import-features", str(tmp_path / "one"), "--out", str(tmp_path / "p3"),
+                 "--expert", "audio"]) == 1  # fmt: skip
+    assert "y.npy: expected a float array (T, 5), got float32 (2, 6)" in capsys.readouterr().out
+    assert open_stores(tmp_path / "p3")["audio"].ids() == {"x"}
+    no_ids = ["data", "import-features", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "p4"), "--expert", "a"]
+    assert main(no_ids) == 2
+    assert "needs its id list (--ids" in capsys.readouterr().err
+

@@ -70,11 +70,12 @@ def test_selection_protocol_of_the_shipped_configs():
     from ray_jobs.prepare import selects_on_test, training_splits
 
     configs = Path(__file__).resolve().parents[3] / "ray_jobs" / "configs"
-    for name in ("msrvtt_1k_a", "msrvtt_1k_b", "msrvtt_full", "lsmdc", "activitynet"):
+    for name in ("msrvtt_1k_a", "msrvtt_1k_b", "msrvtt_full", "lsmdc", "activitynet", "shapes", "features"):
         cfg = load_config(configs / f"{name}.yaml")
-        assert not selects_on_test(cfg), name  # real datasets never pick the epoch on their test split
+        assert not selects_on_test(cfg), name  # no shipped config picks the epoch on its test split
         assert cfg.data.test_split, name
     a = load_config(configs / "msrvtt_1k_a.yaml")
     assert training_splits(a) == {"train": "train"} and a.data.val_from_train == 500
-    shapes = load_config(configs / "shapes.yaml")
-    assert selects_on_test(shapes)  # the synthetic benchmark does, and says so when it prints
+    shapes = load_config(configs / "shapes.yaml")  # the quickstart: 40 of its 360 training videos held out
+    assert training_splits(shapes) == {"train": "train"} and shapes.data.val_from_train == 40
+    assert selects_on_test(load_config(configs / "shapes.yaml", ["data.val_from_train=0", "data.val_split=test"]))

@@ -1,0 +1,119 @@
+"""Inner-product search over the video vectors of an index, one faiss index per availability pattern.
+
+Exact by default (``faiss.IndexFlatIP``: the scores are the model's, to fp32 rounding); any faiss
+``index_factory`` string (e.g. ``IVF1024,Flat``, ``IVF4096,PQ64``, ``IVF1024,SQfp16``) for an
+approximate index. A pattern with too few videos to train an approximate index is searched exactly.
+The text side of each pattern is built by :func:`etva.index.exact.query_vectors`; the top-k of the
+parts are merged (docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+
+from etva.index.exact import pattern_from_key, query_vectors
+
+__all__ = ["EXACT", "PatternIndex", "index_bytes"]
+
+log = logging.getLogger(__name__)
+
+EXACT = "Flat"
+MIN_TRAIN = 1024  # fewer vectors than this in a pattern: searched exactly whatever the spec
+
+
+@dataclass
+class _Part:
+    pattern: torch.Tensor  # (E,) bool
+    rows: np.ndarray  # (n,) int64 rows of the whole index, in the order of the faiss ids
+    index: faiss.Index
+
+
+def _build(vectors: np.ndarray, spec: str) -> faiss.Index:
+    d = vectors.shape[1]
+    if spec != EXACT and len(vectors) < MIN_TRAIN:
+        spec = EXACT
+    index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def index_bytes(index: faiss.Index) -> int:
+    """The size of a faiss index as serialised (its vectors/codes plus the trained quantizers)."""
+    return int(faiss.serialize_index(index).nbytes)
+
+
+class PatternIndex:
+    """Search ``vectors`` (N, D) float32 whose rows have availability ``patterns`` (N pattern keys).
+
+    Args:
+        vectors: (N, D) video vectors (:func:`etva.index.exact.video_vectors`).
+        patterns: N pattern keys (:func:`etva.index.exact.pattern_key`).
+        alpha: the model's fusion weight.
+        spec: ``Flat`` (exact) or a faiss ``index_factory`` string.
+        nprobe: inverted lists visited per query by IVF indexes.
+    """
+
+    def __init__(
+        self, vectors: np.ndarray, patterns: list[str], alpha: float, spec: str = EXACT, nprobe: int = 16
+    ) -> None:
+        if len(vectors) != len(patterns):
+            raise ValueError(f"PatternIndex: {len(vectors)} vectors but {len(patterns)} patterns")
+        self.alpha, self.spec, self.nprobe = float(alpha), spec, nprobe
+        self.num_rows = len(vectors)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        keys = np.asarray(patterns, dtype=object)
+        self.parts: list[_Part] = []
+        for key in sorted(set(patterns)):
+            rows = np.flatnonzero(keys == key).astype(np.int64)
+            self.parts.append(_Part(pattern_from_key(key), rows, _build(vectors[rows], spec)))
+
+    def nbytes(self) -> int:
+        """Bytes of all the parts' faiss indexes."""
+        return sum(index_bytes(p.index) for p in self.parts)
+
+    def _params(self, part: _Part, allowed: np.ndarray | None):
+        sel = None
+        if allowed is not None:
+            local = np.flatnonzero(np.isin(part.rows, allowed)).astype(np.int64)
+            if len(local) == 0:
+                return False
+            sel = faiss.IDSelectorBatch(local)
+        if isinstance(faiss.try_extract_index_ivf(part.index), faiss.IndexIVF):
+            return faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)
+        return faiss.SearchParameters(sel=sel) if sel is not None else None
+
+    def search(self, text, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` rows for each query of ``text`` (a TextEmbedding), best first.
+
+        Args:
+            text: the queries' TextEmbedding (experts/logits/local, Q rows).
+            k: results per query.
+            allowed: rows (int64) the results may come from (a filter); None = all.
+        Returns:
+            (scores (Q, k') float32, rows (Q, k') int64) with ``k' = min(k, rows searched)``.
+        """
+        scores, rows = [], []
+        for part in self.parts:
+            params = self._params(part, allowed)
+            if params is False:
+                continue
+            q = query_vectors(text.experts, text.logits, text.local, part.pattern, self.alpha)
+            q = np.ascontiguousarray(q.detach().cpu().numpy(), dtype=np.float32)  # (Q, D)
+            s, i = part.index.search(q, min(k, len(part.rows)), params=params)  # (Q, k_p)
+            scores.append(np.where(i >= 0, s, -np.inf).astype(np.float32))
+            rows.append(np.where(i >= 0, part.rows[np.maximum(i, 0)], -1))
+        num_q = len(text)
+        if not scores:
+            return np.zeros((num_q, 0), np.float32), np.zeros((num_q, 0), np.int64)
+        s, r = np.concatenate(scores, axis=1), np.concatenate(rows, axis=1)  # (Q, sum k_p)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        s, r = np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)
+        keep = int((r >= 0).all(axis=0).sum()) if len(r) else 0  # drop columns padded by faiss
+        return s[:, :keep], r[:, :keep]
