@@ -15,8 +15,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from etva.data.records import AnnotationError, read_json, resolve_inside
 
 __all__ = [
@@ -25,7 +23,6 @@ __all__ = [
     "FeatureManifest",
     "FeatureError",
     "load_feature_manifest",
-    "sample_indices",
 ]
 
 MANIFEST_NAME = "features_manifest.json"
@@ -78,9 +75,3 @@ def load_feature_manifest(features_dir: str | os.PathLike) -> FeatureManifest:
         folder = resolve_inside(features_dir, sub, path, f"{where}.dir")
         experts[name] = ExpertSpec(name, dim, float(fps), str(folder))
     return FeatureManifest(str(features_dir), experts)
-
-
-def sample_indices(length: int, num: int) -> np.ndarray:
-    """``num`` indices into ``range(length)`` at the centres of ``num`` equal segments (repeats when
-    ``length < num``): ``floor((i + 0.5) * length / num)``."""
-    return np.floor((np.arange(num) + 0.5) * length / num).astype(np.int64)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from etva.data import AnnotationError, load_feature_manifest, load_records
-from etva.data.sources.features import sample_indices
+from etva.data.sampling import sample_indices
 from etva.data.sources.lsmdc import movie_of
 
 # ------------------------------------------------------------------------------------------ ActivityNet
