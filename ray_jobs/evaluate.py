@@ -23,8 +23,8 @@ from ray.train.torch import TorchTrainer
 
 from etva.config import settings
 from etva.eval.metrics import format_table
+from etva.eval.reweight import format_row
 from etva.inference import read_trained
-from etva.reweight import format_row
 from ray_jobs.driver import add_overrides, init_ray, resolve_paths, setup_logging, storage_path
 from ray_jobs.prepare import build_datasets, dataset_config, prepare_splits, scaling_config
 from ray_jobs.recipe import EvalInputs, eval_loop_per_worker

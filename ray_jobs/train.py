@@ -220,7 +220,7 @@ def report_test_split(cfg: Config, best: dict, best_path: str | None, client, ru
     """Evaluate the selected checkpoint on ``data.test_split`` (when set); print and log ``test/...``."""
     if not (cfg.data.test_split and best_path):
         return {}
-    from etva.reweight import format_row
+    from etva.eval.reweight import format_row
 
     split = cfg.data.test_split
     metrics, _, unscored = run_evaluation(Path(best_path), split, [])

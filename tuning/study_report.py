@@ -3,7 +3,7 @@
 From the trials' child runs (``tuning.study``): per variant, mean +- std and the 95% Student-t interval
 over seeds of the test split's R@1/5/10 and MdR in both directions; per variant against the reference,
 a paired bootstrap of text->video R@1 over the test queries pooled across the seeds both ran (queries
-resampled by video: a video's captions are not independent; ``etva.stats``); one picture (R@1 per
+resampled by video: a video's captions are not independent; ``etva.eval.stats``); one picture (R@1 per
 variant, interval bars, seeds as dots). Artifacts ``study_table.md``, ``study_summary.json``,
 ``study_r1.png``; the table is also the parent run's description.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from etva.stats import Interval, PairedTest, hits_at_k, paired_bootstrap, t_interval
+from etva.eval.stats import Interval, PairedTest, hits_at_k, paired_bootstrap, t_interval
 
 logger = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ DecodeCache = Literal["none", "memory", "disk"]
 Encoder = Literal["", "clip", "videomae", "ast"]
 FeatureDtype = Literal["float32", "float16"]
 Precision = Literal["fp32", "bf16", "fp16"]  # train.precision: autocast dtype (etva.train.precision)
-Reweight = Literal["none", "inverted_softmax", "dsl"]  # eval.reweight (etva.reweight)
+Reweight = Literal["none", "inverted_softmax", "dsl"]  # eval.reweight (etva.eval.reweight)
 SynthMode = Literal["shapes", "compositional"]  # data.synth.mode (docs/study.md)
 
 # other accepted spellings (matched case-insensitively), stored as the canonical choice; the MSRVTT
@@ -271,7 +271,7 @@ class ExtractConfig:
 
 @dataclass
 class EvalConfig:
-    """Test-split evaluation. ``reweight`` uses every test query at once (etva.reweight): reported as a
+    """Test-split evaluation. ``reweight`` uses every test query at once (etva.eval.reweight): reported as a
     separate ``<split>/reweighted/...`` row, never the model's own score, never used for selection."""
 
     reweight: Reweight = "none"

@@ -165,7 +165,7 @@ def score_streams(
     video_index) to rank 0, dedupe and order them by index, score all pairs in fp32 blocks and compute
     the metrics with the chunked path. Consumes the streams' chunks. Every rank returns rank 0's numbers.
     ``timings`` (if given) receives rank 0's seconds per phase: ``gather_s``, ``score_s``, ``metrics_s``.
-    ``reweight`` (``etva.reweight``, not "none") adds ``reweighted/t2v_*`` keys computed over the same
+    ``reweight`` (``etva.eval.reweight``, not "none") adds ``reweighted/t2v_*`` keys computed over the same
     matrix in chunks. ``per_query`` (if given) receives rank 0's text->video rank counts per caption:
     ``caption_index``, its ``video_index``, ``t2v_h`` and ``t2v_e`` (``etva.eval.metrics.RankCounts``).
     """
@@ -192,7 +192,7 @@ def score_streams(
         counts = count_ranks(sim, check_inputs(sim.shape, q2v, (1, 5, 10), ties), query_chunk)
         metrics = metrics_from_counts(counts, ties=ties)
         if reweight != "none":
-            from etva.reweight import reweighted_metrics
+            from etva.eval.reweight import reweighted_metrics
 
             rw = reweighted_metrics(sim, q2v, reweight, reweight_scale, ties=ties, query_chunk=query_chunk)
             metrics.update({f"reweighted/{k}": v for k, v in rw.items()})

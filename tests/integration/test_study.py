@@ -19,7 +19,7 @@ import pytest
 
 from etva.config import load_config
 from etva.data.synth import generate_dataset
-from etva.stats import hits_at_k
+from etva.eval.stats import hits_at_k
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -228,7 +228,7 @@ def test_scheduler_warmup_then_cosine():
 
 def test_evaluate_per_query_counts_and_reweighted_row():
     from etva.eval.metrics import count_ranks
-    from etva.reweight import reweighted_metrics
+    from etva.eval.reweight import reweighted_metrics
 
     split = make_split(12, seed=4)
     model, *_ = _setup(seed=6)

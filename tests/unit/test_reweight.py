@@ -1,4 +1,4 @@
-"""etva.reweight: the chunked re-weighted metrics equal a naive full-matrix reference."""
+"""etva.eval.reweight: the chunked re-weighted metrics equal a naive full-matrix reference."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from etva.eval.metrics import retrieval_metrics
-from etva.reweight import reweighted_metrics
+from etva.eval.reweight import reweighted_metrics
 
 
 def _naive(sim: np.ndarray, method: str, scale: float) -> np.ndarray:

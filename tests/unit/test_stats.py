@@ -1,4 +1,4 @@
-"""etva.stats on constructed inputs with known answers."""
+"""etva.eval.stats on constructed inputs with known answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from etva.eval.metrics import count_ranks, retrieval_metrics
-from etva.stats import hits_at_k, paired_bootstrap, t_interval, t_quantile
+from etva.eval.stats import hits_at_k, paired_bootstrap, t_interval, t_quantile
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from etva.config import ConfigError, load_config
-from etva.stats import paired_bootstrap, t_interval
+from etva.eval.stats import paired_bootstrap, t_interval
 from tuning.best import is_study_trial
 from tuning.space import apply_params, to_tune_space
 from tuning.study import load_study, study_config
