@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
 import tempfile
 import threading
@@ -160,10 +161,18 @@ def _load(base: str, clients: int, seconds: float, queries: list[str]) -> dict:
             "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3}  # fmt: skip
 
 
+def _free_ports(n: int) -> list[int]:
+    ports = []
+    for _ in range(n):
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            ports.append(sk.getsockname()[1])
+    return ports
+
+
 def serving_figures(num_videos: int, seconds: float, tmp: Path) -> dict:
     """Index build clips/s (Ray Data job) and HTTP load on a private Ray with Serve on a free port."""
     import shutil
-    import socket
     from argparse import Namespace
 
     import ray
@@ -179,20 +188,13 @@ def serving_figures(num_videos: int, seconds: float, tmp: Path) -> dict:
     for i in range(num_videos):
         shutil.copy(clips[i % len(clips)], videos / f"c{i:05d}.mp4")
     n = num_videos
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port, *ports = _free_ports(6)  # Serve's HTTP port; a private head's ports (never the user's defaults)
     import os
     import sys
 
     sys.path.insert(0, str(REPO))
     from cluster import local
 
-    ports = []
-    for _ in range(5):  # free ports for a private head (never the user's defaults)
-        with socket.socket() as sk:
-            sk.bind(("127.0.0.1", 0))
-            ports.append(sk.getsockname()[1])
     settings = local.LocalSettings(tmp / "head", ray_port=ports[0], dashboard_port=ports[1], mlflow_port=ports[2],
                                    ray_client_port=ports[3], dashboard_agent_port=ports[4], num_cpus=4,
                                    start_timeout_s=600)  # fmt: skip

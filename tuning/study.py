@@ -175,7 +175,8 @@ def report_test(cfg: Config, best: dict, best_path: str, client, run_id: str) ->
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from ray_jobs.driver import REPO, add_overrides, job_parser
+    from etva.config.settings import REPO
+    from ray_jobs.driver import add_overrides, job_parser
 
     p = job_parser("python -m tuning.study", __doc__.split("\n\n")[0])
     p.set_defaults(config=str(REPO / DEFAULT_CONFIG))

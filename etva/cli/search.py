@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from etva.index.build import default_index_dir, load_index_model
     from etva.index.vectors import EXACT
     from etva.search import load_index, search, update_index
-    from etva.viz.figures.contact_sheet import write_contact_sheet
+    from etva.viz.contact_sheet import write_contact_sheet
 
     queries = _queries(args)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), args.workers)))
