@@ -275,5 +275,5 @@ def test_study_validates_space_and_config_and_passes_its_options(env, capsys):
     assert cmd[cmd.index("--seeds") + 1] == "2" and cmd[cmd.index("--variants") + 1] == "global_only,shared_centres"
     assert main(["study", "--local", "--variants", "global_only,nope", "data.root=ds"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
-    assert main(["study", "--local", "--config", str(TINY), "data.root=ds"]) == 2  # no val_from_train
+    assert main(["study", "--local", "--config", str(TINY), "data.root=ds", "data.val_from_train=0"]) == 2
     assert "data.val_from_train" in capsys.readouterr().err

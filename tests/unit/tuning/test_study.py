@@ -62,10 +62,12 @@ def test_bad_study_space_names_the_file_and_the_problem(study_cfg, tmp_path, tex
 
 
 def test_a_study_needs_a_carved_validation_split_and_a_test_split():
+    shapes = REPO / "ray_jobs/configs/shapes.yaml"  # selects on a carved split, reports the test split
     with pytest.raises(ConfigError, match="data.val_from_train"):
-        study_config(load_config(REPO / "ray_jobs/configs/shapes.yaml"))
+        study_config(load_config(shapes, ["data.val_from_train=0"]))
     with pytest.raises(ConfigError, match="data.test_split"):
-        study_config(load_config(REPO / "ray_jobs/configs/shapes.yaml", ["data.val_from_train=10"]))
+        study_config(load_config(shapes, ["data.test_split="]))
+    assert study_config(load_config(shapes)).tune.search == "grid"
 
 
 def test_report_table_has_intervals_paper_numbers_and_the_paired_rows():
