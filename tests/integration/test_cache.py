@@ -84,7 +84,7 @@ def test_cache_that_does_not_fit_is_refused_before_decoding(prepared, ray_local,
     """64 frames of 16384^2 pixels per clip: terabytes decoded, refused at once (nothing is decoded)."""
     cfg, split = prepared
     huge = {"num_frames": 64, "frame_size": 16384}
-    with pytest.raises(ValueError, match=r"data\.cache=memory would hold about .* GiB .*set data\.cache=disk"):
+    with pytest.raises(ValueError, match=r"data\.cache=memory would hold about .* GiB .*Set data\.cache=disk"):
         _build(cfg, split, tmp_path, "memory", **huge)
     with pytest.raises(ValueError, match=r"data\.cache=disk would write about .* GiB .* free\."):
         _build(cfg, split, tmp_path / "ray", "disk", **huge)
