@@ -40,7 +40,6 @@ __all__ = [
     "FeatureStore",
     "open_stores",
     "register_store",
-    "store_tokens",
     "store_batch",
     "check_stores",
 ]
@@ -268,11 +267,6 @@ def open_stores(path: str | os.PathLike) -> dict[str, FeatureStore]:
     if not isinstance(experts, dict) or not experts:
         raise FeatureStoreError(f"{path / INDEX}: key 'experts' must map expert names to store folders")
     return {name: FeatureStore(path / sub) for name, sub in experts.items()}
-
-
-def store_tokens(stores: Mapping[str, FeatureStore], video_id: str, max_tokens: int) -> dict[str, np.ndarray]:
-    """``feat/<e>`` float32 (N, D) and ``feat_mask/<e>`` bool (N,) for one clip from each store."""
-    return {k: v[0] for k, v in store_batch(stores, [video_id], max_tokens).items()}
 
 
 def store_batch(stores: Mapping[str, FeatureStore], video_ids: list[str], max_tokens: int) -> dict[str, np.ndarray]:

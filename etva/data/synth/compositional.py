@@ -11,7 +11,7 @@ and distractors that each differ from it in exactly ONE binding and in nothing e
 - ``sound_moment``: the sound plays during the other event.
 
 Every such change keeps every global statistic of the clip: the same colours, shapes, motions, sound
-and background, in the same amounts (:func:`global_stats`). A model that pools each modality over the
+and background, in the same amounts (the multisets of colours, shapes and motions). A model that pools each modality over the
 clip (the global alignment alone) sees a target and its distractors as identical; telling them apart
 needs word-to-moment/region matching (the fine-grained alignment). Captions name both events in order,
 each object with its bound attributes, and when the sound plays, in paraphrased forms (synonyms, object
@@ -44,7 +44,6 @@ __all__ = [
     "CompositionalSpec",
     "sample_spec",
     "change_binding",
-    "global_stats",
     "sample_group",
     "grouped_specs",
     "caption",
@@ -143,18 +142,6 @@ def change_binding(spec: CompositionalSpec, binding: str) -> CompositionalSpec:
     events = list(spec.events)
     events[k] = _swap(events[k], what)
     return replace(spec, events=tuple(events))
-
-
-def global_stats(spec: CompositionalSpec) -> tuple:
-    """What a clip-level pooled view sees: the multisets of colours, shapes and motions, sound, background."""
-    objs = [o for ev in spec.events for o in ev.objects]
-    return (
-        tuple(sorted(o.colour for o in objs)),
-        tuple(sorted(o.shape for o in objs)),
-        tuple(sorted(o.motion for o in objs)),
-        spec.sound,
-        spec.background,
-    )
 
 
 def sample_group(

@@ -16,9 +16,9 @@ from etva.data.feature_store import (
     FeatureStoreWriter,
     open_stores,
     register_store,
+    store_batch,
     store_dir,
     store_key,
-    store_tokens,
 )
 from etva.data.sources.features import MANIFEST_NAME
 
@@ -109,10 +109,10 @@ def test_open_stores_and_tokens(tmp_path):
     stores = open_stores(tmp_path)
     assert sorted(stores) == ["appearance", "audio"]
     assert list(open_stores(a)) == ["appearance"]
-    t = store_tokens(stores, "v1", 8)
+    t = {k: v[0] for k, v in store_batch(stores, ["v1"], 8).items()}
     assert t["feat/appearance"].shape == (8, 6) and t["feat_mask/appearance"].sum() == 3
     assert t["feat/audio"].shape == (8, 4) and not t["feat_mask/audio"].any()  # unavailable, not skipped
-    assert store_tokens(stores, "v0", 8)["feat_mask/appearance"].all()  # 40 sampled down to 8
+    assert store_batch(stores, ["v0"], 8)["feat_mask/appearance"][0].all()  # 40 sampled down to 8
     with pytest.raises(FeatureStoreError, match="stores.json: not found"):
         open_stores(tmp_path / "nowhere")
 
