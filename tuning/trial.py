@@ -72,19 +72,20 @@ def _trainer(ctx: SweepContext, cfg: Config, client, run_id: str, marks: dict[st
 
 
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
-    """Tune trainable: fit one TorchTrainer; finish the trial's MLflow child run when it completes.
+    """Tune trainable: fit one TorchTrainer; write the trial's record when it completes.
 
     A trial that ASHA stops is killed inside ``fit``; ``tuning.callbacks.SweepMlflowCallback`` (in the
-    sweep driver) then finishes its child run instead.
+    sweep driver) records its child run instead. A Train worker that dies is restarted by the trial's
+    own trainer (``ray.max_failures``), from the trial's last checkpoint.
     """
     entered = time.time()
     from ray import tune
 
     from ray_jobs.driver import disable_mlflow_telemetry, setup_logging
     from ray_jobs.profiling import process_started_at
-    from ray_jobs.tracking import finish_run, get_client
+    from ray_jobs.tracking import get_client
     from ray_jobs.train import best_of
-    from tuning.mlflow_sweep import EARLY_TAG, mark_stopped, start_or_resume_child
+    from tuning.mlflow_sweep import EARLY_TAG, record_trial, start_or_resume_child
 
     marks = {"trial_process_start": process_started_at(), "trial_start": entered, "imports_done": time.time()}
     setup_logging()
@@ -103,21 +104,23 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     try:
         trainer = _trainer(ctx, cfg, client, run_id, marks)
         result = trainer.fit()
-        best, best_path = best_of(result)
-        history = (result.return_value or {}).get("history", {}) if hasattr(result, "return_value") else {}
-        epochs = len(history) or int(best.get("epoch", -1)) + 1
-        if client is not None and client.get_run(run_id).data.tags.get(EARLY_TAG) == "true":
-            # Tune stopped this trial (ASHA) while its last epoch still ran: the sweep driver's
-            # SweepMlflowCallback has already finished the run with that verdict; do not overwrite it
-            logger.info("trial %s: stopped by the scheduler; its MLflow run is already finished", trial_id)
-            return
-        if client is not None:
-            mark_stopped(client, run_id, early=False, reason="completed", epochs=epochs)
-        finish_run(client, run_id, best, best_path, "FINISHED")
     except Exception:
-        # also reached when Tune stops this trial (ASHA, max_t, time budget): the sweep driver's
-        # SweepMlflowCallback then sets the final status, which wins over this FAILED
+        # also reached when Tune stops this trial (ASHA): the sweep driver's SweepMlflowCallback has
+        # recorded it already (before stopping it), and record_trial leaves that record alone
         if client is not None and client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "etva.stop_reason", "error")
-            client.set_terminated(run_id, status="FAILED")
+            record_trial(client, run_id, status="FAILED", reason="error")
         raise
+    if client is None:
+        return
+    if client.get_run(run_id).data.tags.get(EARLY_TAG) == "true":
+        # Tune stopped this trial (ASHA) while its last epoch still ran: its verdict is recorded
+        logger.info("trial %s: stopped by the scheduler; its MLflow run is already finished", trial_id)
+        return
+    # the trial's own record, from its own result: the history holds every epoch of the Train run,
+    # also those run before a restart (it is restored from the checkpoint)
+    best, best_path = best_of(result)
+    history = (result.return_value or {}).get("history", {}) if hasattr(result, "return_value") else {}
+    epochs = len(history) or int(best.get("epoch", -1)) + 1
+    record_trial(
+        client, run_id, status="FINISHED", reason="completed", epochs=epochs, best=best, checkpoint=best_path
+    )
