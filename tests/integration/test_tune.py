@@ -35,7 +35,7 @@ from etva.data.synth import generate_dataset
 from ray_jobs.batches import FAIL_AT_EPOCH_ENV, FAIL_ONCE_MARKER_ENV
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 EXPERIMENT = "etva-tune-it"
 NAME = "it-sweep"
@@ -112,10 +112,10 @@ def _wait_for_ended_trials(proc, client, exp_dir: Path, n: int, log: Path, timeo
     raise AssertionError(f"fewer than {n} trials ended in {timeout_s} s:\n{log.read_text()[-4000:]}")
 
 
-ALIVE_ACTORS = (
+ALIVE_ACTORS = (  # a job's own actors; detached ones (Ray Data's stats actor) outlive every job
     "import sys; from ray.util.state import list_actors; "
-    "print(' '.join(a.actor_id for a in list_actors(address=sys.argv[1], "
-    "filters=[('state', '=', 'ALIVE')], limit=10000)))"
+    "print(' '.join(f'{a.actor_id}:{a.class_name}' for a in list_actors(address=sys.argv[1], "
+    "filters=[('state', '=', 'ALIVE')], limit=10000, detail=True) if not a.is_detached))"
 )
 
 
