@@ -112,8 +112,12 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         raise
     if client is None:
         return
-    if client.get_run(run_id).data.tags.get(EARLY_TAG) == "true":
-        # Tune stopped this trial (ASHA) while its last epoch still ran: its verdict is recorded
+    run = client.get_run(run_id)
+    if run.data.tags.get(EARLY_TAG) == "true":
+        # Tune stopped this trial (ASHA) while its last epoch still ran: its verdict is recorded. (A
+        # trial rerun after a sweep resume reopened the run: it is closed again with that verdict.)
+        if run.info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
         logger.info("trial %s: stopped by the scheduler; its MLflow run is already finished", trial_id)
         return
     # the trial's own record, from its own result: the history holds every epoch of the Train run,
