@@ -363,5 +363,9 @@ def test_killed_train_worker_retried_and_every_metric_logged_once(sweep):
         assert sorted(steps) == list(range(len(steps))), (run.info.run_name, steps)  # each epoch once
         for key in ("best/t2v_R1", "trial/epochs", "trial/stopped_early"):
             assert len(client.get_metric_history(rid, key)) == 1, (run.info.run_name, key)
-        resumed += bool(client.get_metric_history(rid, "train/resumed_from_epoch"))
+        restarts = client.get_metric_history(rid, "train/resumed_from_epoch")
+        resumed += bool(restarts)
+        stamps = sorted((m.step, m.timestamp) for m in client.get_metric_history(rid, "val/t2v_R1"))
+        gaps = [round((b - a) / 1000, 1) for (_, a), (_, b) in zip(stamps, stamps[1:])]
+        print(f"trial {run.info.run_name}: resumed at {[m.step for m in restarts]}, s between epochs {gaps}")
     assert resumed >= 1, "no trial's Train run resumed from a checkpoint"
