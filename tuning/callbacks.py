@@ -1,9 +1,10 @@
 """Sweep-driver side of trials: an ASHA that remembers whom it stopped, and the MLflow finisher.
 
-ASHA stops a trial by stopping its driver function, which dies inside ``TorchTrainer.fit`` and cannot
-finish its own MLflow run. ``SweepMlflowCallback`` (run by Tune in the sweep driver) keeps each trial's
-best report and, when a trial ends with its child run still RUNNING, logs ``best/...`` and the best
-checkpoint with ``ray_jobs.tracking.finish_run`` and tags why it stopped.
+A trial that runs all its epochs ends by itself and its driver writes its record from its own result
+(``tuning.trial``); ASHA therefore never stops a trial at ``max_t`` (that would kill the driver between
+its last report and its record). A trial ASHA stops early dies inside ``TorchTrainer.fit`` and cannot
+record itself: ``SweepMlflowCallback`` (run by Tune in the sweep driver) writes its record with
+``tuning.mlflow_sweep.record_trial`` from the child run's own per-epoch history, and tags why it stopped.
 """
 
 from __future__ import annotations
@@ -11,18 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ray.train import Checkpoint
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from etva.eval.metrics import is_better
-from ray_jobs.tracking import finish_run, get_client
-from tuning.mlflow_sweep import find_child, mark_stopped
+from ray_jobs.tracking import get_client
+from tuning.mlflow_sweep import find_child, record_trial
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_KEY = "checkpoint_path"  # added to reports by TuneReportCallback
-
 
 class RecordingASHA(AsyncHyperBandScheduler):
     """ASHA that records the trials it stopped before ``max_t`` (``stopped_early``: trial ids)."""
@@ -33,7 +29,9 @@ class RecordingASHA(AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
+        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) >= self._max_t:
+            return TrialScheduler.CONTINUE  # its last epoch: the trial ends and records itself
+        if action == TrialScheduler.STOP:
             self.stopped_early.add(trial.trial_id)
             logger.info(
                 "ASHA stops trial %s after %s=%s (%s=%s)",
@@ -56,7 +54,12 @@ def stop_verdict(early: bool, epochs: int, max_epochs: int) -> tuple[str, str]:
 
 
 class SweepMlflowCallback(Callback):
-    """Finish child runs of trials that did not finish themselves (stopped by ASHA, time budget, errors)."""
+    """Write the record of trials that did not finish themselves (stopped by ASHA, errors).
+
+    Holds no per-trial state: Tune's verdict comes from the trial (``last_result`` is restored with a
+    resumed sweep) and the scheduler, the metrics from the child run's own per-epoch history, so a
+    restored callback in a resumed sweep driver writes the same record (``mlflow_sweep.record_trial``).
+    """
 
     def __init__(
         self,
@@ -69,8 +72,6 @@ class SweepMlflowCallback(Callback):
     ) -> None:
         self.mlflow_uri, self.exp_id, self.sweep_name = mlflow_uri, exp_id, sweep_name
         self.metric, self.max_epochs, self.scheduler = metric, max_epochs, scheduler
-        self.best: dict[str, dict] = {}
-        self.epochs: dict[str, int] = {}
         self._client = None
 
     def __getstate__(self) -> dict:  # the Tuner pickles its RunConfig; a client is not picklable
@@ -82,16 +83,9 @@ class SweepMlflowCallback(Callback):
             self._client = get_client(self.mlflow_uri)
         return self._client
 
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        tid = trial.trial_id
-        if "epoch" in result:
-            self.epochs[tid] = max(self.epochs.get(tid, 0), int(result["epoch"]) + 1)
-        if "val/t2v_R1" in result and is_better(result, self.best.get(tid)):
-            self.best[tid] = {k: v for k, v in result.items() if k.startswith("val/") or k == CHECKPOINT_KEY}
-
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         early = self.scheduler is not None and trial.trial_id in self.scheduler.stopped_early
-        status, reason = stop_verdict(early, self.epochs.get(trial.trial_id, 0), self.max_epochs)
+        status, reason = stop_verdict(early, _epochs_reported(trial), self.max_epochs)
         self._finish(trial, status, early, reason)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
@@ -105,22 +99,12 @@ class SweepMlflowCallback(Callback):
             if run is None:
                 logger.warning("trial %s: no MLflow child run found", trial.trial_id)
                 return
-            epochs = self.epochs.get(trial.trial_id, 0)
-            if early:  # tag even when the driver got to finish its run first; Tune's verdict wins
-                mark_stopped(self.client, run.info.run_id, early=True, reason=reason, epochs=epochs)
-                if run.info.status == "FINISHED":
-                    self.client.set_terminated(run.info.run_id, status="KILLED")
-                    return
-            # the dying driver may have closed it as FAILED (Tune stops the trial after this callback
-            # or before it): Tune's verdict wins, but metrics and checkpoint are logged only once
-            if run.info.status != "RUNNING" and not (run.info.status == "FAILED" and status != "FAILED"):
+            # the trial driver records a trial that ends by itself (it finished, with its own result);
+            # Tune's verdict (ASHA, error) wins over a record the dying driver may have written first
+            if not early and run.info.status == "FINISHED":
                 return
-            done = "best/t2v_R1" in run.data.metrics
-            best = None if done else self.best.get(trial.trial_id)
-            ckpt = (best or {}).get(CHECKPOINT_KEY)
-            mark_stopped(self.client, run.info.run_id, early=early, reason=reason, epochs=epochs)
-            metrics = {k: v for k, v in (best or {}).items() if k.startswith("val/")}
-            finish_run(self.client, run.info.run_id, metrics, _local_checkpoint(ckpt), status)
+            epochs = _epochs_reported(trial) if early else None
+            record_trial(self.client, run.info.run_id, status=status, reason=reason, early=early, epochs=epochs)
             logger.info(
                 "trial %s: MLflow run %s finished as %s (%s)", trial.trial_id, run.info.run_id, status, reason
             )
@@ -128,9 +112,7 @@ class SweepMlflowCallback(Callback):
             logger.exception("trial %s: could not finish its MLflow run", trial.trial_id)
 
 
-def _local_checkpoint(path: str | None) -> str | None:
-    """A local directory for the checkpoint at ``path`` (downloaded when it is a URI)."""
-    if not path or "://" not in path:
-        return path
-
-    return Checkpoint(path).to_directory()
+def _epochs_reported(trial) -> int:
+    """Epochs the trial reported to Tune (its last result survives a sweep driver's restart)."""
+    last = trial.last_result or {}
+    return int(last["epoch"]) + 1 if "epoch" in last else 0

@@ -16,14 +16,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pyarrow.fs import FileSelector, FileSystem, FileType
+from ray.train import Checkpoint
+
 from etva.config import Config
 from etva.config.settings import git_commit
 from etva.eval.metrics import HEADLINE_METRICS, selection_key
+from ray_jobs.checkpoints import is_retired
 from ray_jobs.run_record import source_tags
 from ray_jobs.tracking import (
     RUN_NAME_TAG,
     config_params,
     find_run,
+    finish_run,
     log_metrics,
     log_params,
     log_text,
@@ -104,15 +109,79 @@ def mark_stopped(client, run_id: str, *, early: bool, reason: str, epochs: int) 
     log_metrics(client, run_id, {"trial/epochs": epochs, "trial/stopped_early": int(early)})
 
 
+def logged_epochs(client, run_id: str) -> dict[int, dict[str, float]]:
+    """The run's own per-epoch ``val/`` metrics as logged by rank 0 of its Train run (step = epoch)."""
+    per_epoch: dict[int, dict[str, float]] = {}
+    for key in client.get_run(run_id).data.metrics:
+        if key.startswith("val/"):
+            for m in client.get_metric_history(run_id, key):
+                per_epoch.setdefault(int(m.step), {})[key] = m.value
+    return per_epoch
+
+
+def _epoch_checkpoint(run, epoch: int) -> str | None:
+    """The live checkpoint folder of ``epoch`` in the trial's Train run (its ``ray.storage_path`` param
+    and run-name tag), as a local directory; None when there is none."""
+    storage, name = run.data.params.get("ray.storage_path"), run.data.tags.get(RUN_NAME_TAG)
+    if not storage or not name:
+        return None
+    fs, root = FileSystem.from_uri(storage if "://" in storage else f"file://{storage}")
+    infos = fs.get_file_info(FileSelector(f"{root}/{name}", allow_not_found=True))
+    prefix = f"epoch_{epoch:04d}"
+    dirs = sorted(i.path for i in infos if i.type == FileType.Directory and i.base_name.startswith(prefix))
+    for path in reversed(dirs):  # a redone epoch (``_redo<time>``) is newer than the first attempt
+        ckpt = Checkpoint(path, filesystem=fs)
+        if not is_retired(ckpt):
+            return path if "://" not in storage else ckpt.to_directory()
+    return None
+
+
+def record_trial(
+    client, run_id: str, *, status: str, reason: str, early: bool = False, epochs: int | None = None,
+    best: dict | None = None, checkpoint: str | None = None,
+) -> None:  # fmt: skip
+    """Write the trial's record once: why it stopped and how many epochs (``mark_stopped``), ``best/...``
+    with its best checkpoint as the run's model (``finish_run``), and the final status.
+
+    Idempotent, so the trial driver, the sweep driver and a resumed sweep driver may all call it: what is
+    already on the run is not logged again (an early stop is Tune's verdict and re-tags). What the caller
+    does not pass comes from the run's own per-epoch history (``logged_epochs``) and Train checkpoints.
+    """
+    run = client.get_run(run_id)
+    tags, done = run.data.tags, "best/t2v_R1" in run.data.metrics
+    history = logged_epochs(client, run_id) if (epochs is None or not (best or done)) else {}
+    # a trial's own verdict replaces the one an earlier sweep driver wrote when it stopped it unfinished
+    stale = epochs is not None and (tags.get(REASON_TAG), tags.get("etva.epochs_run")) != (reason, str(epochs))
+    if epochs is None:
+        epochs = len(history)
+    if "etva.epochs_run" not in tags or (early and tags.get(EARLY_TAG) != "true") or (stale and not done):
+        mark_stopped(client, run_id, early=early, reason=reason, epochs=epochs)
+    if done:
+        if run.info.status != status:
+            client.set_terminated(run_id, status=status)
+        return
+    if not best and history:
+        e, metrics = max(history.items(), key=lambda em: selection_key(em[1]))
+        best, checkpoint = {**metrics, "epoch": e}, None
+    if best and checkpoint is None:
+        checkpoint = _epoch_checkpoint(run, int(best.get("epoch", 0)))
+    finish_run(client, run_id, best or None, checkpoint, status)
+
+
 def close_unfinished(client, exp_id: str, parent_id: str) -> int:
-    """Mark child runs still RUNNING after the sweep returned (time budget, interrupt) as KILLED."""
+    """After the sweep returned: child runs still RUNNING (time budget, interrupt, a killed earlier sweep
+    driver: orphans) are closed as KILLED, and every closed child lacking its record gets it from its own
+    history (``record_trial``). Returns the number of orphans closed."""
     n = 0
     for run in child_runs(client, exp_id, parent_id):
-        if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, REASON_TAG, "interrupted")
-            client.set_tag(run.info.run_id, EARLY_TAG, "false")
-            client.set_terminated(run.info.run_id, status="KILLED")
+        status, tags = run.info.status, run.data.tags
+        if status == "RUNNING":
+            record_trial(client, run.info.run_id, status="KILLED", reason="interrupted")
             n += 1
+        elif "etva.epochs_run" not in tags or "best/t2v_R1" not in run.data.metrics:
+            reason = tags.get(REASON_TAG, "error" if status == "FAILED" else "interrupted")
+            early = tags.get(EARLY_TAG) == "true"
+            record_trial(client, run.info.run_id, status=status, reason=reason, early=early)
     return n
 
 

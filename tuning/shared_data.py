@@ -45,13 +45,13 @@ OUTCOME_TAG = "etva.sweep.prepared"  # the parent run: what the driver prepared,
 
 def data_key(cfg: Config) -> str:
     """A digest of every setting the prepared data depends on: the data section, the number of Train
-    workers (one evaluation shard per rank), the decode parallelism (blocks) and the seed (the order of
-    the training rows)."""
+    workers (one evaluation shard per rank) and the decode parallelism (blocks). Not ``train.seed``:
+    a seed sweep (or a study's seeds) shares one decoded set; each trial's order still follows its own
+    seed (the worker's local shuffle and caption sampling, ``ray_jobs.batches``)."""
     settings = {
         "data": asdict(cfg.data),
         "num_workers": cfg.ray.num_workers,
         "decode_concurrency": cfg.ray.decode_concurrency,
-        "seed": cfg.train.seed,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -20,9 +20,9 @@ from etva.config import Config, config_from_dict
 from ray_jobs.driver import disable_mlflow_telemetry, setup_logging
 from ray_jobs.profiling import process_started_at
 from ray_jobs.run_record import log_dataset_inputs
-from ray_jobs.tracking import finish_run, get_client
+from ray_jobs.tracking import get_client
 from ray_jobs.train import best_of, build_trainer
-from tuning.mlflow_sweep import EARLY_TAG, mark_stopped, start_or_resume_child
+from tuning.mlflow_sweep import EARLY_TAG, record_trial, start_or_resume_child
 from tuning.shared_data import log_preparation, trial_data
 from tuning.space import SearchSpace, apply_params, trial_params
 
@@ -77,10 +77,11 @@ def _trainer(ctx: SweepContext, cfg: Config, client, run_id: str, marks: dict[st
 
 
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
-    """Tune trainable: fit one TorchTrainer; finish the trial's MLflow child run when it completes.
+    """Tune trainable: fit one TorchTrainer; write the trial's record when it completes.
 
     A trial that ASHA stops is killed inside ``fit``; ``tuning.callbacks.SweepMlflowCallback`` (in the
-    sweep driver) then finishes its child run instead.
+    sweep driver) records its child run instead. A Train worker that dies is restarted by the trial's
+    own trainer (``ray.max_failures``), from the trial's last checkpoint.
     """
     entered = time.time()
 
@@ -101,25 +102,31 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     try:
         trainer = _trainer(ctx, cfg, client, run_id, marks)
         result = trainer.fit()
-        best, best_path = best_of(result)
-        history = (result.return_value or {}).get("history", {}) if hasattr(result, "return_value") else {}
-        epochs = len(history) or int(best.get("epoch", -1)) + 1
-        if client is not None and client.get_run(run_id).data.tags.get(EARLY_TAG) == "true":
-            # Tune stopped this trial (ASHA) while its last epoch still ran: the sweep driver's
-            # SweepMlflowCallback has already finished the run with that verdict; do not overwrite it
-            logger.info("trial %s: stopped by the scheduler; its MLflow run is already finished", trial_id)
-            return
-        if cfg.data.test_split and best_path:  # the selected epoch on the test split (+ per-query ranks)
-            from tuning.study import report_test
-
-            report_test(cfg, best, best_path, client, run_id)
-        if client is not None:
-            mark_stopped(client, run_id, early=False, reason="completed", epochs=epochs)
-        finish_run(client, run_id, best, best_path, "FINISHED")
     except Exception:
-        # also reached when Tune stops this trial (ASHA, max_t, time budget): the sweep driver's
-        # SweepMlflowCallback then sets the final status, which wins over this FAILED
+        # also reached when Tune stops this trial (ASHA): the sweep driver's SweepMlflowCallback has
+        # recorded it already (before stopping it), and record_trial leaves that record alone
         if client is not None and client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "etva.stop_reason", "error")
-            client.set_terminated(run_id, status="FAILED")
+            record_trial(client, run_id, status="FAILED", reason="error")
         raise
+    if client is None:
+        return
+    run = client.get_run(run_id)
+    if run.data.tags.get(EARLY_TAG) == "true":
+        # Tune stopped this trial (ASHA) while its last epoch still ran: its verdict is recorded. (A
+        # trial rerun after a sweep resume reopened the run: it is closed again with that verdict.)
+        if run.info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+        logger.info("trial %s: stopped by the scheduler; its MLflow run is already finished", trial_id)
+        return
+    # the trial's own record, from its own result: the history holds every epoch of the Train run,
+    # also those run before a restart (it is restored from the checkpoint)
+    best, best_path = best_of(result)
+    history = (result.return_value or {}).get("history", {}) if hasattr(result, "return_value") else {}
+    epochs = len(history) or int(best.get("epoch", -1)) + 1
+    if cfg.data.test_split and best_path:  # the selected epoch on the test split (+ per-query ranks)
+        from tuning.study import report_test  # lazy: tuning.study imports this module
+
+        report_test(cfg, best, best_path, client, run_id)
+    record_trial(
+        client, run_id, status="FINISHED", reason="completed", epochs=epochs, best=best, checkpoint=best_path
+    )

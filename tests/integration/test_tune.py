@@ -10,13 +10,18 @@ tie. ``train/lr`` (the learning rate at the end of the epoch) is about 1e-9 for 
 learn (optim.lr = 1e-9) and about 1e-3 for the others, so trial 2 is below the median of trials 1-2 at the first
 rung and is stopped, deterministically. (The default metric stays val/t2v_R1.)
 
-The driver is killed (SIGKILL) once the ASHA-stopped trial's MLflow run is closed; re-running the same
-command must resume: trials 1-2 are not run again (no new child runs, their Tune results untouched),
-trials 3-4 run, and the same parent run is continued.
+The driver is killed (SIGKILL) once two trials are recorded (their MLflow runs closed with their record)
+and Tune's saved state shows both ended; re-running the same command must resume: trials 1-2 are not run
+again (no new child runs, their Tune results untouched), trials 3-4 run, and the same parent run is
+continued. In the resumed run a Train worker of a trial dies mid-epoch once (fault injection:
+``ETVA_FAIL_AT_EPOCH``): the trial's own trainer restarts it from its last checkpoint (``ray.max_failures``)
+and every metric is still logged exactly once. Every wait is on state (MLflow, Tune's saved state, the
+head's actors), never on time.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -27,15 +32,16 @@ import pytest
 
 from etva.config import load_config
 from etva.data.synth import generate_dataset
+from ray_jobs.batches import FAIL_AT_EPOCH_ENV, FAIL_ONCE_MARKER_ENV
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 EXPERIMENT = "etva-tune-it"
 NAME = "it-sweep"
 LOW_LR = 1e-9  # the config refuses lr = 0; this rate cannot move the weights in two epochs either
 SPACE = "optim.lr: {grid: [0.003, 1.0e-9]}\ntrain.seed: {grid: [0, 1]}\n"  # 1.0e-9 = LOW_LR
-SWEEP_TIMEOUT_S = 240  # one run of the sweep command; a hung trial fails the test instead of CI
+SWEEP_TIMEOUT_S = 360  # one run of the sweep command; a hung trial fails the test instead of CI
 
 
 def _sweep_cmd(tmp: Path, cluster, space: Path, name: str = NAME) -> list[str]:
@@ -65,6 +71,7 @@ def _sweep_cmd(tmp: Path, cluster, space: Path, name: str = NAME) -> list[str]:
         "tune.max_epochs=2",
         "tune.reduction_factor=2",
         "tune.max_concurrent_trials=1",
+        "ray.max_failures=1",  # a trial's Train run restarts a dead worker once
         f"tune.time_budget_s={SWEEP_TIMEOUT_S - 20}",
     ]
 
@@ -77,18 +84,56 @@ def _children(client, exp_id: str) -> list:
     return [r for r in client.search_runs([exp_id]) if r.data.tags.get("etva.role") == "trial"]
 
 
-def _wait_for_closed_trials(proc, client, n: int, log: Path, timeout_s: float) -> None:
+def _recorded(client) -> int:
+    """Child runs closed with their record (epochs run, why they stopped)."""
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = _children(client, exp.experiment_id) if exp is not None else []
+    return sum(r.info.status != "RUNNING" and "etva.epochs_run" in r.data.tags for r in runs)
+
+
+def _tune_ended(exp_dir: Path) -> int:
+    """Trials Tune's saved sweep state (what a resumed driver restores) shows as ended."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except (ValueError, KeyError, OSError):  # being written: read it on the next poll
+        return 0
+    return sum(json.loads(t)["status"] in ("TERMINATED", "ERROR") for t, _ in trials)
+
+
+def _wait_for_ended_trials(proc, client, exp_dir: Path, n: int, log: Path, timeout_s: float) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         assert proc.poll() is None, f"sweep exited early ({proc.returncode}):\n{log.read_text()[-4000:]}"
-        exp = client.get_experiment_by_name(EXPERIMENT)
-        if exp is not None:
-            closed = [r for r in _children(client, exp.experiment_id) if r.info.status != "RUNNING"]
-            if len(closed) >= n:
-                return
+        if _recorded(client) >= n and _tune_ended(exp_dir) >= n:
+            return
         time.sleep(1.0)
     proc.kill()
-    raise AssertionError(f"fewer than {n} trials finished in {timeout_s} s:\n{log.read_text()[-4000:]}")
+    raise AssertionError(f"fewer than {n} trials ended in {timeout_s} s:\n{log.read_text()[-4000:]}")
+
+
+ALIVE_ACTORS = (  # a job's own actors; detached ones (Ray Data's stats actor) outlive every job
+    "import sys; from ray.util.state import list_actors; "
+    "print(' '.join(f'{a.actor_id}:{a.class_name}' for a in list_actors(address=sys.argv[1], "
+    "filters=[('state', '=', 'ALIVE')], limit=10000, detail=True) if not a.is_detached))"
+)
+
+
+def _alive_actors(cluster, env) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", ALIVE_ACTORS, cluster.dashboard_url],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return set(out.stdout.split())
+
+
+def _wait_for_actors_gone(cluster, env, baseline: set[str], timeout_s: float) -> None:
+    """The killed driver's trial and Train actors are gone (the head released their resources)."""
+    deadline = time.time() + timeout_s
+    while (left := _alive_actors(cluster, env) - baseline) and time.time() < deadline:
+        time.sleep(1.0)
+    assert not left, f"actors of the killed sweep driver still alive after {timeout_s} s: {left}"
 
 
 def _trial_results(exp_dir: Path) -> dict[str, int]:
@@ -108,14 +153,14 @@ def sweep(local_cluster, tmp_path_factory):
     space.write_text(SPACE)
     client = MlflowClient(local_cluster.mlflow_uri)
     cmd, env = _sweep_cmd(tmp, local_cluster, space), _env(local_cluster)
+    baseline = _alive_actors(local_cluster, env)
 
     t0 = time.time()
     log1 = tmp / "sweep1.log"
     with open(log1, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            _wait_for_closed_trials(proc, client, 2, log1, SWEEP_TIMEOUT_S)
-            time.sleep(4)  # > TUNE_GLOBAL_CHECKPOINT_S (2 s): Tune's state has seen both trials end
+            _wait_for_ended_trials(proc, client, tmp / "runs" / NAME, 2, log1, SWEEP_TIMEOUT_S)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
@@ -123,13 +168,15 @@ def sweep(local_cluster, tmp_path_factory):
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     before = {r.data.tags["etva.trial_id"]: r for r in _children(client, exp_id)}
     results_before = _trial_results(tmp / "runs" / NAME)
-    time.sleep(3)  # let the head notice the dead driver and release its trial's resources
+    _wait_for_actors_gone(local_cluster, env, baseline, 120)
 
     t0 = time.time()
     log2 = tmp / "sweep2.log"
+    marker = tmp / "worker-killed"  # fault injection: the first Train worker to start epoch 1 dies once
+    env2 = {**env, FAIL_AT_EPOCH_ENV: "1", FAIL_ONCE_MARKER_ENV: str(marker)}
     with open(log2, "w") as out:
         second = subprocess.run(
-            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=SWEEP_TIMEOUT_S
+            cmd, cwd=REPO, env=env2, stdout=out, stderr=subprocess.STDOUT, timeout=SWEEP_TIMEOUT_S
         )
     assert second.returncode == 0, log2.read_text()[-6000:]
     print(f"sweep: first run (killed after 2 trials) {first_s:.0f} s, resumed run {time.time() - t0:.0f} s")
@@ -140,6 +187,7 @@ def sweep(local_cluster, tmp_path_factory):
         "before": before,
         "results_before": results_before,
         "log2": log2.read_text(),
+        "worker_killed": marker.exists(),
         "cmd": cmd,
         "env": env,
     }
@@ -298,3 +346,26 @@ def test_the_resumed_sweep_reused_the_tokenizer(sweep):
     history = sorted(client.get_metric_history(parent.info.run_id, "prep/tokenizer_trained"), key=lambda m: m.timestamp)
     assert [m.value for m in history] == [1.0, 0.0]
     assert all(r.data.tags["etva.data.prepared_by"] == "sweep" for r in _children(client, exp_id))
+
+
+def test_killed_train_worker_retried_and_every_metric_logged_once(sweep):
+    """The resumed sweep lost a Train worker mid-epoch: its trial's trainer restarted it from the last
+    checkpoint; no child run is RUNNING or duplicated and each metric of each trial is logged once."""
+    client, exp_id = sweep["client"], sweep["exp_id"]
+    assert sweep["worker_killed"], "the fault was not injected"
+    children = _children(client, exp_id)
+    assert len({r.data.tags["etva.trial_id"] for r in children}) == len(children) == 4
+    resumed = 0
+    for run in children:
+        rid = run.info.run_id
+        assert run.info.status in ("FINISHED", "KILLED"), (run.info.run_name, run.info.status)
+        steps = [m.step for m in client.get_metric_history(rid, "val/t2v_R1")]
+        assert sorted(steps) == list(range(len(steps))), (run.info.run_name, steps)  # each epoch once
+        for key in ("best/t2v_R1", "trial/epochs", "trial/stopped_early"):
+            assert len(client.get_metric_history(rid, key)) == 1, (run.info.run_name, key)
+        restarts = client.get_metric_history(rid, "train/resumed_from_epoch")
+        resumed += bool(restarts)
+        stamps = sorted((m.step, m.timestamp) for m in client.get_metric_history(rid, "val/t2v_R1"))
+        gaps = [round((b - a) / 1000, 1) for (_, a), (_, b) in zip(stamps, stamps[1:])]
+        print(f"trial {run.info.run_name}: resumed at {[m.step for m in restarts]}, s between epochs {gaps}")
+    assert resumed >= 1, "no trial's Train run resumed from a checkpoint"

@@ -68,3 +68,33 @@ def test_sweep_picture_groups_seeds_into_mean_and_spread(tmp_path, make_run):
     assert is_seed("train.seed") and not is_seed("model.num_clusters")
     assert plot_summary(rows, keys, str(tmp_path / "p.png"))
     assert plot_summary(rows, ["train.seed"], str(tmp_path / "seeds.png"))  # only seeds: one spread
+
+
+def test_record_trial_from_the_runs_own_history_once(tmp_path):
+    """A trial's record comes from its own per-epoch history when nobody holds it; writing it again (a
+    resumed sweep driver, a second writer) changes nothing; an orphan RUNNING child is closed with it."""
+    from mlflow.tracking import MlflowClient
+
+    from tuning.mlflow_sweep import PARENT_TAG, close_unfinished, record_trial
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("t", artifact_location=str(tmp_path / "art"))
+    parent = client.create_run(exp).info.run_id
+    runs = [client.create_run(exp, tags={PARENT_TAG: parent, "etva.role": "trial"}).info.run_id for _ in "ab"]
+    for run_id in runs:
+        for epoch, (r1, mdr) in enumerate([(10.0, 5.0), (30.0, 2.0), (30.0, 3.0)]):
+            client.log_metric(run_id, "val/t2v_R1", r1, step=epoch)
+            client.log_metric(run_id, "val/t2v_MdR", mdr, step=epoch)
+    for _ in range(2):
+        record_trial(client, runs[0], status="KILLED", reason="asha", early=True, epochs=1)
+    assert close_unfinished(client, exp, parent) == 1  # runs[1]: the orphan
+    assert close_unfinished(client, exp, parent) == 0
+    for run_id, status, reason, epochs in [(runs[0], "KILLED", "asha", "1"), (runs[1], "KILLED", "interrupted", "3")]:
+        run = client.get_run(run_id)
+        assert run.info.status == status
+        t = run.data.tags
+        assert (t["etva.stop_reason"], t["etva.epochs_run"]) == (reason, epochs)
+        assert t["etva.early_stopped"] == ("true" if reason == "asha" else "false")
+        assert [m.value for m in client.get_metric_history(run_id, "best/t2v_R1")] == [30.0]  # once
+        assert run.data.metrics["best/t2v_MdR"] == 2.0  # the selection rule's epoch: R@1, then MdR
+        assert len(client.get_metric_history(run_id, "trial/epochs")) == 1

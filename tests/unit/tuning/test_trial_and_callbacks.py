@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from etva.config import ConfigError, config_to_dict
-from tuning.callbacks import CHECKPOINT_KEY, SweepMlflowCallback, stop_verdict
+from tuning.callbacks import SweepMlflowCallback, _epochs_reported, stop_verdict
 from tuning.space import load_space
 from tuning.trial import SweepContext, trial_config
 
@@ -46,20 +46,14 @@ def test_stop_verdict(early, epochs, expected):
     assert stop_verdict(early, epochs, max_epochs=3) == expected
 
 
-def test_callback_keeps_each_trials_best_report_and_epoch_count():
+def test_callback_takes_the_epochs_from_the_trials_last_result():
+    """No per-trial state in the callback: the epoch count comes from Tune's last result, which a
+    resumed sweep driver restores (a driver restarted mid-sweep knows as much as the one before)."""
     cb = SweepMlflowCallback("", "", "clusters", "val/t2v_R1", max_epochs=3)
-    a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
-    reports = [
-        (a, {"epoch": 0, "val/t2v_R1": 10.0, "val/t2v_MdR": 9.0, CHECKPOINT_KEY: "/c/0", "train/loss": 3.0}),
-        (a, {"epoch": 1, "val/t2v_R1": 30.0, "val/t2v_MdR": 4.0, CHECKPOINT_KEY: "/c/1"}),
-        (a, {"epoch": 2, "val/t2v_R1": 30.0, "val/t2v_MdR": 5.0, CHECKPOINT_KEY: "/c/2"}),  # tie, worse MdR
-        (b, {"epoch": 0, "val/t2v_R1": 5.0, "val/t2v_MdR": 20.0, CHECKPOINT_KEY: "/d/0"}),
-        (b, {"epoch": 1}),  # a report without metrics still counts the epoch
-    ]
-    for trial, result in reports:
-        cb.on_trial_result(0, [], trial, result)
-    assert cb.best["a"] == {"val/t2v_R1": 30.0, "val/t2v_MdR": 4.0, CHECKPOINT_KEY: "/c/1"}
-    assert cb.best["b"][CHECKPOINT_KEY] == "/d/0"
-    assert cb.epochs == {"a": 3, "b": 2}
-    cb.on_trial_complete(0, [], a)  # no tracking server: nothing to finish, no error
-    assert cb.client is None
+    done = SimpleNamespace(trial_id="a", last_result={"epoch": 2, "val/t2v_R1": 30.0})
+    cut = SimpleNamespace(trial_id="b", last_result={"epoch": 0})
+    fresh = SimpleNamespace(trial_id="c", last_result=None)
+    assert [_epochs_reported(t) for t in (done, cut, fresh)] == [3, 1, 0]
+    assert stop_verdict(False, _epochs_reported(cut), cb.max_epochs) == ("KILLED", "interrupted")
+    cb.on_trial_complete(0, [], done)  # no tracking server: nothing to record, no error
+    assert cb.client is None and not hasattr(cb, "epochs")
