@@ -52,7 +52,6 @@ __all__ = [
     "count_ranks",
     "metrics_from_counts",
     "selection_key",
-    "is_better",
     "ranking_order_by",
     "format_table",
     "retrieval_metrics",
@@ -339,11 +338,6 @@ def ranking_order_by(prefix: str = "best/") -> list[str]:
     """:func:`selection_key` (highest R@1, ties by lowest MdR) as an MLflow ``order_by`` over the metrics
     ``{prefix}t2v_R1`` and ``{prefix}t2v_MdR`` (what ``etva best`` asks the tracking server for)."""
     return [f"metrics.`{prefix}{SELECTION_METRIC}` DESC", f"metrics.`{prefix}{TIE_BREAK_METRIC}` ASC"]
-
-
-def is_better(a: Mapping[str, float], b: Mapping[str, float] | None, prefix: str = "val/") -> bool:
-    """Is ``a`` strictly better than ``b`` by :func:`selection_key` (anything beats ``b=None``)."""
-    return b is None or selection_key(a, prefix) > selection_key(b, prefix)
 
 
 def format_table(metrics: Mapping[str, float], prefix: str = "val/") -> str:

@@ -15,7 +15,6 @@ from etva.eval.metrics import (
     TIE_BREAK_METRIC,
     count_ranks,
     format_table,
-    is_better,
     rank_outcomes,
     retrieval_metrics,
     selection_key,
@@ -262,6 +261,11 @@ def test_retrieval_metrics_query_chunk_gives_identical_numbers() -> None:
         assert retrieval_metrics(sim, qv, query_chunk=chunk) == full
     with pytest.raises(ValueError, match="query_chunk"):
         retrieval_metrics(sim, qv, query_chunk=0)
+
+
+def is_better(a, b, prefix: str = "val/") -> bool:
+    """Strictly better by selection_key (anything beats None): how runs are compared for selection."""
+    return b is None or selection_key(a, prefix) > selection_key(b, prefix)
 
 
 def test_selection_key_max_r1_then_lower_mdr() -> None:
