@@ -70,6 +70,35 @@ def find_child(client, exp_id: str, sweep_name: str, trial_id: str):
     )
 
 
+# metrics a trial's record adds besides its epochs' reports; not part of what it reported to Tune
+_RECORD_PREFIXES = ("best/", "trial/", "test/")
+
+
+def ended_trial_result(client, exp_id: str, sweep_name: str, trial_id: str) -> dict[str, Any] | None:
+    """The last result a trial reported to Tune, rebuilt from its MLflow child run, when that run is
+    closed with its record (it completed, or the scheduler stopped it); None otherwise.
+
+    Tune snapshots the sweep's state every few seconds: a sweep driver killed between a trial's end and
+    the next snapshot leaves the trial RUNNING in the saved state, and the resumed sweep starts it again.
+    Such a trial must not train again; it hands Tune the result it ended with (``done``: Tune stops it
+    without consulting the scheduler), so Tune's view matches the record.
+    """
+    run = find_child(client, exp_id, sweep_name, trial_id)
+    if run is None or run.info.status not in ("FINISHED", "KILLED") or "etva.epochs_run" not in run.data.tags:
+        return None
+    epochs = int(run.data.tags["etva.epochs_run"])
+    if epochs < 1:
+        return None
+    last = epochs - 1
+    result: dict[str, Any] = {}
+    for key, latest in run.data.metrics.items():
+        if key.startswith(_RECORD_PREFIXES):
+            continue
+        at_last = [m.value for m in client.get_metric_history(run.info.run_id, key) if m.step == last]
+        result[key] = at_last[-1] if at_last else latest
+    return {**result, "epoch": last, "done": True}
+
+
 def start_or_resume_child(
     client,
     exp_id: str,

@@ -22,7 +22,7 @@ from ray_jobs.profiling import process_started_at
 from ray_jobs.run_record import log_dataset_inputs
 from ray_jobs.tracking import get_client
 from ray_jobs.train import best_of, build_trainer
-from tuning.mlflow_sweep import EARLY_TAG, record_trial, start_or_resume_child
+from tuning.mlflow_sweep import EARLY_TAG, ended_trial_result, record_trial, start_or_resume_child
 from tuning.shared_data import log_preparation, trial_data
 from tuning.space import SearchSpace, apply_params, trial_params
 
@@ -94,6 +94,15 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     cfg = trial_config(ctx, params, trial_id)
     client = get_client(ctx.mlflow_uri) if ctx.mlflow_uri else None
     run_id = ""
+    if client is not None and (ended := ended_trial_result(client, ctx.exp_id, ctx.sweep_name, trial_id)):
+        # ended before the sweep driver was killed, after Tune's last snapshot of the sweep: not trained
+        # again, nothing logged again; Tune gets the result the trial ended with and stops it
+        logger.info(
+            "trial %s: already ended (%d epochs, recorded in MLflow); reporting that result to Tune",
+            trial_id, int(ended["epoch"]) + 1,
+        )  # fmt: skip
+        tune.report(ended)
+        return
     if client is not None:
         trial = (trial_id, tctx.get_trial_name())
         run_id = start_or_resume_child(client, ctx.exp_id, ctx.parent_id, ctx.sweep_name, trial, cfg, params)

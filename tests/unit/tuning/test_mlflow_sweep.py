@@ -98,3 +98,29 @@ def test_record_trial_from_the_runs_own_history_once(tmp_path):
         assert [m.value for m in client.get_metric_history(run_id, "best/t2v_R1")] == [30.0]  # once
         assert run.data.metrics["best/t2v_MdR"] == 2.0  # the selection rule's epoch: R@1, then MdR
         assert len(client.get_metric_history(run_id, "trial/epochs")) == 1
+
+
+def test_an_ended_trial_hands_tune_the_result_it_ended_with(tmp_path):
+    """A trial restarted by a resumed sweep after it ended (Tune's snapshot predates its end) gets the
+    result of its last reported epoch back from its child run, marked done; one still running gets None."""
+    from mlflow.tracking import MlflowClient
+
+    from tuning.mlflow_sweep import SWEEP_TAG, TRIAL_TAG, ended_trial_result, record_trial
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("t", artifact_location=str(tmp_path / "art"))
+    ids = {}
+    for trial in ("t1", "t2"):
+        run_id = client.create_run(exp, tags={SWEEP_TAG: "s", TRIAL_TAG: trial, "etva.role": "trial"}).info.run_id
+        for epoch, (r1, lr) in enumerate([(10.0, 1e-3), (30.0, 5e-4)]):
+            client.log_metric(run_id, "val/t2v_R1", r1, step=epoch)
+            client.log_metric(run_id, "train/lr", lr, step=epoch)
+        ids[trial] = run_id
+    assert ended_trial_result(client, exp, "s", "t1") is None  # still RUNNING, no record
+    # stopped by the scheduler after its first epoch (its Train run went on to log a second one)
+    record_trial(client, ids["t1"], status="KILLED", reason="asha", early=True, epochs=1)
+    result = ended_trial_result(client, exp, "s", "t1")
+    assert result == {"val/t2v_R1": 10.0, "train/lr": 1e-3, "epoch": 0, "done": True}
+    assert ended_trial_result(client, exp, "s", "nope") is None
+    record_trial(client, ids["t2"], status="FAILED", reason="error")
+    assert ended_trial_result(client, exp, "s", "t2") is None  # an error is resumed, not replayed
