@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from pathlib import Path
 
 import ray
@@ -103,6 +104,8 @@ def init_ray(address: str, **kwargs) -> None:
     environment is the cluster's and is left alone.
     """
     disable_mlflow_telemetry()
+    if address == "local" or (address == "" and not os.environ.get("RAY_ADDRESS")):
+        _isolate_private_cluster(kwargs)
     if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         env = {
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1"),
@@ -111,6 +114,28 @@ def init_ray(address: str, **kwargs) -> None:
         env.update({k: v for k, v in os.environ.items() if k.startswith("ETVA_")})
         kwargs.setdefault("runtime_env", {"env_vars": env})
     ray.init(address=None if address in ("", "local") else address, **kwargs)
+
+
+def _isolate_private_cluster(kwargs: dict) -> None:
+    """Make the cluster this process is about to start findable by its own processes only.
+
+    Ray's state API, which Ray Train calls from inside the cluster (its placement-group cleaner asks
+    whether the controller actor is alive), finds its cluster through ``RAY_API_SERVER_ADDRESS`` or
+    ``RAY_ADDRESS``, else by scanning the machine for GCS processes. Beside another head (the quickstart's,
+    with ``runs/local/env.sh`` sourced) it then asks the other cluster, or fails with "Found multiple active
+    Ray instances". So: the other cluster's ``RAY_ADDRESS`` is dropped (``ray.init`` would join it), the
+    dashboard gets a free port, and ``RAY_API_SERVER_ADDRESS`` names it before the head starts: the raylet
+    and every worker inherit this process's environment.
+    """
+    os.environ.pop("RAY_ADDRESS", None)
+    if kwargs.get("include_dashboard") is False:  # no state API at all; nothing to point at
+        os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+        return
+    if not kwargs.get("dashboard_port"):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            kwargs["dashboard_port"] = sock.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
 
 
 def storage_path(cfg: Config) -> str:

@@ -88,3 +88,19 @@ def test_train_against_a_stopped_cluster_is_one_line(local_cluster, tmp_path):
     assert proc.returncode == 2 and "not reachable" in lines[-2] and "start_local.sh" in lines[-1], (
         proc.stderr
     )
+
+
+def test_train_local_beside_another_head(local_cluster, tmp_path):
+    """`etva train --local` in a shell that sourced the shared head's env.sh (RAY_ADDRESS,
+    RAY_API_SERVER_ADDRESS set): the job runs on its own private cluster, which never looks at the other
+    head (Ray's state API inside the cluster used to fail with "Found multiple active Ray instances")."""
+    data = tmp_path / "shapes"
+    _ok(etva(local_cluster, "data", "synth", "--out", str(data), "--num-videos", "16", "--duration", "1",
+             "--width", "64", "--height", "48", "--captions-per-video", "2", "--no-progress"))  # fmt: skip
+    assert local_cluster.subprocess_env()["RAY_API_SERVER_ADDRESS"]  # the other head, as env.sh sets it
+    out = _ok(etva(local_cluster, "train", "--local", "--config", "ray_jobs/configs/tiny.yaml",
+                   "--run-name", "local-beside", f"data.root={data}", "train.epochs=1",
+                   f"ray.storage_path={tmp_path / 'runs'}", f"mlflow.experiment={EXPERIMENT}-local"))  # fmt: skip
+    assert "job submit" not in out and re.search(r"epoch 1/1 .*val t2v R@1", out), out[-3000:]
+    assert "Found multiple active Ray instances" not in out and "Traceback" not in out, out[-6000:]
+    assert "Connecting to existing Ray cluster" not in out  # a private cluster, not the shared head
