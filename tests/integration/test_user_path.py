@@ -8,6 +8,9 @@ folders (tiny random encoders saved with ``save_pretrained``), then
     etva best --experiment ... --model-name ...
     etva eval --checkpoint models:/...@champion --split test                          (submitted)
     mlflow.pyfunc.load_model("models:/...@champion").predict(captions x store ids)
+    etva search "..." --model models:/...@champion --store STORE
+
+and the same store path for a second layout (ActivityNet Captions, `activitynet_features.yaml`).
 
 The shipped config is used as it is, plus overrides that only shrink it to this machine (tiny model,
 CPU workers, the encoders' folders): selection stays on videos held out of train (``val_from_train``),
@@ -16,6 +19,7 @@ came from the store."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -30,6 +34,7 @@ from tests.integration.tiny_encoders import encoder_overrides, save_tiny_encoder
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]  # ~20 min at load 70 on 2 cores
 CONFIG = "ray_jobs/configs/msrvtt_1k_a_features.yaml"
+ANET = "ray_jobs/configs/activitynet_features.yaml"
 EXPERIMENT = "etva-user-path"
 HELD_OUT = 4
 
@@ -88,3 +93,40 @@ def test_readme_real_data_path(local_cluster, tmp_path):
     scored = model.predict(frame, params={"feature_store": str(store)})
     assert len(scored) == len(test_ids) and np.isfinite(scored["score"]).all(), scored
     assert (scored["error"] == "").all()
+
+    # etva search over the store with the champion (the index is built from features, no video exists)
+    hits_file = tmp_path / "hits.json"
+    found = _ok(etva(local_cluster, "search", "a red circle", "--model", f"models:/{EXPERIMENT}@champion",
+                     "--store", str(store), "--index", str(tmp_path / "index"), "--top-k", "3",
+                     "--json", str(hits_file), "--no-progress"))  # fmt: skip
+    in_store = set().union(*(s.ids() for s in stores.values()))
+    assert f"{len(in_store)} encoded" in found, found[-3000:]
+    (hits,) = json.loads(hits_file.read_text())
+    assert len(hits["hits"]) == 3 and {h["key"] for h in hits["hits"]} <= in_store, hits
+
+
+def test_second_layout_activitynet(local_cluster, tmp_path):
+    """The same path for ActivityNet Captions (its JSON layout, `v_<id>` videos, paragraph captions):
+    extract with the shipped ActivityNet features config, videos moved away, train selecting on val_2 and
+    reporting every val_1 video from the store."""
+    root, store, models = tmp_path / "anet", tmp_path / "store", save_tiny_encoders(tmp_path / "models")
+    _ok(etva(local_cluster, "data", "synth", "--format", "activitynet", "--out", str(root), "--num-videos",
+             "16", "--duration", "1", "--width", "64", "--height", "48", "--captions-per-video", "2",
+             "--no-progress"))  # fmt: skip
+    val_1 = [r.video_id for r in load_records("activitynet", root, "val_1")]
+    overrides = [
+        f"data.root={root}", *[o for o in SMALL if not o.startswith(("data.val_from_train", "ray.num_workers"))],
+        "ray.num_workers=1", *encoder_overrides(models, with_dims=True), "data.max_text_len=32",
+        f"data.feature_store={store}", f"extract.output_dir={store}",
+        f"ray.storage_path={tmp_path / 'runs'}", f"mlflow.experiment={EXPERIMENT}-anet",
+    ]  # fmt: skip
+    _ok(etva(local_cluster, "extract", "--config", ANET, *overrides))
+    assert all(set(val_1) <= s.ids() for s in open_stores(store).values())
+    videos = [p for p in root.rglob("*") if p.suffix in (".mp4", ".mkv", ".webm")]
+    for video in videos:  # training must not need them
+        video.rename(tmp_path / video.name)
+    out = _ok(etva(local_cluster, "train", "--config", ANET, "--run-name", "user-path-anet", *overrides))
+    assert "checkpoint selected on 'val_2'" in out and "NOTE: selected on the test split" not in out
+    header = re.search(r"split 'val_1': (\d+) queries x (\d+) videos scored", out)
+    assert header and int(header.group(2)) == len(val_1), out[-3000:]
+    assert "not scored" not in out
