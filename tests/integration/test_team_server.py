@@ -5,8 +5,9 @@
   user cannot read it until given READ, and READ does not let it write;
 - `etva train` without a login refuses before submitting and names the variables to set; a
   credentials file that others can read is refused;
-- `etva train` with the job user's credentials file (mode 0600; only its path travels in the job's
-  runtime environment) logs every epoch into PostgreSQL.
+- `etva tune` with the job user's credentials file (mode 0600; only its path travels in the job's
+  runtime environment) submits a 4-trial x 1-epoch sweep, 2 trials at a time: every trial's Train run
+  logs every epoch into PostgreSQL, each metric exactly once.
 """
 
 from __future__ import annotations
@@ -90,7 +91,13 @@ def _train_args(data: Path, storage: Path, run_name: str) -> list[str]:
             f"ray.storage_path={storage}", f"mlflow.experiment={EXPERIMENT}", "train.batch_size=4"]  # fmt: skip
 
 
-def test_train_with_and_without_a_login(local_cluster, team_server, tiny_data, tmp_path, monkeypatch):
+def test_jobs_log_in_from_a_credentials_file_only(local_cluster, team_server, tiny_data, tmp_path, monkeypatch):
+    """Without a login `etva train` refuses before submitting; a credentials file others can read is
+    refused; with the job user's 0600 file, `etva tune` submits a 4-trial x 1-epoch sweep (2 trials at a
+    time, each a Train run logging every epoch into PostgreSQL through the basic-auth server): every metric
+    is logged exactly once, and the password is nowhere in what the Ray dashboard keeps of the job."""
+    from mlflow.tracking import MlflowClient
+
     home = tmp_path / "home"  # no ~/.mlflow/credentials of the machine's user
     home.mkdir()
     args = _train_args(tiny_data, tmp_path / "runs", "team-login")
@@ -109,9 +116,14 @@ def test_train_with_and_without_a_login(local_cluster, team_server, tiny_data, t
     assert proc.returncode == 2 and "chmod 600" in proc.stderr, proc.stderr[-3000:]
 
     creds.chmod(0o600)
-    proc = etva(local_cluster, team_server, *args, env=env)
+    space = tmp_path / "space.yaml"
+    space.write_text("train.seed: {grid: [0, 1, 2, 3]}\n")
+    proc = etva(local_cluster, team_server, "tune", "--config", "ray_jobs/configs/tiny.yaml", "--space",
+                str(space), "--name", "team-sweep", f"data.root={tiny_data}", f"ray.storage_path={tmp_path / 'runs'}",
+                "ray.num_workers=1", "train.batch_size=4", f"mlflow.experiment={EXPERIMENT}-sweep",
+                "tune.num_samples=1", "tune.max_epochs=1", "tune.max_concurrent_trials=2", env=env)  # fmt: skip
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-5000:]
+    assert proc.returncode == 0, out[-6000:]
     job_id = re.search(r"raysubmit_\w+", out).group(0)
     # what the dashboard shows of the job, read in a process with the head's token (Ray loads its auth
     # token once per process: this test process may have loaded "none" before)
@@ -120,45 +132,9 @@ def test_train_with_and_without_a_login(local_cluster, team_server, tiny_data, t
         env=local_cluster.subprocess_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert shown.returncode == 0 and "entrypoint" in shown.stdout, shown.stderr[-3000:]
-    assert password not in shown.stdout
-
-    from mlflow.tracking import MlflowClient
+    assert password not in shown.stdout and str(creds) in shown.stdout  # the file's path travels, not the login
 
     _as(monkeypatch, "etva-jobs", password)
-    client = MlflowClient(team_server.uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    (run,) = client.search_runs([exp.experiment_id], filter_string="tags.`etva.run_name` = 'team-login'")
-    assert run.info.status == "FINISHED"
-    for key in ("val/t2v_R1", "train/loss"):
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1], key
-    assert "best/t2v_R1" in run.data.metrics
-
-
-def test_sweep_logs_every_metric_once(local_cluster, team_server, tiny_data, tmp_path, monkeypatch):
-    """4 trials x 1 epoch, 2 at a time, all writing to PostgreSQL through the basic-auth server."""
-    from mlflow.tracking import MlflowClient
-
-    password = secrets.token_hex(8)
-    _create_user(monkeypatch, team_server, "etva-sweeps", password)
-    creds = tmp_path / "mlflow-credentials"
-    creds.write_text(f"[mlflow]\nmlflow_tracking_username = etva-sweeps\nmlflow_tracking_password = {password}\n")
-    creds.chmod(0o600)
-    space = tmp_path / "space.yaml"
-    space.write_text("train.seed: {grid: [0, 1, 2, 3]}\n")
-    cmd = [
-        sys.executable, "-m", "tuning.sweep", "--config", str(REPO / "ray_jobs/configs/tiny.yaml"),
-        "--space", str(space), "--name", "team-sweep", f"data.root={tiny_data}",
-        f"ray.storage_path={tmp_path / 'runs'}", f"ray.address={local_cluster.ray_address}",
-        "ray.num_workers=1", "train.batch_size=4", f"mlflow.experiment={EXPERIMENT}-sweep",
-        "tune.num_samples=1", "tune.max_epochs=1", "tune.max_concurrent_trials=2",
-    ]  # fmt: skip
-    base = {k: v for k, v in local_cluster.subprocess_env().items() if not k.startswith("MLFLOW_TRACKING_")}
-    env = {**base, "MLFLOW_TRACKING_URI": team_server.uri, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
-           "HOME": str(tmp_path), "ETVA_MLFLOW_CREDENTIALS": str(creds)}  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-
-    _as(monkeypatch, "etva-sweeps", password)
     client = MlflowClient(team_server.uri)
     exp = client.get_experiment_by_name(f"{EXPERIMENT}-sweep")
     runs = client.search_runs([exp.experiment_id])
