@@ -38,7 +38,7 @@ class LocalSettings:
     token_path: Path | None = None  # None = <state>/ray_auth_token
     ray_temp_dir: Path | None = None  # None = <state>/ray, or /tmp/etva-ray-<hash> if that is too long
     mlflow_workers: int = 1
-    start_timeout_s: float = 90.0
+    start_timeout_s: float = 300.0  # a hang guard: `ray start` took over 90 s at load 70 on 2 cores
 
     @classmethod
     def from_env(cls, **overrides: object) -> LocalSettings:
