@@ -44,7 +44,8 @@ def test_epoch_logger_buffers_while_the_server_is_down(local_cluster_factory):
         t0 = time.monotonic()
         logger.log({"val/t2v_R1": 2.0, "train/loss": 0.5}, step=1)
         logger.log({"val/t2v_R1": 3.0}, step=2)
-        assert time.monotonic() - t0 < 30, "logging to a dead server must fail fast"
+        # fail fast: MLflow's own backoff takes about 4 min per call; a loaded machine is slower, not that slow
+        assert time.monotonic() - t0 < 120, "logging to a dead server must fail fast"
         assert len(logger.pending) == 3 and logger.outages == 2
         local.start_mlflow(cluster.settings)
         logger.log({"val/t2v_R1": 4.0}, step=3)  # the next log flushes the buffer first
