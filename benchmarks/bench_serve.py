@@ -204,30 +204,45 @@ def http_load(base: str, clients: int, requests: int, queries: list[str]) -> dic
             "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "first_error": errors[0] if errors else ""}  # fmt: skip
 
 
-@contextlib.contextmanager
-def private_head(num_cpus: int = 4):
-    """A private local Ray head on free ports (no MLflow); stopped and checked for survivors on exit."""
+def _stop_head(local, settings, cluster) -> None:
     import shutil
 
+    left = local.stop_all(settings, ray=True, mlflow=False)
+    survivors = local.leftover_processes(cluster)
+    for p in survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pgid, signal.SIGKILL)
+    shutil.rmtree(settings.state_dir, ignore_errors=True)
+    if any(left.values()) or survivors:
+        print(f"warning: killed processes left by the head: {left} {[p.pid for p in survivors]}")
+
+
+@contextlib.contextmanager
+def private_head(num_cpus: int = 4, attempts: int = 3):
+    """A private local Ray head on free ports (no MLflow); stopped and checked for survivors on exit.
+
+    A start that fails (on a loaded machine `ray start` can miss its GCS deadline) is cleaned up and
+    retried on new ports, ``attempts`` times in all."""
     sys.path.insert(0, str(REPO))
     from cluster import local
     from tests.integration.conftest import make_settings
 
-    settings = make_settings(num_cpus)
-    settings.start_timeout_s = 600.0  # a loaded machine
-    cluster = local.LocalCluster(settings.state_dir, settings=settings)
+    for attempt in range(1, attempts + 1):
+        settings = make_settings(num_cpus)
+        settings.start_timeout_s = 600.0  # a loaded machine
+        cluster = local.LocalCluster(settings.state_dir, settings=settings)
+        try:
+            cluster = local.start_all(settings, ray=True, mlflow=False)
+            break
+        except RuntimeError as e:
+            _stop_head(local, settings, cluster)
+            print(f"head start {attempt}/{attempts} failed: {str(e).splitlines()[0]}", flush=True)
+            if attempt == attempts:
+                raise
     try:
-        cluster = local.start_all(settings, ray=True, mlflow=False)
         yield cluster
     finally:
-        left = local.stop_all(settings, ray=True, mlflow=False)
-        survivors = local.leftover_processes(cluster)
-        for p in survivors:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pgid, signal.SIGKILL)
-        shutil.rmtree(settings.state_dir, ignore_errors=True)
-        if any(left.values()) or survivors:
-            print(f"warning: killed processes left by the head: {left} {[p.pid for p in survivors]}")
+        _stop_head(local, settings, cluster)
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
