@@ -1,22 +1,34 @@
 """Serving figures in one run: vector search at 10k/100k (exact vs approximate, recall@10), 1M with an
-IVF-PQ index (its memory), index build clips/s with the Ray Data job, and HTTP queries/s with p50/p99
-latency at 1, 8 and 32 concurrent loopback clients against `etva serve`'s Serve application.
+IVF-PQ index (its memory and recall@10), index build clips/s with the `etva index` Ray Data job, and HTTP
+queries/s with p50/p99 latency at 1, 8 and 32 concurrent loopback clients against `etva serve`.
 
-    python -m benchmarks.bench_serve                       # sizes 10000,100000 and 1M
-    python -m benchmarks.bench_serve --quick               # 10k/100k, 200k for the IVF-PQ index, 40 clips
+    python -m benchmarks.bench_serve              # 10k/100k IVF64,Flat; 1M IVF64,PQ64x4fs; 40 clips
+    python -m benchmarks.bench_serve --quick      # 10k/50k; 200k for the IVF-PQ index; fewer requests
 
 Vectors are synthetic, of the shipped model's dimensions (ray_jobs/configs/shapes.yaml: E=3 experts, K=16
-clusters, d=128: 2,432 floats per video); 10% of the videos miss the audio expert (a second pattern).
-The serving part uses a tiny untrained checkpoint (tiny.yaml) on generated shapes clips and a private
-local Ray (no MLflow: the model is a checkpoint directory).
+clusters, d=128: 2,432 floats per video), around 256 topics plus noise drawn from two fixed banks (cheap
+to make a million), unit-norm per expert/cluster block; 10% miss the audio expert (a second pattern).
+Recall@10 is against exact inner-product search over the same vectors (streamed in chunks at 1M, so the
+fp32 vectors never sit in memory together). faiss runs on one thread (on a shared 2-core machine its
+OpenMP threads only contend).
+
+The serving part starts its own private Ray head (``cluster.local`` on free ports, state under /tmp, like
+the integration fixtures; no MLflow: the model is a checkpoint directory), runs the real `etva index` and
+`etva serve` commands as subprocesses in their own process groups, and stops all of it (process groups,
+then the head) even after an error. The model is a tiny untrained checkpoint (tiny.yaml) and the videos
+the generated shapes clips.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import socket
+import os
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -27,33 +39,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from etva.index.exact import pattern_key
 from etva.index.vectors import PatternIndex
 
 REPO = Path(__file__).resolve().parents[1]
 E, K, D = 3, 16, 128
+FULL_KEY, NO_AUDIO_KEY = "111", "110"
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+def _unit_blocks(v: np.ndarray) -> np.ndarray:
+    """(m, E+K, D) -> each block unit-norm, in place."""
+    v /= np.linalg.norm(v, axis=-1, keepdims=True)
+    return v
+
+
+class Synth:
+    """Synthetic video vectors: topic + noise from two fixed banks (2^26 noise combinations per topic)."""
+
+    def __init__(self, seed: int = 0, topics: int = 256, bank: int = 8192) -> None:
+        rng = np.random.default_rng(seed)
+        self.topics = rng.standard_normal((topics, E + K, D), dtype=np.float32)
+        self.banks = [0.35 * rng.standard_normal((bank, E + K, D), dtype=np.float32) for _ in range(2)]
+
+    def chunk(self, m: int, seed: int, missing: float = 0.1) -> tuple[np.ndarray, list[str]]:
+        """(m, (E+K)*D) float32 vectors and their pattern keys."""
+        rng = np.random.default_rng(seed)
+        v = self.topics[rng.integers(0, len(self.topics), m)]
+        for b in self.banks:
+            v += b[rng.integers(0, len(b), m)]
+        _unit_blocks(v)
+        audio = rng.random(m) >= missing
+        v[~audio, 2] = 0.0  # no audio: the stored vector holds no embedding for it
+        return v.reshape(m, -1), [FULL_KEY if a else NO_AUDIO_KEY for a in audio]
 
 
 def synthetic_videos(n: int, seed: int = 0, missing: float = 0.1) -> tuple[np.ndarray, list[str]]:
-    """(n, (E+K)*D) float32 video vectors around 256 topics, and their pattern keys."""
-    rng = np.random.default_rng(seed)
-    topics = rng.standard_normal((256, E + K, D)).astype(np.float32)
-    out = np.empty((n, (E + K) * D), np.float32)
-    pats = []
-    for s in range(0, n, 50_000):
-        m = min(50_000, n - s)
-        v = topics[rng.integers(0, 256, m)] + 0.5 * rng.standard_normal((m, E + K, D)).astype(np.float32)
-        v = _unit(v)
-        avail = np.ones((m, E), bool)
-        avail[:, 2] = rng.random(m) >= missing
-        v[:, :E] *= avail[..., None]
-        out[s : s + m] = v.reshape(m, -1)
-        pats += [pattern_key(torch.from_numpy(a)) for a in avail]
-    return out, pats
+    """(n, (E+K)*D) float32 video vectors and their pattern keys."""
+    return Synth(seed, bank=min(8192, n)).chunk(n, seed + 1, missing)
 
 
 class Queries:
@@ -61,12 +82,16 @@ class Queries:
 
     def __init__(self, q: int, seed: int = 1) -> None:
         rng = np.random.default_rng(seed)
-        self.experts = torch.from_numpy(_unit(rng.standard_normal((q, E, D)).astype(np.float32)))
-        self.logits = torch.from_numpy(rng.standard_normal((q, E)).astype(np.float32))
-        self.local = torch.from_numpy(_unit(rng.standard_normal((q, K, D)).astype(np.float32)))
+        self.experts = torch.from_numpy(_unit_blocks(rng.standard_normal((q, E, D), dtype=np.float32)))
+        self.logits = torch.from_numpy(rng.standard_normal((q, E), dtype=np.float32))
+        self.local = torch.from_numpy(_unit_blocks(rng.standard_normal((q, K, D), dtype=np.float32)))
 
     def __len__(self) -> int:
         return len(self.logits)
+
+
+def recall_at_10(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(got, want)]))
 
 
 def _timed_search(index: PatternIndex, queries: Queries, k: int = 10) -> tuple[float, np.ndarray]:
@@ -76,7 +101,8 @@ def _timed_search(index: PatternIndex, queries: Queries, k: int = 10) -> tuple[f
     return (time.perf_counter() - t0) / len(queries), rows
 
 
-def vector_figures(sizes: list[int], big: int, spec: str, big_spec: str, nq: int) -> dict:
+def vector_figures(sizes: list[int], spec: str, nq: int, nprobe: int = 8) -> dict:
+    """Exact vs ``spec`` at each size: ms/query, recall@10, build time and index bytes."""
     out = {}
     queries = Queries(nq)
     for n in sizes:
@@ -85,178 +111,247 @@ def vector_figures(sizes: list[int], big: int, spec: str, big_spec: str, nq: int
         exact = PatternIndex(vec, pats, 0.5)
         exact_build = time.perf_counter() - t0
         t0 = time.perf_counter()
-        approx = PatternIndex(vec, pats, 0.5, spec, nprobe=16)
+        approx = PatternIndex(vec, pats, 0.5, spec, nprobe=nprobe)
         approx_build = time.perf_counter() - t0
         te, want = _timed_search(exact, queries)
         ta, got = _timed_search(approx, queries)
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want)]))
+        recall = recall_at_10(got, want)
         out[n] = {"exact_ms_per_query": te * 1e3, "approx_ms_per_query": ta * 1e3, "recall@10": recall,
-                  "exact_build_s": exact_build, "approx_build_s": approx_build, "approx_spec": spec,
+                  "exact_build_s": exact_build, "approx_build_s": approx_build, "approx_spec": spec, "nprobe": nprobe,
                   "exact_MiB": exact.nbytes() / 2**20, "approx_MiB": approx.nbytes() / 2**20}  # fmt: skip
-        print(f"{n:>9,} vectors: exact {te * 1e3:.2f} ms/query, {spec} {ta * 1e3:.2f} ms/query, "
+        print(f"{n:>9,} vectors: exact {te * 1e3:.2f} ms/query, {spec} (nprobe {nprobe}) {ta * 1e3:.2f} ms/query, "
               f"recall@10 {recall:.3f}; build {exact_build:.1f} s / {approx_build:.1f} s; "
               f"memory {exact.nbytes() / 2**20:.0f} / {approx.nbytes() / 2**20:.0f} MiB", flush=True)  # fmt: skip
         del exact, approx, vec
-    if big:
-        out["big"] = big_figures(big, big_spec, queries)
     return out
 
 
-def big_figures(n: int, spec: str, queries: Queries) -> dict:
-    """An IVF-PQ index over ``n`` vectors of one pattern, trained on 20k, added in chunks (never all fp32)."""
+def _rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def big_figures(n: int, spec: str, nq: int, nprobe: int = 8, chunk: int = 50_000) -> dict:
+    """An approximate index (e.g. IVF-PQ) over ``n`` all-expert vectors, trained on a sample and added in
+    chunks; its serialised size, the process RSS it added, ms/query and recall@10 against a streamed exact
+    top-10 (the fp32 vectors are never all in memory). The queries are fresh vectors of the videos'
+    distribution (a caption lies near its clips; a random direction would have no meaningful top-10)."""
     import faiss
 
-    dim = (E + K) * D
-    index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    synth = Synth(7, bank=min(8192, n))
+    q = np.ascontiguousarray(synth.chunk(nq, seed=99, missing=0.0)[0])
+    index = faiss.index_factory((E + K) * D, spec, faiss.METRIC_INNER_PRODUCT)
     t0 = time.perf_counter()
-    train, _ = synthetic_videos(20_000, seed=5, missing=0.0)
-    index.train(train)
-    for s in range(0, n, 50_000):
-        chunk, _ = synthetic_videos(min(50_000, n - s), seed=10 + s, missing=0.0)
-        index.add(chunk)
-    build = time.perf_counter() - t0
-    faiss.extract_index_ivf(index).nprobe = 16
-    from etva.index.exact import query_vectors
-
-    q = query_vectors(queries.experts, queries.logits, queries.local, torch.ones(E, dtype=torch.bool), 0.5)
-    q = np.ascontiguousarray(q.numpy())
+    index.train(synth.chunk(min(n, 20_000), seed=3, missing=0.0)[0])
+    train_s = time.perf_counter() - t0
+    rss0, add_s = _rss_bytes(), 0.0
+    best_s, best_i = np.full((nq, 10), -np.inf, np.float32), np.zeros((nq, 10), np.int64)
+    for start in range(0, n, chunk):
+        vec, _ = synth.chunk(min(chunk, n - start), seed=100 + start, missing=0.0)
+        t1 = time.perf_counter()
+        index.add(vec)
+        add_s += time.perf_counter() - t1
+        s = np.concatenate([best_s, q @ vec.T], axis=1)  # exact top-10 so far (numpy BLAS)
+        i = np.concatenate([best_i, np.arange(start, start + len(vec))[None].repeat(nq, 0)], axis=1)
+        top = np.argsort(-s, axis=1)[:, :10]
+        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+        del vec, s, i
+    rss_delta = _rss_bytes() - rss0
+    faiss.extract_index_ivf(index).nprobe = nprobe
     index.search(q, 10)
     t0 = time.perf_counter()
-    index.search(q, 10)
-    per_q = (time.perf_counter() - t0) / len(q)
-    mib = len(faiss.serialize_index(index)) / 2**20
-    fp32 = n * dim * 4 / 2**20
-    print(f"{n:>9,} vectors ({spec}): {per_q * 1e3:.2f} ms/query, index {mib:.0f} MiB (fp32 vectors would be "
-          f"{fp32:,.0f} MiB); build {build:.0f} s", flush=True)  # fmt: skip
-    return {"n": n, "spec": spec, "ms_per_query": per_q * 1e3, "index_MiB": mib, "fp32_MiB": fp32, "build_s": build}
+    _, got = index.search(q, 10)
+    per_q = (time.perf_counter() - t0) / nq
+    size = len(faiss.serialize_index(index))
+    recall = recall_at_10(got, best_i)
+    print(f"{n:>9,} vectors ({spec}, nprobe {nprobe}): {per_q * 1e3:.2f} ms/query, recall@10 {recall:.3f}; "
+          f"index {size / 2**20:.1f} MiB serialised, RSS +{rss_delta / 2**20:.0f} MiB (fp32 vectors: "
+          f"{n * (E + K) * D * 4 / 2**20:,.0f} MiB); train {train_s:.0f} s, add {add_s:.0f} s", flush=True)  # fmt: skip
+    return {"n": n, "spec": spec, "nprobe": nprobe, "ms_per_query": per_q * 1e3, "recall@10": recall,
+            "index_bytes": size, "rss_delta_bytes": rss_delta, "train_s": train_s, "add_s": add_s}  # fmt: skip
 
 
-def _load(base: str, clients: int, seconds: float, queries: list[str]) -> dict:
+def http_load(base: str, clients: int, requests: int, queries: list[str]) -> dict:
+    """``requests`` GET /search calls shared by ``clients`` threads: queries/s, p50/p99 latency, errors."""
     lat: list[float] = []
-    errors = [0]
-    stop = time.monotonic() + seconds
+    errors: list[str] = []
+    todo = iter(range(requests))
+    lock = threading.Lock()
 
-    def client(i: int) -> None:
-        j = i
-        while time.monotonic() < stop:
+    def client() -> None:
+        while True:
+            with lock:
+                j = next(todo, None)
+            if j is None:
+                return
             url = f"{base}/search?" + urllib.parse.urlencode({"q": queries[j % len(queries)], "k": 10})
             t0 = time.perf_counter()
             try:
                 with urllib.request.urlopen(url, timeout=120) as r:
                     r.read()
                 lat.append(time.perf_counter() - t0)
-            except OSError:
-                errors[0] += 1
-            j += clients
+            except OSError as e:
+                errors.append(str(e))
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
-    return {"clients": clients, "requests": len(lat), "errors": errors[0], "qps": len(lat) / wall,
-            "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3}  # fmt: skip
+    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else [lat[0] if lat else 0.0] * 99
+    return {"clients": clients, "requests": len(lat), "errors": len(errors), "qps": len(lat) / wall,
+            "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "first_error": errors[0] if errors else ""}  # fmt: skip
 
 
-def _free_ports(n: int) -> list[int]:
-    ports = []
-    for _ in range(n):
-        with socket.socket() as sk:
-            sk.bind(("127.0.0.1", 0))
-            ports.append(sk.getsockname()[1])
-    return ports
-
-
-def serving_figures(num_videos: int, seconds: float, tmp: Path) -> dict:
-    """Index build clips/s (Ray Data job) and HTTP load on a private Ray with Serve on a free port."""
+def _stop_head(local, settings, cluster) -> None:
     import shutil
-    from argparse import Namespace
 
-    import ray
-    from ray import serve
+    left = local.stop_all(settings, ray=True, mlflow=False)
+    survivors = local.leftover_processes(cluster)
+    for p in survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pgid, signal.SIGKILL)
+    shutil.rmtree(settings.state_dir, ignore_errors=True)
+    if any(left.values()) or survivors:
+        print(f"warning: killed processes left by the head: {left} {[p.pid for p in survivors]}")
 
-    from ray_jobs.serve_app import Deployer
+
+@contextlib.contextmanager
+def private_head(num_cpus: int = 4, attempts: int = 3):
+    """A private local Ray head on free ports (no MLflow); stopped and checked for survivors on exit.
+
+    A start that fails (on a loaded machine `ray start` can miss its GCS deadline) is cleaned up and
+    retried on new ports, ``attempts`` times in all."""
+    sys.path.insert(0, str(REPO))
+    from cluster import local
+    from tests.integration.conftest import make_settings
+
+    for attempt in range(1, attempts + 1):
+        settings = make_settings(num_cpus)
+        settings.start_timeout_s = 600.0  # a loaded machine
+        cluster = local.LocalCluster(settings.state_dir, settings=settings)
+        try:
+            cluster = local.start_all(settings, ray=True, mlflow=False)
+            break
+        except RuntimeError as e:
+            _stop_head(local, settings, cluster)
+            print(f"head start {attempt}/{attempts} failed: {str(e).splitlines()[0]}", flush=True)
+            if attempt == attempts:
+                raise
+    try:
+        yield cluster
+    finally:
+        _stop_head(local, settings, cluster)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+
+def _wait_up(base: str, proc: subprocess.Popen, timeout: float = 900.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"etva serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"etva serve: {base}/health not up after {timeout:.0f} s")
+
+
+def serving_figures(num_videos: int, requests: dict[int, int], tmp: Path) -> dict:
+    """`etva index` clips/s (Ray Data job, 2 actors) and HTTP load on `etva serve`, on a private head."""
+    import shutil
+
+    from etva.index.build import default_index_dir, digest_of
+    from tests.integration.conftest import free_ports
     from tests.integration.tiny_checkpoint import tiny_checkpoint
 
-    ckpt, records = tiny_checkpoint(tmp)  # 40 generated clips; copied under new names up to num_videos
+    ckpt, records = tiny_checkpoint(tmp)  # 40 generated shapes clips; copied under new names up to num_videos
     clips = sorted(Path(records[0].video_path).parent.glob("*.mp4"))
     videos = tmp / "videos"
     videos.mkdir()
     for i in range(num_videos):
         shutil.copy(clips[i % len(clips)], videos / f"c{i:05d}.mp4")
-    n = num_videos
-    port, *ports = _free_ports(6)  # Serve's HTTP port; a private head's ports (never the user's defaults)
-    import os
-    import sys
-
-    sys.path.insert(0, str(REPO))
-    from cluster import local
-
-    settings = local.LocalSettings(tmp / "head", ray_port=ports[0], dashboard_port=ports[1], mlflow_port=ports[2],
-                                   ray_client_port=ports[3], dashboard_agent_port=ports[4], num_cpus=4,
-                                   start_timeout_s=600)  # fmt: skip
-    try:
-        cluster = local.start_all(settings, ray=True, mlflow=False)  # what `etva serve` runs against
-        os.environ.update(cluster.env)
-        ray.init(address=cluster.ray_address, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = Namespace(model=str(ckpt), videos=str(videos), store="", index_root=str(tmp / "index"),
-                         tracking_uri="", actors=2, batch_size=8, replicas=1)  # fmt: skip
-        dep = Deployer(args)
+    index_root = tmp / "index"
+    index = default_index_dir(videos, digest_of(ckpt), index_root)  # where `etva serve` looks: reused there
+    with private_head() as cluster:
+        env = {**cluster.subprocess_env(), "PYTHONPATH": str(REPO)}
+        etva = [sys.executable, "-m", "etva"]
         t0 = time.perf_counter()
-        counts = dep.deploy(dep.resolve())
-        deploy_s = time.perf_counter() - t0
-        print(f"index build + deploy: {counts['encoded']} clips in {deploy_s:.1f} s "
-              f"({counts['encoded'] / deploy_s:.1f} clips/s incl. Serve start)", flush=True)  # fmt: skip
-        from ray_jobs.index_job import build_index
-
-        t0 = time.perf_counter()
-        build_index(dep.current, tmp / "again", "folder", str(videos), actors=2, batch_size=8)
+        built = subprocess.run([*etva, "index", "--model", str(ckpt), "--videos", str(videos), "--index", str(index),
+                                "--actors", "2"], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
         build_s = time.perf_counter() - t0
-        print(f"index build alone (Ray Data, 2 actors): {n} clips in {build_s:.1f} s = {n / build_s:.1f} clips/s",
-              flush=True)  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        queries = [c for r in records for c in r.captions][:200]
-        loads = [_load(base, c, seconds, queries) for c in (1, 8, 32)]
-        for r in loads:
-            print(f"{r['clients']:>2} clients: {r['qps']:.1f} queries/s, p50 {r['p50_ms']:.0f} ms, "
-                  f"p99 {r['p99_ms']:.0f} ms ({r['requests']} requests, {r['errors']} errors)", flush=True)  # fmt: skip
-        return {"videos": n, "build_clips_per_s": n / build_s, "http": loads}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        local.stop_all(settings, ray=True, mlflow=False)
+        if built.returncode:
+            raise RuntimeError(f"etva index failed: {built.stderr[-2000:]}")
+        print(f"etva index (Ray Data, 2 actors): {num_videos} clips in {build_s:.1f} s = "
+              f"{num_videos / build_s:.2f} clips/s (whole command: connect, model load, encode, commit)", flush=True)  # fmt: skip
+        (port,) = free_ports(1)
+        log = open(tmp / "serve.log", "w")
+        proc = subprocess.Popen([*etva, "serve", "--model", str(ckpt), "--videos", str(videos), "--index-root",
+                                 str(index_root), "--port", str(port), "--poll-s", "3600"], env=env, cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            t0 = time.perf_counter()
+            _wait_up(base, proc)
+            up_s = time.perf_counter() - t0
+            queries = [c for r in records for c in r.captions][:200]
+            loads = [http_load(base, c, n, queries) for c, n in requests.items()]
+        finally:
+            _stop_group(proc)
+            log.close()
+    for r in loads:
+        print(f"{r['clients']:>2} clients: {r['qps']:.1f} queries/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
+              f"({r['requests']} requests, {r['errors']} errors {r['first_error'][:80]})", flush=True)  # fmt: skip
+    return {"videos": num_videos, "index_s": build_s, "index_clips_per_s": num_videos / build_s,
+            "serve_up_s": up_s, "http": loads}  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="10k/100k, 200k IVF-PQ, 40 clips, 10 s per load")
+    p.add_argument("--quick", action="store_true", help="10k/50k, 200k IVF-PQ, 40 clips, fewer requests")
     p.add_argument("--sizes", default="10000,100000")
-    p.add_argument("--big", type=int, default=1_000_000, help="vectors for the IVF-PQ index (0: skip)")
-    p.add_argument("--spec", default="IVF256,Flat", help="approximate index at --sizes")
-    p.add_argument("--big-spec", default="IVF1024,PQ64", help="approximate index at --big")
-    p.add_argument("--queries", type=int, default=64)
-    p.add_argument("--videos", type=int, default=120, help="clips for the serving figures")
-    p.add_argument("--seconds", type=float, default=20.0, help="per concurrency level")
+    p.add_argument("--spec", default="IVF64,Flat", help="approximate index at --sizes")
+    p.add_argument("--nprobe", type=int, default=8, help="inverted lists visited per query")
+    p.add_argument("--big", type=int, default=1_000_000, help="vectors for the IVF-PQ index")
+    p.add_argument("--big-spec", default="IVF64,PQ64x4fs", help="approximate index at --big (4-bit PQ codes)")
+    p.add_argument("--queries", type=int, default=32)
+    p.add_argument("--videos", type=int, default=40, help="clips for the index build and the HTTP figures")
+    p.add_argument("--requests", default="1:40,8:120,32:240", help="clients:requests per level")
     p.add_argument("--no-serving", action="store_true", help="vector search figures only")
     p.add_argument("--no-vectors", action="store_true", help="index build and HTTP figures only")
     p.add_argument("--json", default="")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
-        args.big, args.videos, args.seconds = 200_000, 40, 10.0
-    torch.set_num_threads(2)
-    figures = {}
+        args.sizes, args.big, args.requests = "10000,50000", 200_000, "1:20,8:60,32:120"
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    figures: dict = {}
     if not args.no_vectors:
-        figures["vectors"] = vector_figures([int(s) for s in args.sizes.split(",")], args.big, args.spec,
-                                            args.big_spec, args.queries)  # fmt: skip
+        sizes = [int(s) for s in args.sizes.split(",")]
+        figures["vectors"] = vector_figures(sizes, args.spec, args.queries, args.nprobe)
+        figures["big"] = big_figures(args.big, args.big_spec, args.queries, args.nprobe)
     if not args.no_serving:
+        levels = {int(c): int(n) for c, n in (x.split(":") for x in args.requests.split(","))}
         with tempfile.TemporaryDirectory(prefix="etva-bench-serve-") as tmp:
-            figures["serving"] = serving_figures(args.videos, args.seconds, Path(tmp))
+            figures["serving"] = serving_figures(args.videos, levels, Path(tmp))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
+    return figures
 
 
 if __name__ == "__main__":

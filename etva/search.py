@@ -37,7 +37,7 @@ class Hit:
     key: str  # video id: the file relative to its folder, or the feature store id
     path: str  # file relative to its source folder ('' for a feature-store video)
     root: str  # the source folder ('' for a feature store)
-    group: str  # sub-folder of the file
+    group: str  # sub-folder of the file; dataset split of a feature-store video ('' = none)
     score: float
     rank: int  # 1-based
 
@@ -49,17 +49,49 @@ class SearchIndex:
     store: IndexStore
     keys: list[str]
     paths: list[str]
-    groups: np.ndarray  # (N,) object
+    groups: np.ndarray  # (N,) object: sub-folder (folder rows) or dataset split (store rows)
     sources: np.ndarray  # (N,) int
     vectors: PatternIndex
 
-    def rows_in(self, folder: str = "") -> np.ndarray | None:
-        """Rows whose file lies in sub-folder ``folder`` (recursively); None = all rows."""
+    def _of_kind(self, kind: str) -> np.ndarray:
+        """(N,) bool: rows of a source of ``kind`` (folder | store)."""
+        kinds = np.array([s["kind"] == kind for s in self.store.manifest.sources], dtype=bool)
+        return kinds[self.sources] if len(self.sources) else np.zeros(0, bool)
+
+    def splits(self) -> list[str]:
+        """The dataset splits of the feature-store rows (sorted; '' = no split is left out)."""
+        return sorted({str(g) for g in self.groups[self._of_kind("store")]} - {""})
+
+    def rows_in(self, folder: str = "", split: str = "") -> np.ndarray | None:
+        """Rows of sub-folder ``folder`` (recursively, folder sources) or of dataset split ``split``
+        (feature-store sources); None = all rows.
+
+        Raises:
+            SearchError: both given, a filter the index's sources do not have, or no row matches.
+        """
+        folder, split = folder.strip("/"), split.strip()
+        if folder and split:
+            raise SearchError(f"folder '{folder}' and split '{split}': filter by one (a video comes from a "
+                              "folder or from a feature store, not both)")  # fmt: skip
+        if split:
+            if not self._of_kind("store").any():
+                raise SearchError(f"split '{split}': this index was built from a folder (no dataset splits); "
+                                  "filter by folder")  # fmt: skip
+            present = self.splits()
+            if split not in present:
+                raise SearchError(f"split '{split}': no indexed video in this split; splits present: "
+                                  f"{', '.join(present) or 'none (no annotation listed the videos)'}")  # fmt: skip
+            return np.flatnonzero(self._of_kind("store") & (self.groups == split)).astype(np.int64)
         if not folder:
             return None
-        folder = folder.strip("/")
-        inside = [g == folder or g.startswith(folder + "/") for g in self.groups]
-        return np.flatnonzero(np.asarray(inside, dtype=bool)).astype(np.int64)
+        if not self._of_kind("folder").any():
+            raise SearchError(f"folder '{folder}': this index was built from a feature store (no sub-folders); "
+                              "filter by split")  # fmt: skip
+        inside = np.array([g == folder or g.startswith(folder + "/") for g in self.groups], dtype=bool)
+        rows = np.flatnonzero(inside & self._of_kind("folder")).astype(np.int64)
+        if not len(rows):
+            raise SearchError(f"folder '{folder}': no indexed video in this sub-folder")
+        return rows
 
 
 @dataclass
@@ -68,6 +100,7 @@ class UpdateStats:
     encoded: int = 0
     dropped: int = 0
     failed: int = 0  # videos that cannot be encoded (new failures and remembered ones)
+    no_split: int = 0  # feature-store videos no split of the model's dataset lists
 
 
 def update_index(
@@ -82,11 +115,11 @@ def update_index(
     Raises:
         IndexMismatch: the index holds vectors of another model.
     """
-    items = source_items(kind, root)
+    items = source_items(kind, root, im.data_cfg)  # a store video's group: its split in the model's dataset
     store = open_for(im, index_path)
     source = store.source_id(kind, root)
     todo, stale = plan(store, source, items)
-    stats = UpdateStats(dropped=len(stale))
+    stats = UpdateStats(dropped=len(stale), no_split=sum(1 for it in items if kind == "store" and not it.group))
     store.drop(source, stale)
     stats.reused = len(store.known(source))
     with tqdm(total=len(todo), unit="video", desc="encode", file=sys.stderr, disable=not progress) as bar:
@@ -130,11 +163,17 @@ def load_index(
 
 @torch.no_grad()
 def search(
-    im: IndexModel, index: SearchIndex, queries: list[str], top_k: int = 5, folder: str = ""
+    im: IndexModel, index: SearchIndex, queries: list[str], top_k: int = 5, folder: str = "", split: str = ""
 ) -> list[list[Hit]]:
-    """The ``top_k`` videos of the index for each query, best first; ``folder`` keeps one sub-folder."""
+    """The ``top_k`` videos of the index for each query, best first; ``folder`` keeps one sub-folder (of
+    folder sources), ``split`` one dataset split (of feature-store sources).
+
+    Raises:
+        SearchError: a filter the index cannot answer (:meth:`SearchIndex.rows_in`).
+    """
+    allowed = index.rows_in(folder, split)
     text = encode_texts(im.model, im.tokenizer, queries, im.data_cfg.max_text_len)
-    scores, rows = index.vectors.search(text, top_k, index.rows_in(folder))
+    scores, rows = index.vectors.search(text, top_k, allowed)
     sources = index.store.manifest.sources
     out = []
     for srow, rrow in zip(scores, rows):

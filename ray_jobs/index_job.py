@@ -128,7 +128,8 @@ def build_index(
 ) -> dict[str, int]:  # fmt: skip
     """Bring ``index_dir`` up to date with one source (folder/store) for ``model`` on the connected Ray.
 
-    Returns counts: reused, encoded, dropped, failed (all failures of the source so far).
+    Returns counts: reused, encoded, dropped, failed (all failures of the source so far) and, for a
+    feature store, no_split (its videos no split of the model's dataset lists).
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -137,9 +138,12 @@ def build_index(
     store = open_for(im, index_dir)
     root = str(Path(root).resolve())
     source = store.source_id(kind, root)
-    todo, stale = plan(store, source, source_items(kind, root))
+    items = source_items(kind, root, im.data_cfg)  # a store video's group: its split in the model's dataset
+    todo, stale = plan(store, source, items)
     store.drop(source, stale)
     counts = {"reused": len(store.known(source)), "encoded": 0, "dropped": len(stale)}
+    if kind == "store":
+        counts["no_split"] = sum(1 for it in items if not it.group)
     if todo:
         items = [{"key": i.key, "path": i.path, "group": i.group, "mtime_ns": i.stat[0], "size": i.stat[1]}
                  for i in todo]  # fmt: skip

@@ -3,7 +3,8 @@
 One deployment (FastAPI ingress) whose replicas each hold ONE model version and the index built by that
 version (digest checked on load), so an answer never mixes a model and another model's index:
 
-    GET  /search?q=...&k=10[&folder=sub/dir]      POST /search {"q": ..., "k": ..., "folder": ...}
+    GET  /search?q=...&k=10[&folder=sub/dir | &split=test]   POST /search {"q": ..., "k": ..., "split": ...}
+         folder: sub-folder of an indexed folder; split: dataset split of a feature-store video
     GET  /health                                  model name, version, digest, number of videos
     GET  /                                        search page: results as contact-sheet thumbnails
     GET  /thumb/<source>/<path>, /clip/<source>/<path>   only files of the indexed folders
@@ -29,7 +30,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from ray import serve
 
 from etva.index.build import default_index_dir, digest_of, load_index_model
-from etva.search import load_index, search
+from etva.search import SearchError, load_index, search
 from ray_jobs.index_job import ResolvedModel, build_index, resolve_model
 
 __all__ = ["APP_NAME", "MAX_QUERY_CHARS", "MAX_K", "SearchDeployment", "Deployer", "build_app", "main"]
@@ -58,7 +59,6 @@ class SearchService:
         self.im = load_index_model(settings["ckpt_dir"], settings["name"], settings["version"], settings["uri"])
         self.index = load_index(self.im, settings["index_dir"])  # refuses another model's index
         self.files = {(int(s), p) for s, p in zip(self.index.sources, self.index.paths) if p}
-        self.groups = {str(g) for g in self.index.groups}
 
     def health(self) -> dict:
         mid = self.im.id
@@ -80,18 +80,18 @@ class SearchService:
             raise _bad(f"k: '{params.get('k')}' is not an integer") from None
         if not 1 <= k <= MAX_K:
             raise _bad(f"k: {k} is out of range 1..{MAX_K}")
-        if params.get("split"):
-            raise _bad("split: this index was built from a folder (no dataset splits); filter by folder")
-        folder = str(params.get("folder", "")).strip("/")
-        if folder and not any(g == folder or g.startswith(folder + "/") for g in self.groups):
-            raise _bad(f"folder: no indexed video in '{folder}'")
-        hits = search(self.im, self.index, [q], k, folder)[0]
+        folder, split = (str(params.get(f) or "") for f in FILTERS)
+        try:  # a filter the index cannot answer (a split no video has, folder on a store...) is a 400
+            hits = search(self.im, self.index, [q], k, folder, split)[0]
+        except SearchError as e:
+            raise _bad(str(e)) from None
         return {**self.health(), "query": q, "k": k, "results": [self._hit(h) for h in hits]}
 
     def _hit(self, h) -> dict:
         source = next(i for i, s in enumerate(self.index.store.manifest.sources) if s["path"] == h.root) if h.root else -1
         link = f"{source}/{h.path}" if h.path else ""
-        return {"rank": h.rank, "video_id": h.key, "score": h.score, "folder": h.group,
+        return {"rank": h.rank, "video_id": h.key, "score": h.score, "folder": h.group if h.root else None,
+                "split": None if h.root else (h.group or None),
                 "clip": f"/clip/{link}" if link else None, "thumbnail": f"/thumb/{link}" if link else None}  # fmt: skip
 
     def file(self, source: int, path: str) -> Path:
@@ -194,8 +194,6 @@ class SearchDeployment:
     def page(self) -> HTMLResponse:
         name = html.escape(f"{self.svc.im.id.name} v{self.svc.im.id.version}")
         return HTMLResponse(PAGE.replace("{{model}}", name))
-
-
 
 
 def _application(model: ResolvedModel, kind: str, root: str, opts: dict):

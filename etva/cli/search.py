@@ -44,6 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--queries-file", default="", help="one query per line")
     p.add_argument("--top-k", type=int, default=5, help="results per query (default 5)")
     p.add_argument("--folder", default="", help="only videos in this sub-folder of the indexed folder")
+    p.add_argument("--split", default="", help="only feature-store videos of this split of the model's dataset "
+                   "(e.g. test)")  # fmt: skip
     p.add_argument("--approximate", default="", metavar="FAISS_SPEC",
                    help="approximate search with this faiss index (e.g. IVF256,Flat); default exact")  # fmt: skip
     p.add_argument("--html", default="", help="write an HTML contact sheet here")
@@ -145,11 +147,12 @@ def run(args: argparse.Namespace) -> int:
                              progress=not args.no_progress)  # fmt: skip
         print(
             f"index {index_dir}: {stats.reused + stats.encoded} videos ({stats.reused} cached, "
-            f"{stats.encoded} encoded, {stats.dropped} dropped, {stats.failed} undecodable)",
+            f"{stats.encoded} encoded, {stats.dropped} dropped, {stats.failed} undecodable"
+            + (f", {stats.no_split} in no split of the model's dataset)" if stats.no_split else ")"),
             file=sys.stderr,
         )
     index = load_index(im, index_dir, args.approximate or EXACT)
-    results = search(im, index, queries, args.top_k, args.folder)
+    results = search(im, index, queries, args.top_k, args.folder, args.split)
     sys.stdout.write(format_results(queries, results))
     if args.html:
         page = write_contact_sheet(args.html, queries, results, inline=args.thumbnails == "inline")

@@ -1,7 +1,8 @@
 """Build or update an index: what to encode for a source, and the rows of encoded videos.
 
 A source is a folder of video files (key = path relative to the folder, group = its sub-folder) or a
-Parquet feature store (key = video id, group = ''). :func:`plan` compares a source with the index: files
+Parquet feature store (key = video id, group = the split of the model's own dataset that lists the video:
+:func:`dataset_splits`; '' when no annotation of the checkpoint's data config lists it). :func:`plan` compares a source with the index: files
 that are new or changed (mtime/size) are to encode, rows whose file is gone or changed are stale;
 videos that failed before are retried only when their file changed. :func:`encode_rows` runs the
 model's video encoder (the training decode of the checkpoint's data config) and returns the rows of
@@ -25,6 +26,7 @@ import pyarrow as pa
 
 from etva.data.feature_store import open_stores
 from etva.data.records import ClipRecord
+from etva.data.sources import load_records
 from etva.index.exact import pattern_key, video_vectors
 from etva.index.store import IndexError_, IndexStore, ModelId, rows_table
 from etva.inference import encode_records, load_trained
@@ -37,6 +39,7 @@ __all__ = [
     "load_index_model",
     "list_videos",
     "source_items",
+    "dataset_splits",
     "plan",
     "encode_rows",
     "open_for",
@@ -110,8 +113,34 @@ def _group(rel: str) -> str:
     return "" if parent == "." else parent
 
 
-def source_items(kind: str, path: str | os.PathLike) -> list[Item]:
-    """The videos of a source: ``folder`` (video files) or ``store`` (a Parquet feature store's ids)."""
+def dataset_splits(data_cfg) -> dict[str, str]:
+    """video id -> split name, from the annotations of a checkpoint's data config (dataset, root, subset).
+
+    The splits are the ones the config names (train_split, val_split unless it is carved from train by
+    ``val_from_train``, test_split); a video listed by two keeps the first of that order. A split whose
+    annotations cannot be read (root moved, files missing) is logged and lists nothing.
+    """
+    names = [data_cfg.train_split, "" if data_cfg.val_from_train > 0 else data_cfg.val_split, data_cfg.test_split]
+    out: dict[str, str] = {}
+    for split in dict.fromkeys(n for n in names if n):
+        try:
+            records = load_records(data_cfg.dataset, data_cfg.root, split, data_cfg.subset,
+                                   max_caption_chars=data_cfg.max_caption_chars)  # fmt: skip
+        except (OSError, ValueError) as e:  # AnnotationError is a ValueError
+            log.warning("split '%s' of %s at '%s': annotations not readable (%s)", split, data_cfg.dataset,
+                        data_cfg.root, e)  # fmt: skip
+            continue
+        for rec in records:
+            out.setdefault(rec.video_id, split)
+    return out
+
+
+def source_items(kind: str, path: str | os.PathLike, data_cfg=None) -> list[Item]:
+    """The videos of a source: ``folder`` (video files) or ``store`` (a Parquet feature store's ids).
+
+    With ``data_cfg`` (the checkpoint's data config) a store video's group is its dataset split; the
+    number of store videos no split lists is logged.
+    """
     root = Path(path)
     if kind == "folder":
         if not root.is_dir():
@@ -125,15 +154,22 @@ def source_items(kind: str, path: str | os.PathLike) -> list[Item]:
         ids = sorted(set().union(*(s.ids() for s in stores.values())))
         if not ids:
             raise IndexError_(f"--store {root}: the feature store holds no video")
-        return [Item(i, "", "", (0, 0)) for i in ids]
+        splits = dataset_splits(data_cfg) if data_cfg is not None else {}
+        missing = sum(1 for i in ids if i not in splits)
+        if data_cfg is not None and missing:
+            log.warning("--store %s: %d of %d videos are in no split of %s at '%s' (indexed without a split; "
+                        "a split filter never returns them)", root, missing, len(ids), data_cfg.dataset,
+                        data_cfg.root)  # fmt: skip
+        return [Item(i, "", splits.get(i, ""), (0, 0)) for i in ids]
     raise ValueError(f"source kind '{kind}': expected 'folder' or 'store'")
 
 
 def plan(store: IndexStore, source: int, items: list[Item]) -> tuple[list[Item], set[str]]:
     """(items to encode, stale keys to drop) to bring ``source``'s rows up to date with ``items``."""
-    known, failed = store.known(source), store.failed(source)
+    known, failed, groups = store.known(source), store.failed(source), store.groups(source)
     current = {it.key: it.stat for it in items}
     stale = {k for k, st in known.items() if current.get(k) != st}
+    stale |= {it.key for it in items if it.key in groups and groups[it.key] != it.group}  # e.g. a new split
     stale |= {k for k, v in failed.items() if current.get(k) != tuple(v[:2])}
     done = (set(known) | set(failed)) - stale
     return [it for it in items if it.key not in done], stale

@@ -5,6 +5,7 @@ Layout of an index directory::
     manifest.json      format, the model (name, version, digest, uri), alpha, expert names, vector dim,
                        the sources (folders or feature stores), the committed parts, the failed videos
     part-00000.parquet one row per video: key, source, path, group, pattern, vector, mtime_ns, size
+                       (group: the sub-folder of a folder's file, the dataset split of a store's video)
     part-00001.parquet ...
 
 A part is written first, then the manifest naming it is replaced atomically, so an interrupted build
@@ -182,6 +183,11 @@ class IndexStore:
         return {
             k: (m, s) for k, src, m, s in zip(t["key"], t["source"], t["mtime_ns"], t["size"]) if src == source
         }
+
+    def groups(self, source: int) -> dict[str, str]:
+        """key -> group (sub-folder or dataset split) of the rows of one source."""
+        t = self.table(["key", "source", "group"]).to_pydict()
+        return {k: g for k, src, g in zip(t["key"], t["source"], t["group"]) if src == source}
 
     def _next_part(self) -> str:
         used = {int(p[5:10]) for p in self.manifest.parts}

@@ -174,8 +174,10 @@ def test_search_scores_are_the_models_fused_similarity(trained, tmp_path):
         expected = {index.keys[v]: float(sim[q, v]) for v in range(NUM_VIDEOS)}
         for h in row:
             assert h.score == pytest.approx(expected[h.key], abs=1e-5)
-    in_sub = search(im, index, queries, top_k=5, folder="nowhere")
-    assert in_sub == [[], []]
+    with pytest.raises(SearchError, match="folder 'nowhere': no indexed video"):
+        search(im, index, queries, top_k=5, folder="nowhere")
+    with pytest.raises(SearchError, match="split 'test': this index was built from a folder"):
+        search(im, index, queries, top_k=5, split="test")
 
 
 def test_trained_model_finds_the_clip_in_the_top5_like_the_metrics_say(trained):

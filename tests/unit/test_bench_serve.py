@@ -1,0 +1,68 @@
+"""benchmarks.bench_serve at toy sizes: the synthetic vectors, exact vs approximate search with recall@10,
+the chunked big index with its streamed exact top-10, and the HTTP load loop (against a local stub server).
+The Ray head, `etva index` and `etva serve` part runs only in the benchmark itself (tests/integration/
+test_serve.py covers those commands)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_serve as bs
+
+
+def test_synthetic_vectors_are_unit_blocks_with_a_missing_audio_pattern():
+    vec, pats = bs.synthetic_videos(400)
+    blocks = vec.reshape(400, bs.E + bs.K, bs.D)
+    full = np.array([p == bs.FULL_KEY for p in pats])
+    assert vec.dtype == np.float32 and 0 < (~full).sum() < 100
+    np.testing.assert_allclose(np.linalg.norm(blocks[full], axis=-1), 1.0, rtol=1e-5)
+    assert not blocks[~full, 2].any()  # no audio: zero audio block
+    np.testing.assert_allclose(np.linalg.norm(blocks[~full][:, [0, 1, *range(3, bs.E + bs.K)]], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_vector_figures_recall_is_one_when_every_list_is_probed():
+    got = bs.vector_figures([1500], "IVF8,Flat", nq=4, nprobe=8)[1500]  # every list probed: exact
+    assert got["recall@10"] == 1.0 and got["exact_ms_per_query"] > 0 and got["approx_MiB"] > 0
+
+
+def test_big_index_streamed_exact_top10_matches_a_flat_ivf_probing_everything():
+    got = bs.big_figures(1200, "IVF4,Flat", nq=4, nprobe=4, chunk=500)  # three chunks, the last short
+    assert got["recall@10"] == 1.0 and got["index_bytes"] > 1200 * (bs.E + bs.K) * bs.D * 4
+    pq = bs.big_figures(1200, "IVF4,PQ16x4fs", nq=4, nprobe=4, chunk=500)
+    assert 0.0 <= pq["recall@10"] <= 1.0 and pq["index_bytes"] < got["index_bytes"] / 20
+
+
+@pytest.fixture
+def stub_server():
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            ok = self.path.startswith("/search?")
+            body = json.dumps({"results": []}).encode()
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_load_makes_exactly_the_requests_asked(stub_server):
+    for clients, n in ((1, 5), (4, 21)):
+        got = bs.http_load(stub_server, clients, n, ["a red circle", "a blue square"])
+        assert (got["requests"], got["errors"]) == (n, 0) and got["qps"] > 0
+        assert 0 < got["p50_ms"] <= got["p99_ms"]
+    bad = bs.http_load(stub_server + "/nowhere", 2, 3, ["x"])
+    assert (bad["requests"], bad["errors"]) == (0, 3) and "404" in bad["first_error"]
