@@ -76,6 +76,20 @@ def _trainer(ctx: SweepContext, cfg: Config, client, run_id: str, marks: dict[st
     return trainer
 
 
+def _replayed(client, ctx: SweepContext, trial_id: str) -> bool:
+    """A trial that ended before the sweep driver was killed, after Tune's last snapshot of the sweep, is
+    not trained again and logs nothing again: Tune gets the result it ended with (marked done). True then."""
+    ended = ended_trial_result(client, ctx.exp_id, ctx.sweep_name, trial_id)
+    if ended is None:
+        return False
+    logger.info(
+        "trial %s: already ended (%d epochs, recorded in MLflow); reporting that result to Tune",
+        trial_id, int(ended["epoch"]) + 1,
+    )  # fmt: skip
+    tune.report(ended)
+    return True
+
+
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune trainable: fit one TorchTrainer; write the trial's record when it completes.
 
@@ -94,14 +108,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     cfg = trial_config(ctx, params, trial_id)
     client = get_client(ctx.mlflow_uri) if ctx.mlflow_uri else None
     run_id = ""
-    if client is not None and (ended := ended_trial_result(client, ctx.exp_id, ctx.sweep_name, trial_id)):
-        # ended before the sweep driver was killed, after Tune's last snapshot of the sweep: not trained
-        # again, nothing logged again; Tune gets the result the trial ended with and stops it
-        logger.info(
-            "trial %s: already ended (%d epochs, recorded in MLflow); reporting that result to Tune",
-            trial_id, int(ended["epoch"]) + 1,
-        )  # fmt: skip
-        tune.report(ended)
+    if client is not None and _replayed(client, ctx, trial_id):
         return
     if client is not None:
         trial = (trial_id, tctx.get_trial_name())
