@@ -139,6 +139,22 @@ def _wait_for_actors_gone(cluster, env, baseline: set[str], timeout_s: float) ->
     assert not left, f"actors of the killed sweep driver still alive after {timeout_s} s: {left}"
 
 
+def _unsnapshot_an_ended_trial(exp_dir: Path) -> str:
+    """Fault injection: the driver died after a trial ended but before Tune's next snapshot of the sweep
+    (it snapshots every few seconds), so the saved state still shows the trial RUNNING. Whether the kill
+    lands in that window is timing; this makes it certain for the ASHA-stopped trial. Returns its id."""
+    state = max(exp_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    data = json.loads(state.read_text())
+    for entry in data["trial_data"]:
+        trial = json.loads(entry[0])
+        if trial["status"] == "TERMINATED" and trial["config"]["optim.lr"] == LOW_LR:
+            trial["status"] = "RUNNING"
+            entry[0] = json.dumps(trial)
+            state.write_text(json.dumps(data))
+            return trial["trial_id"]
+    raise AssertionError(f"no ended ASHA-stopped trial in {state}")
+
+
 def _trial_results(exp_dir: Path) -> dict[str, int]:
     """Tune trial folder name -> number of results it recorded."""
     return {p.parent.name: len(p.read_text().splitlines()) for p in exp_dir.glob("*/result.json")}
@@ -172,6 +188,7 @@ def sweep(local_cluster, tmp_path_factory):
     before = {r.data.tags["etva.trial_id"]: r for r in _children(client, exp_id)}
     results_before = _trial_results(tmp / "runs" / NAME)
     _wait_for_actors_gone(local_cluster, env, baseline, 120)
+    replayed = _unsnapshot_an_ended_trial(tmp / "runs" / NAME)
 
     t0 = time.time()
     log2 = tmp / "sweep2.log"
@@ -191,6 +208,7 @@ def sweep(local_cluster, tmp_path_factory):
         "results_before": results_before,
         "log2": log2.read_text(),
         "worker_killed": marker.exists(),
+        "replayed": replayed,
         "cmd": cmd,
         "env": env,
     }
@@ -253,6 +271,8 @@ def test_resume_did_not_rerun_finished_trials(sweep):
         # Tune restarts a trial that ended after its last snapshot of the sweep (timing): the trial then
         # hands back the result it ended with and does not train
         assert f"trial {trial_id}: {{" not in sweep["log2"], "a finished trial ran again"
+    # the trial Tune's state showed RUNNING was started again and handed back its recorded result
+    assert f"trial {sweep['replayed']}: already ended (1 epochs, recorded in MLflow)" in sweep["log2"]
     results_after = _trial_results(sweep["tmp"] / "runs" / NAME)
     for folder, n in sweep["results_before"].items():
         if any(t in folder for t in closed):
