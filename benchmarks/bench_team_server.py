@@ -200,7 +200,9 @@ def servers(work: Path, num_cpus: int) -> Iterator[tuple]:
                                    start_timeout_s=900)  # fmt: skip
     try:
         cluster = local.start_all(settings)
+        t0 = time.monotonic()
         with running_team_server(pg_port, team_port) as team:
+            print(f"team server up in {time.monotonic() - t0:.1f} s: {team.uri}", flush=True)
             yield cluster, team
     finally:
         left = local.stop_all(settings)
