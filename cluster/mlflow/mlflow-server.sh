@@ -15,8 +15,8 @@
 #                                  set it when several replicas serve one address)
 #   MLFLOW_AUTH_DIR                where the generated auth config goes ($RUNTIME_DIRECTORY or /tmp)
 #   MLFLOW_AUTH_CACHE_TTL_S(60)    seconds a worker trusts a checked login (0: check every request). A
-#                                  check is a scrypt hash, ~0.1-0.7 s of CPU: without the cache every
-#                                  request pays it (4-6 s per request on a loaded 2-core machine).
+#                                  check is a scrypt hash (0.7 s of CPU under load): without the cache
+#                                  every request pays it (4-6 s per request on a loaded 2-core machine).
 #                                  A password change or deleted user reaches other workers within it.
 # The database URI (with the password) is handed to MLflow through its environment variable
 # MLFLOW_BACKEND_STORE_URI and a 0600 auth config file, never on the command line (visible in ps).
