@@ -215,7 +215,8 @@ def team_login(team) -> tuple[str, str]:
     """A user for the sweeps, created by the admin (passwords need 12 characters or more)."""
     from mlflow.server.auth.client import AuthServiceClient
 
-    user, password = "etva-bench", secrets.token_hex(8)
+    user = "etva-bench"
+    password = secrets.token_hex(8)
     with login("admin", team.admin_password):
         AuthServiceClient(team.uri).create_user(user, password)
     return user, password
