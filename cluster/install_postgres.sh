@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install PostgreSQL (Debian package) for the team MLflow server's test
-# (tests/integration/test_team_server.py starts a private instance as an unprivileged user).
+# (cluster/team_server.py starts a private instance as an unprivileged user: the team_server test
+# fixture, benchmarks/bench_team_server.py, `python -m cluster.team_server`).
 # Idempotent: does nothing when an initdb exists under /usr/lib/postgresql/*/bin. Needs root (or sudo)
 # and apt. The Debian package also creates the `postgres` system user the test runs the server as.
 set -euo pipefail

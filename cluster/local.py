@@ -28,6 +28,10 @@ Upstream quirks met here (Ray 2.60, MLflow 3.17) and what this module does about
 - Pinned ports inside Ray's worker range 10002-19999 make `ray start` fail; the temp dir must be short
   (AF_UNIX socket paths < 108 bytes), hence /tmp/etva-ray-<hash> for long state paths.
 - `ray.init()` rejects an http:// RAY_ADDRESS (also for address="auto"): see env.sh above.
+- Ray Train's placement-group cleaner (an actor per Train run) calls the state API without an address:
+  with no RAY_API_SERVER_ADDRESS it scans the machine for GCS processes and, beside another head, dies
+  with "Found multiple active Ray instances". The head's environment (inherited by every worker) names
+  its own dashboard.
 - `mlflow server` runs a job runner (10 processes, ~1.5 GB, a /dev/shm/tmp* folder) unless
   MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false; uvicorn defaults to 4 workers (7 processes, ~1.25 GB): we use 1.
   Its multi-threaded parent shows as a zombie before it can be reaped (local_procs retries waitpid).
@@ -120,6 +124,9 @@ def start_ray_head(s: LocalSettings | None = None) -> LocalCluster:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # submitted jobs too: Train's controller polls every 0.1 s, not 2 s (each report waits for a poll)
     env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    # Ray's state API inside the cluster (Train's placement-group cleaner asks whether its controller
+    # lives) finds its cluster by this, else scans the machine and fails beside another head
+    env["RAY_API_SERVER_ADDRESS"] = s.dashboard_url
     cmd = [
         str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={s.ray_port}",
         f"--dashboard-host={s.host}", f"--dashboard-port={s.dashboard_port}", f"--num-cpus={s.num_cpus}",

@@ -14,9 +14,17 @@
 #   MLFLOW_FLASK_SERVER_SECRET_KEY CSRF secret of the login forms (generated per start when unset;
 #                                  set it when several replicas serve one address)
 #   MLFLOW_AUTH_DIR                where the generated auth config goes ($RUNTIME_DIRECTORY or /tmp)
+#   MLFLOW_AUTH_CACHE_TTL_S(60)    seconds a worker trusts a checked login (0: check every request). A
+#                                  check is a scrypt hash (0.7 s of CPU under load): without the cache
+#                                  every request pays it (4-6 s per request on a loaded 2-core machine).
+#                                  A password change or deleted user reaches other workers within it.
 # The database URI (with the password) is handed to MLflow through its environment variable
 # MLFLOW_BACKEND_STORE_URI and a 0600 auth config file, never on the command line (visible in ps).
 set -euo pipefail
+
+case "${MLFLOW_AUTH_CACHE_TTL_S:-60}" in
+  ''|*[!0-9]*) echo "MLFLOW_AUTH_CACHE_TTL_S must be a whole number of seconds, got '${MLFLOW_AUTH_CACHE_TTL_S}'" >&2; exit 2 ;;
+esac
 
 : "${MLFLOW_DB_HOST:?set MLFLOW_DB_HOST (PostgreSQL host)}"
 : "${MLFLOW_DB_USER:?set MLFLOW_DB_USER}"
@@ -53,6 +61,7 @@ default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-NO_PERMISSIONS}
 database_uri = ${BACKEND_URI//%/%%}
 admin_username = admin
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_S:-60}
 INI
 export MLFLOW_AUTH_CONFIG_PATH="$AUTH_DIR/basic_auth.ini"
 

@@ -103,8 +103,8 @@ def local_cluster(local_cluster_num_cpus: int) -> Iterator[local.LocalCluster]:
 @pytest.fixture(scope="session")
 def team_server():
     """A team tracking server: PostgreSQL (Debian package, unprivileged user, 127.0.0.1) and
-    `cluster/mlflow/mlflow-server.sh` with basic-auth on it (tests/integration/team_server.py)."""
-    from tests.integration.team_server import running_team_server
+    `cluster/mlflow/mlflow-server.sh` with basic-auth on it (cluster/team_server.py)."""
+    from cluster.team_server import running_team_server
 
     pg_port, port = free_ports(2)
     with running_team_server(pg_port, port) as server:

@@ -1,5 +1,10 @@
-"""A private team tracking server for tests: PostgreSQL from the Debian package (cluster/install_postgres.sh)
-and `cluster/mlflow/mlflow-server.sh` (basic-auth) on it, both on 127.0.0.1 and free ports.
+"""A private team tracking server on one machine: PostgreSQL from the Debian package
+(cluster/install_postgres.sh) and `cluster/mlflow/mlflow-server.sh` (basic-auth) on it, both on 127.0.0.1.
+
+    python -m cluster.team_server [--pg-port N] [--port N]   # until Ctrl-C; free ports by default
+
+prints the server's URI and where the `admin` password is (a mode-0600 file in its temporary folder).
+The `team_server` test fixture and benchmarks/bench_team_server.py use `running_team_server`.
 
 `initdb` and `postgres` refuse to run as root, so under root the database runs as the package's
 `postgres` system user (created when missing), in a temporary folder it owns. Both servers run in
@@ -8,12 +13,14 @@ process groups of their own and are stopped by group; nothing else on the machin
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import pwd
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +29,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from cluster.local_procs import http_status
+
+REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ADMIN = "admin"
 
@@ -34,6 +43,24 @@ class TeamServer:
     db_uri: str  # postgresql://... of the MLflow database (tests read it to count rows)
     root: Path
     pgids: dict[str, int] = field(default_factory=dict)
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free TCP ports outside Ray's worker port range 10002-19999 (held open together while
+    choosing, so they differ)."""
+    socks: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < n:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("0.0.0.0", 0))
+            socks.append(sock)
+            if not 10002 <= (port := sock.getsockname()[1]) < 20000:
+                ports.append(port)
+        return ports
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def pg_bin() -> Path:
@@ -129,8 +156,6 @@ def _start_mlflow(root: Path, ports: tuple[int, int], passwords: tuple[str, str]
         env.pop(key, None)
     log = root / "mlflow.log"
     procs.append(_spawn(["bash", str(REPO / "cluster/mlflow/mlflow-server.sh")], env, log))
-    from cluster.local_procs import http_status
-
     _wait(lambda: http_status(f"http://127.0.0.1:{port}/health") == 200, "mlflow-server.sh", procs[-1], log)
 
 
@@ -170,3 +195,29 @@ def running_team_server(pg_port: int, port: int) -> Iterator[TeamServer]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start a private team server, print its URI, wait for Ctrl-C (or SIGTERM), stop and remove it."""
+    ap = argparse.ArgumentParser(prog="python -m cluster.team_server", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pg-port", type=int, help="PostgreSQL's port on 127.0.0.1 (default: a free one)")
+    ap.add_argument("--port", type=int, help="the MLflow server's port on 127.0.0.1 (default: a free one)")
+    args = ap.parse_args(argv)
+    pg_port, port = free_ports(2)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop through the context manager's finally
+    with running_team_server(args.pg_port or pg_port, args.port or port) as server:
+        secret = server.root / "admin_password"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(server.admin_password + "\n")
+        print(f"team tracking server at {server.uri} (PostgreSQL on 127.0.0.1:{args.pg_port or pg_port})")
+        print(f"user admin, password in {secret}; logs in {server.root}; Ctrl-C stops and removes it", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
