@@ -95,6 +95,17 @@ def test_addresses_answer(local_cluster: local.LocalCluster) -> None:
     assert token not in env_sh  # the file names the token's path, never the token
 
 
+def test_the_heads_processes_name_their_own_dashboard(local_cluster: local.LocalCluster) -> None:
+    """Ray's state API inside the cluster (Train's placement-group cleaner asks whether its controller
+    lives) finds its cluster by RAY_API_SERVER_ADDRESS; without it, it scans the machine for GCS processes
+    and fails beside another head ("Found multiple active Ray instances")."""
+    raylets = [p for p in local.leftover_processes(local_cluster) if "/raylet " in f"{p.cmdline} "]
+    assert raylets, "no raylet of the head found"
+    for p in raylets:  # workers inherit the raylet's environment
+        environ = Path(f"/proc/{p.pid}/environ").read_bytes().split(b"\0")
+        assert f"RAY_API_SERVER_ADDRESS={local_cluster.dashboard_url}".encode() in environ
+
+
 def test_start_is_idempotent(local_cluster: local.LocalCluster, capsys) -> None:
     before = {p.pid for p in local.leftover_processes(local_cluster)}
     again = local.start_all(local_cluster.settings)
