@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,21 +37,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return p.parse_known_args(argv)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("0.0.0.0", 0))
-            socks.append(s)
-            if not 10002 <= s.getsockname()[1] < 20000:  # Ray's worker port range
-                ports.append(s.getsockname()[1])
-        return ports
-    finally:
-        for s in socks:
-            s.close()
-
-
 @contextlib.contextmanager
 def servers() -> Iterator[dict[str, str]]:
     """The environment of a Ray head + MLflow server: the configured ones, or a private pair."""
@@ -63,10 +46,7 @@ def servers() -> Iterator[dict[str, str]]:
     sys.path.insert(0, str(REPO))
     from cluster import local
 
-    ray_port, dash, mlflow_port, client, agent = _free_ports(5)
-    settings = local.LocalSettings(Path(tempfile.mkdtemp(prefix="etva-abl-", dir="/tmp")), ray_port=ray_port,
-                                   dashboard_port=dash, mlflow_port=mlflow_port, ray_client_port=client,
-                                   dashboard_agent_port=agent, num_cpus=4)  # fmt: skip
+    settings = local.private_settings(4, prefix="etva-abl-")
     try:
         cluster = local.start_all(settings)
         yield cluster.subprocess_env()

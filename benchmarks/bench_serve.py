@@ -225,7 +225,7 @@ def private_head(num_cpus: int = 4, attempts: int = 3):
     retried on new ports, ``attempts`` times in all."""
     sys.path.insert(0, str(REPO))
     from cluster import local
-    from tests.integration.conftest import make_settings
+    from cluster.local_state import private_settings as make_settings
 
     for attempt in range(1, attempts + 1):
         settings = make_settings(num_cpus)
@@ -274,8 +274,8 @@ def serving_figures(num_videos: int, requests: dict[int, int], tmp: Path) -> dic
     """`etva index` clips/s (Ray Data job, 2 actors) and HTTP load on `etva serve`, on a private head."""
     import shutil
 
+    from cluster.local_state import free_ports
     from etva.index.build import default_index_dir, digest_of
-    from tests.integration.conftest import free_ports
     from tests.integration.tiny_checkpoint import tiny_checkpoint
 
     ckpt, records = tiny_checkpoint(tmp)  # 40 generated shapes clips; copied under new names up to num_videos

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -159,3 +160,36 @@ def wait_until(check, timeout_s: float, what: str, proc: subprocess.Popen | None
         time.sleep(0.25)
     tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else ""
     raise RuntimeError(f"{what} did not come up within {timeout_s:.0f} s; log {log_file}:\n{tail}")
+
+
+RAY_WORKER_PORTS = range(10002, 20000)  # Ray's default worker port range: other ports must avoid it
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports outside Ray's worker port range (held open together while choosing,
+    so they differ)."""
+    socks: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < n:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("0.0.0.0", 0))
+            socks.append(sock)
+            if (port := sock.getsockname()[1]) not in RAY_WORKER_PORTS:
+                ports.append(port)
+        return ports
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def private_settings(num_cpus: int, prefix: str = "etva-it-") -> LocalSettings:
+    """Settings of a throw-away cluster (tests, benchmarks): a short /tmp state dir (Ray's AF_UNIX socket
+    paths must stay under 107 bytes) and free ports, so it never clashes with a user's head on the
+    defaults."""
+    state = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    ray_port, dash, mlflow_port, client, agent = free_ports(5)
+    return LocalSettings(
+        state_dir=state, ray_port=ray_port, dashboard_port=dash, mlflow_port=mlflow_port,
+        ray_client_port=client, dashboard_agent_port=agent, num_cpus=num_cpus,
+    )  # fmt: skip

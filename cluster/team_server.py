@@ -20,7 +20,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.local_procs import http_status
+from cluster.local_state import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -43,24 +43,6 @@ class TeamServer:
     db_uri: str  # postgresql://... of the MLflow database (tests read it to count rows)
     root: Path
     pgids: dict[str, int] = field(default_factory=dict)
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free TCP ports outside Ray's worker port range 10002-19999 (held open together while
-    choosing, so they differ)."""
-    socks: list[socket.socket] = []
-    try:
-        ports: list[int] = []
-        while len(ports) < n:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("0.0.0.0", 0))
-            socks.append(sock)
-            if not 10002 <= (port := sock.getsockname()[1]) < 20000:
-                ports.append(port)
-        return ports
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def pg_bin() -> Path:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,43 +25,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # `cluster/` is glue, not an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
-from cluster import local  # noqa: E402
+from cluster import local, local_state  # noqa: E402
 
-RAY_WORKER_PORTS = range(10002, 20000)  # Ray's default worker port range: other ports must avoid it
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free TCP ports (held open together while choosing, so they differ)."""
-    socks: list[socket.socket] = []
-    try:
-        ports: list[int] = []
-        while len(ports) < n:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("0.0.0.0", 0))
-            socks.append(sock)
-            port = sock.getsockname()[1]
-            if port not in RAY_WORKER_PORTS:
-                ports.append(port)
-        return ports
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def make_settings(num_cpus: int) -> local.LocalSettings:
-    """Settings for a throw-away cluster: a short /tmp state dir (Ray's AF_UNIX socket paths must
-    stay under 107 bytes) and free ports, so it never clashes with a user's head on the defaults."""
-    state = Path(tempfile.mkdtemp(prefix="etva-it-", dir="/tmp"))
-    ray_port, dash, mlflow_port, client, agent = free_ports(5)
-    return local.LocalSettings(
-        state_dir=state,
-        ray_port=ray_port,
-        dashboard_port=dash,
-        mlflow_port=mlflow_port,
-        ray_client_port=client,
-        dashboard_agent_port=agent,
-        num_cpus=num_cpus,
-    )
+free_ports, make_settings = local_state.free_ports, local_state.private_settings
 
 
 @contextlib.contextmanager
