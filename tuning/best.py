@@ -10,7 +10,8 @@ logged model (``models:/<model id>``, see ``ray_jobs.tracking.log_best_model``) 
 the UI's *Register model* button does it (source ``models:/<model id>``, run id, model id), so versions
 from the browser and from here are the same kind; a run that already has a version of the registered
 model reuses it. The version gets the alias ``champion``; ``mlflow.pyfunc.load_model`` loads it, and
-``download_champion("models:/<name>@champion", dst)`` brings back its local checkpoint directory.
+``ray_jobs.tracking.download_checkpoint("models:/<name>@champion", dst, uri)`` brings back its local
+checkpoint directory (what ``etva eval --checkpoint models:/...`` calls).
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from etva.config.settings import tracking_uri
 from etva.eval.metrics import HEADLINE_METRICS, SELECTION_METRIC, ranking_order_by, selection_key
 from ray_jobs.tracking import MODEL_ID_TAG, get_client
-from ray_jobs.tracking import download_checkpoint as _download
 
 logger = logging.getLogger(__name__)
 
@@ -181,16 +180,6 @@ def format_ranking(runs: list, top: int = 10) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
-
-
-def download_champion(uri: str, dst: str | Path, tracking_uri: str = "") -> Path:
-    """Download ``models:/<name>@champion`` (or any artifact URI) into ``dst``: the local, verified
-    checkpoint directory (see ``ray_jobs.tracking.download_checkpoint``)."""
-    _, turi = _client(tracking_uri)
-    try:
-        return _download(uri, dst, turi)
-    except LookupError as e:
-        raise BestError(str(e)) from e
 
 
 def main(

@@ -284,7 +284,8 @@ def test_resume_did_not_rerun_finished_trials(sweep):
 
 def test_best_pick_registers_and_loads_the_champion(sweep, tmp_path):
     from etva.train.checkpoint import load_checkpoint
-    from tuning.best import download_champion, pick_best
+    from ray_jobs.tracking import download_checkpoint
+    from tuning.best import pick_best
 
     client, exp_id = sweep["client"], sweep["exp_id"]
     children = _children(client, exp_id)
@@ -300,7 +301,7 @@ def test_best_pick_registers_and_loads_the_champion(sweep, tmp_path):
     mv = client.get_model_version_by_alias("tune-it-model", "champion")
     assert mv.run_id == top.info.run_id and mv.version == pick.version
 
-    ckpt = download_champion(pick.uri, tmp_path / "champion", uri)
+    ckpt = download_checkpoint(pick.uri, tmp_path / "champion", uri)
     state = load_checkpoint(ckpt, load_optimizer=False)
     assert state["meta"]["metrics"]["val/t2v_R1"] == top.data.metrics["best/t2v_R1"]
     # a plain mlflow download with $MLFLOW_TRACKING_URI set (what a user may do by hand)
