@@ -69,7 +69,7 @@ def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
 
     Returns:
         frames uint8 (T, S, S, 3); audio_mel float32 (A, M); audio_mask bool (A,) (when decoding);
-        and per pre-extracted expert ``feat/<e>`` float32 (N, D), ``feat_mask/<e>`` bool (N,).
+        and per pre-extracted expert ``feat/<e>`` (N, D) in the store's dtype, ``feat_mask/<e>`` bool (N,).
 
     Raises:
         DecodeError / FeatureError: the clip or one of its feature files cannot be read.
@@ -77,7 +77,9 @@ def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
     out = _clip_example(record, cfg)
     stores = feature_stores_for(cfg)
     if stores:
-        out.update({k: v[0] for k, v in store_batch(stores, [record.video_id], cfg.max_feature_tokens).items()})
+        out.update(
+            {k: v[0] for k, v in store_batch(stores, [record.video_id], cfg.max_feature_tokens).items()}
+        )
     _check_has_features(record.video_id, out, cfg)
     return out
 
@@ -111,7 +113,10 @@ def example_nbytes(cfg) -> int:
 
 def _check_has_features(video_id: str, example: dict, cfg) -> None:
     if not cfg.decode_clips and not any(v.any() for k, v in example.items() if k.startswith("feat_mask/")):
-        raise FeatureError(f"{video_id}: no expert has features for this clip (data.decode_clips=false)")
+        raise FeatureError(f"{video_id}: {_NO_FEATURES}")
+
+
+_NO_FEATURES = "no expert has features for this clip (data.decode_clips=false)"
 
 
 def _example_shapes(cfg) -> dict[str, tuple[tuple[int, ...], type]]:
@@ -124,8 +129,8 @@ def _example_shapes(cfg) -> dict[str, tuple[tuple[int, ...], type]]:
             "audio_mel": ((a, cfg.num_mel_bins), np.float32),
             "audio_mask": ((a,), bool),
         }
-    for name, dim in ((n, s.dim) for n, s in feature_stores_for(cfg).items()):
-        out[f"feat/{name}"] = ((cfg.max_feature_tokens, dim), np.float32)
+    for name, store in feature_stores_for(cfg).items():  # the stored dtype (the model casts on its device)
+        out[f"feat/{name}"] = ((cfg.max_feature_tokens, store.dim), store.np_dtype)
         out[f"feat_mask/{name}"] = ((cfg.max_feature_tokens,), bool)
     return out
 
@@ -160,24 +165,30 @@ def decode_batch(batch: dict, cfg) -> dict[str, np.ndarray]:
     starts, ends = batch.get("start_s", [None] * n), batch.get("end_s", [None] * n)
     ids = [str(v) for v in batch.get("video_id", paths)]
     stores = feature_stores_for(cfg)
-    from_store = store_batch(stores, ids, cfg.max_feature_tokens) if stores else {}
+    # store columns stay whole-batch arrays (one gather per shard); only decoded clips go row by row
+    out = store_batch(stores, ids, cfg.max_feature_tokens) if stores else {}
+    has_feat = np.zeros(n, bool)
+    for key, mask in out.items():
+        if key.startswith("feat_mask/"):
+            has_feat |= mask.any(axis=1)
     examples, ok, errors = [], np.ones(n, bool), [""] * n
     for i, path in enumerate(paths):
         rec = ClipRecord(ids[i], path, [], "", _time(starts[i]), _time(ends[i]))
         try:
             ex = _clip_example(rec, cfg)
-            ex.update({k: v[i] for k, v in from_store.items()})
-            _check_has_features(ids[i], ex, cfg)
+            if not cfg.decode_clips and not has_feat[i]:
+                raise FeatureError(f"{ids[i]}: {_NO_FEATURES}")
             examples.append(ex)
         except SKIPPABLE_ERRORS as e:
             log.warning("skipping %s: %s", ids[i] if not cfg.decode_clips else path, e)
             ok[i], errors[i] = False, f"{type(e).__name__}: {e}"
             examples.append(None)
-    template = _empty_example(cfg)
-    out = {
-        key: np.stack([ex[key] if ex is not None else zero for ex in examples])
-        for key, zero in template.items()
-    }
+    for key, zero in _empty_example(cfg).items():
+        if key not in out:
+            out[key] = np.stack([ex[key] if ex is not None else zero for ex in examples])
+    for key in out:
+        if key.startswith("feat") and not ok.all():  # failed rows hold zeros
+            out[key][~ok] = 0
     for key, values in batch.items():  # numeric columns pass through (strings cannot become tensors)
         arr = np.asarray(values) if key not in out else None
         if arr is not None and (arr.dtype.kind in "biuf"):

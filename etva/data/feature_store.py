@@ -5,7 +5,13 @@ Layout (a store root may hold several stores, one per expert and encoder setting
     <root>/stores.json                         {"experts": {"<expert>": "<expert>-<key>"}}  (latest)
     <root>/<expert>-<key>/manifest.json        identity, key, dim, dtype, done ids, failed clips, shards
     <root>/<expert>-<key>/shards/part-*.parquet   rows: video_id (str), num_tokens (int32),
-                                                   features (list<float>, T * dim values, row-major)
+                                                   features (binary: the (T, dim) array's bytes,
+                                                   row-major, little-endian, the manifest's dtype)
+
+Layout 1 (``etva-feature-store/1``, written before) stored ``features`` as list<float>: still read, and a
+resumed extraction into such a store keeps writing it. Layout 2 stores one binary value per clip because
+Parquet decodes a list column value by value (a repetition level per float): reading a shard of 256 clips
+x 16 x 768 float16 took about 26 ms as a list and about 4 ms as binary (benchmarks/RESULTS.md).
 
 The store *key* is a hash of the identity (encoder kind, model name, sha256 of every weight file, layer,
 pooling, dim, decode settings): a changed encoder or decode setting is a different store. Shards are
@@ -29,8 +35,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etva.data.sampling import sample_indices
-
 __all__ = [
     "FORMAT",
     "FeatureStoreError",
@@ -46,7 +50,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT = "etva-feature-store/1"
+FORMAT = "etva-feature-store/2"
+FORMAT_LIST = "etva-feature-store/1"  # features as list<float>: read, and kept when resuming such a store
 MANIFEST = "manifest.json"
 INDEX = "stores.json"
 _DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
@@ -121,7 +126,8 @@ class FeatureStoreWriter:
         self.shards = sorted(p.name for p in self.shards_dir.glob("part-*.parquet"))
         self.done: set[str] = {i for s in self.shards for i in _shard_ids(self.shards_dir / s)}
         self.failed: dict[str, str] = {k: v for k, v in old.get("failed", {}).items() if k not in self.done}
-        self.meta = {"format": FORMAT, "key": self.key, "identity": dict(identity), "dim": self.dim}
+        self.format = old.get("format", FORMAT) if self.shards else FORMAT  # a store keeps its layout
+        self.meta = {"format": self.format, "key": self.key, "identity": dict(identity), "dim": self.dim}
         self.meta.update(dtype=dtype, expert=expert or old.get("expert", ""))
         self.write_manifest()
 
@@ -133,22 +139,25 @@ class FeatureStoreWriter:
             raise FeatureStoreError(f"{self.path}: duplicate video ids in one shard")
         if not keep:
             return None
-        flat, offsets, counts = [], [0], []
+        arrays, counts = [], []
         for vid, arr in keep:
             arr = np.asarray(arr).reshape(-1, self.dim) if np.size(arr) else np.zeros((0, self.dim))
             if arr.ndim != 2 or arr.shape[1] != self.dim:
                 raise FeatureStoreError(f"{self.path}: {vid}: expected (T, {self.dim}), got {arr.shape}")
-            flat.append(arr.astype(np_dtype).reshape(-1))
-            offsets.append(offsets[-1] + arr.size)
+            arrays.append(np.ascontiguousarray(arr, np.dtype(np_dtype).newbyteorder("<")))
             counts.append(arr.shape[0])
-        values = pa.array(np.concatenate(flat), type=pa_dtype)
-        feats = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
         table = pa.table(
-            {"video_id": [i for i, _ in keep], "num_tokens": pa.array(counts, pa.int32()), "features": feats}
+            {
+                "video_id": [i for i, _ in keep],
+                "num_tokens": pa.array(counts, pa.int32()),
+                "features": _features_column(arrays, pa_dtype, self.format),
+            }
         )
         name = f"part-{len(self.shards):05d}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.shards_dir / f".{name}.tmp"
-        pq.write_table(table, tmp)
+        # no dictionary or statistics for the feature values (a dictionary-encoded float16 list read
+        # about 5x slower; benchmarks/RESULTS.md, "Training pass streamed from the feature store")
+        pq.write_table(table, tmp, use_dictionary=["video_id"], write_statistics=["video_id", "num_tokens"])
         os.replace(tmp, self.shards_dir / name)
         self.shards.append(name)
         for vid, _ in keep:
@@ -183,14 +192,14 @@ class FeatureStore:
         for key in ("format", "key", "dim", "shards"):
             if key not in self.manifest:
                 raise FeatureStoreError(f"{self.path / MANIFEST}: key '{key}' missing")
-        if self.manifest["format"] != FORMAT:
+        if self.manifest["format"] not in (FORMAT, FORMAT_LIST):
             raise FeatureStoreError(
-                f"{self.path / MANIFEST}: format {self.manifest['format']!r}, want {FORMAT}"
+                f"{self.path / MANIFEST}: format {self.manifest['format']!r}, want {FORMAT} (or {FORMAT_LIST})"
             )
         self.dim, self.key = int(self.manifest["dim"]), self.manifest["key"]
         self.expert = str(self.manifest.get("expert") or "")
         self._where: dict[str, str] | None = None  # video_id -> shard file
-        self._last: tuple[str, dict[str, np.ndarray]] = ("", {})  # the last shard read, by id
+        self._last: _Shard | None = None  # the last shard read
 
     def shard_files(self) -> list[str]:
         """Finished shard files (what a reader should read)."""
@@ -206,46 +215,113 @@ class FeatureStore:
         return set(self.shard_map())
 
     def read(self, video_ids: Iterable[str]) -> dict[str, np.ndarray]:
-        """``{video_id: (T, D) array}`` for the ids the store has (others are absent); each needed shard
-        is read once, only its rows for these ids."""
-        where = self.shard_map()
-        by_shard: dict[str, list[str]] = {}
-        for vid in dict.fromkeys(video_ids):
-            if vid in where:
-                by_shard.setdefault(where[vid], []).append(vid)
+        """``{video_id: (T, D) array}`` (stored dtype) for the ids the store has (others are absent); each
+        needed shard is read once."""
+        by_shard = self._by_shard(list(dict.fromkeys(video_ids)))
         out: dict[str, np.ndarray] = {}
         for shard, ids in by_shard.items():
-            if self._last[0] == shard:
-                rows = self._last[1]
-            elif len(ids) == 1:  # a per-id caller walks neighbours: keep this one shard
-                rows = _read_rows(shard, None, self.dim)
-                self._last = (shard, rows)
-            else:
-                rows = _read_rows(shard, ids, self.dim)
-            out.update((vid, rows[vid]) for vid in ids if vid in rows)
+            part = self._shard(shard)
+            for vid in ids:
+                j = part.pos[vid]
+                out[vid] = part.tokens[part.offsets[j] : part.offsets[j + 1]]
         return out
 
     def get(self, video_id: str) -> np.ndarray | None:
         """The (T, D) features of one clip (T may be 0), or None when the store lacks it."""
         return self.read([video_id]).get(video_id)
 
+    def read_tokens(self, video_ids: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(features (B, N, D) in the stored dtype, mask (B, N) bool)`` for a batch of clips, N =
+        ``max_tokens``: longer clips sampled at N segment centres (:func:`etva.data.sampling.sample_indices`),
+        shorter ones zero-padded; a clip the store lacks (or with T = 0) has an all-False mask. One
+        vectorised gather per shard (no per-clip Python work): this is the feature path's hot loop."""
+        feat = np.zeros((len(video_ids), max_tokens, self.dim), self.np_dtype)
+        mask = np.zeros((len(video_ids), max_tokens), bool)
+        k = np.arange(max_tokens)
+        for shard, rows in self._by_shard(video_ids, positions=True).items():
+            part = self._shard(shard)
+            j = np.fromiter((part.pos[video_ids[i]] for i in rows), np.int64, len(rows))
+            start, count = part.offsets[j], part.offsets[j + 1] - part.offsets[j]  # in tokens
+            sampled = np.floor((k[None] + 0.5) * count[:, None] / max_tokens).astype(np.int64)
+            idx = np.where((count > max_tokens)[:, None], sampled, k[None])  # (R, N)
+            valid = k[None] < np.minimum(count, max_tokens)[:, None]
+            if not valid.any():
+                continue
+            r = np.asarray(rows)
+            got = part.tokens[np.where(valid, idx + start[:, None], 0)]  # (R, N, D)
+            got[~valid] = 0
+            feat[r], mask[r] = got, valid
+        return feat, mask
 
-def _read_rows(shard: str, ids: list[str] | None, dim: int) -> dict[str, np.ndarray]:
-    """``{video_id: (T, D)}`` of one shard file, only ``ids`` (all when None)."""
-    import pyarrow.compute as pc
+    @property
+    def np_dtype(self):
+        return _DTYPES.get(str(self.manifest.get("dtype", "float32")), _DTYPES["float32"])[0]
 
-    flt = None if ids is None else pc.field("video_id").isin(ids)
+    def _by_shard(self, video_ids: list[str], positions: bool = False) -> dict[str, list]:
+        """The ids the store has (or their positions in ``video_ids``), grouped by shard file."""
+        where = self.shard_map()
+        out: dict[str, list] = {}
+        for i, vid in enumerate(video_ids):
+            if vid in where:
+                out.setdefault(where[vid], []).append(i if positions else vid)
+        return out
+
+    def _shard(self, shard: str) -> _Shard:
+        """One shard, parsed; the last one read is kept (neighbouring lookups), never more."""
+        if self._last is None or self._last.path != shard:
+            self._last = _read_shard(shard, self.dim, self.np_dtype)
+        return self._last
+
+
+class _Shard:
+    """One shard file in memory: every token of every clip as one (total tokens, D) array."""
+
+    def __init__(self, path: str, tokens: np.ndarray, offsets: np.ndarray, ids: list[str]) -> None:
+        self.path, self.tokens, self.offsets = path, tokens, offsets  # offsets (clips + 1,) in tokens
+        self.pos = {vid: j for j, vid in enumerate(ids)}
+
+
+def _features_column(arrays: list[np.ndarray], pa_dtype, layout: str) -> pa.Array:
+    """The ``features`` column of a shard: one binary value per clip (layout 2) or list<float> (1)."""
+    if layout == FORMAT_LIST:
+        offsets = np.concatenate([[0], np.cumsum([a.size for a in arrays])]).astype(np.int32)
+        flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, type=pa_dtype))
+    sizes = np.array([a.nbytes for a in arrays], np.int64)
+    if sizes.sum() >= 2**31:
+        raise FeatureStoreError(f"one shard would hold {sizes.sum()} bytes of features: write smaller shards")
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    data = b"".join(a.tobytes() for a in arrays)
+    return pa.Array.from_buffers(pa.binary(), len(arrays), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _read_shard(shard: str, dim: int, dtype) -> _Shard:
+    # the whole shard is read: a shard is one row group, so a row filter saves no I/O and only adds the
+    # dataset scanner's overhead, which cost more than the read itself (benchmarks/RESULTS.md)
     try:
-        t = pq.read_table(shard, columns=["video_id", "features"], filters=flt)
+        t = pq.read_table(shard, columns=["video_id", "features"], use_threads=False)
     except (OSError, pa.ArrowException) as e:
         raise FeatureStoreError(f"{shard}: not a readable feature shard ({e})") from e
-    values = t.column("features").combine_chunks()
-    flat = values.values.to_numpy(zero_copy_only=False)
-    offsets = values.offsets.to_numpy()
-    return {
-        vid: flat[offsets[j] : offsets[j + 1]].reshape(-1, dim)
-        for j, vid in enumerate(t.column("video_id").to_pylist())
-    }
+    col = t.column("features").combine_chunks()
+    if pa.types.is_binary(col.type):  # layout 2: the values' bytes back to back, zero-copy
+        _, off_buf, data_buf = col.buffers()
+        offsets = np.frombuffer(off_buf, np.int32)[col.offset : col.offset + len(col) + 1].astype(np.int64)
+        item = np.dtype(dtype).newbyteorder("<")
+        data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+        data = data[offsets[0] : offsets[-1]]
+        if data.size % (item.itemsize * dim) or (np.diff(offsets) % (item.itemsize * dim)).any():
+            raise FeatureStoreError(f"{shard}: feature bytes are not whole (T, {dim}) {item.name} arrays")
+        offsets = (offsets - offsets[0]) // (item.itemsize * dim)
+        tokens = data.view(item).reshape(-1, dim)
+    elif pa.types.is_list(col.type):  # layout 1
+        flat = col.values.to_numpy(zero_copy_only=False)
+        if flat.size % dim:
+            raise FeatureStoreError(f"{shard}: {flat.size} feature values are not a multiple of dim {dim}")
+        offsets = col.offsets.to_numpy().astype(np.int64) // dim
+        tokens = flat.reshape(-1, dim)
+    else:
+        raise FeatureStoreError(f"{shard}: column 'features' is {col.type}, expected binary (or a list)")
+    return _Shard(shard, tokens, offsets, t.column("video_id").to_pylist())
 
 
 def register_store(root: str | os.PathLike, expert: str, folder: str | os.PathLike) -> None:
@@ -269,25 +345,14 @@ def open_stores(path: str | os.PathLike) -> dict[str, FeatureStore]:
     return {name: FeatureStore(path / sub) for name, sub in experts.items()}
 
 
-def store_batch(stores: Mapping[str, FeatureStore], video_ids: list[str], max_tokens: int) -> dict[str, np.ndarray]:
-    """``feat/<e>`` float32 (B, N, D) and ``feat_mask/<e>`` bool (B, N) for a batch of clips.
-
-    Longer arrays are sampled at N segment centres, shorter ones zero-padded; a clip the store lacks
-    (or with T = 0) gets an all-False mask: the expert is unavailable for it. Each store reads only the
-    shards that hold these ids.
-    """
+def store_batch(
+    stores: Mapping[str, FeatureStore], video_ids: list[str], max_tokens: int
+) -> dict[str, np.ndarray]:
+    """``feat/<e>`` (B, N, D) in each store's dtype (the model casts on its device) and ``feat_mask/<e>``
+    bool (B, N) for a batch of clips: see :meth:`FeatureStore.read_tokens`."""
     out: dict[str, np.ndarray] = {}
     for name, store in stores.items():
-        found = store.read(video_ids)
-        feat = np.zeros((len(video_ids), max_tokens, store.dim), np.float32)  # (B, N, D)
-        mask = np.zeros((len(video_ids), max_tokens), bool)  # (B, N)
-        for i, vid in enumerate(video_ids):
-            arr = found.get(vid)
-            if arr is not None and len(arr):
-                idx = sample_indices(len(arr), max_tokens) if len(arr) > max_tokens else np.arange(len(arr))
-                feat[i, : len(idx)] = arr[idx]
-                mask[i, : len(idx)] = True
-        out[f"feat/{name}"], out[f"feat_mask/{name}"] = feat, mask
+        out[f"feat/{name}"], out[f"feat_mask/{name}"] = store.read_tokens(list(video_ids), max_tokens)
     return out
 
 

@@ -171,7 +171,96 @@ def test_import_features_one_array_per_split_checks_shapes_ids_and_missing(tmp_p
                  "--expert", "audio"]) == 1  # fmt: skip
     assert "y.npy: expected a float array (T, 5), got float32 (2, 6)" in capsys.readouterr().out
     assert open_stores(tmp_path / "p3")["audio"].ids() == {"x"}
-    no_ids = ["data", "import-features", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "p4"), "--expert", "a"]
+    no_ids = [
+        "data",
+        "import-features",
+        str(tmp_path / "bad.npy"),
+        "--out",
+        str(tmp_path / "p4"),
+        "--expert",
+        "a",
+    ]
     assert main(no_ids) == 2
     assert "needs its id list (--ids" in capsys.readouterr().err
 
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_read_tokens_matches_per_clip_sampling(tmp_path, dtype):
+    """The vectorised gather equals, clip by clip, sample_indices over the stored (T, D) array: clips
+    longer and shorter than N, T = 0, ids the store lacks, ids spread over shards in any order."""
+    from etva.data.sampling import sample_indices
+
+    rng = np.random.default_rng(1)
+    arrs = {
+        f"v{i}": rng.normal(size=(int(t), 5)).astype(np.float32)
+        for i, t in enumerate(rng.integers(0, 30, 40))
+    }
+    arrs["v3"] = np.zeros((0, 5), np.float32)
+    ids = list(arrs)
+    w = FeatureStoreWriter(tmp_path / "s", IDENT, 5, dtype=dtype)
+    for s in range(0, len(ids), 16):  # three shards
+        w.write_shard(ids[s : s + 16], [arrs[i] for i in ids[s : s + 16]])
+    store = FeatureStore(tmp_path / "s")
+    ask = [ids[j] for j in rng.permutation(len(ids))] + ["missing"]
+    feat, mask = store.read_tokens(ask, 8)
+    assert feat.shape == (41, 8, 5) and feat.dtype == np.dtype(dtype) and mask.shape == (41, 8)
+    for b, vid in enumerate(ask):
+        a = arrs.get(vid, np.zeros((0, 5), np.float32)).astype(dtype)
+        idx = sample_indices(len(a), 8) if len(a) > 8 else np.arange(len(a))
+        np.testing.assert_array_equal(feat[b, : len(idx)], a[idx])
+        assert (feat[b, len(idx) :] == 0).all() and mask[b].sum() == len(idx) and mask[b, : len(idx)].all()
+
+
+def test_feature_values_are_not_dictionary_encoded(tmp_path):
+    """Shards are written without a dictionary or statistics for the feature values (a dictionary-
+    encoded float16 list read about 5x slower: benchmarks/RESULTS.md)."""
+    w = FeatureStoreWriter(tmp_path / "s", IDENT, 6, dtype="float16")
+    w.write_shard(["a", "b"], [np.ones((3, 6)), np.ones((2, 6))])
+    col = pq.ParquetFile(FeatureStore(tmp_path / "s").shard_files()[0]).metadata.row_group(0).column(2)
+    assert col.path_in_schema == "features"
+    assert not col.has_dictionary_page and not col.is_stats_set
+
+
+def test_layout_1_store_still_read_and_resumed_in_its_layout(tmp_path):
+    """A store written before layout 2 (features as list<float>, format etva-feature-store/1) is read as
+    it is, and a resumed extraction into it keeps its layout (one layout per store)."""
+    import pyarrow as pa
+
+    folder = tmp_path / "old"
+    (folder / "shards").mkdir(parents=True)
+    a = np.arange(12, dtype=np.float16).reshape(4, 3)
+    flat = pa.array(a.reshape(-1), type=pa.float16())
+    old = pa.table(  # what the layout-1 writer wrote
+        {
+            "video_id": ["v0", "v1"],
+            "num_tokens": pa.array([4, 0], pa.int32()),
+            "features": pa.ListArray.from_arrays(pa.array([0, 12, 12], pa.int32()), flat),
+        }
+    )
+    pq.write_table(old, folder / "shards" / "part-00000-aaaaaaaa.parquet")
+    manifest = {"format": "etva-feature-store/1", "key": store_key(IDENT), "identity": IDENT, "dim": 3}
+    manifest.update(
+        dtype="float16", expert="audio", shards=["part-00000-aaaaaaaa.parquet"], done=["v0", "v1"]
+    )
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    np.testing.assert_array_equal(FeatureStore(folder).get("v0"), a)
+    assert FeatureStore(folder).get("v1").shape == (0, 3)
+    w = FeatureStoreWriter(folder, IDENT, 3, dtype="float16", expert="audio")
+    new = w.write_shard(["v2"], [a[:2] + 1])
+    assert pq.read_schema(new).field("features").type == pa.list_(pa.float16())
+    assert json.loads((folder / "manifest.json").read_text())["format"] == "etva-feature-store/1"
+    feat, mask = FeatureStore(folder).read_tokens(["v2", "v0", "v1"], 4)
+    np.testing.assert_array_equal(feat[0, :2], a[:2] + 1)
+    np.testing.assert_array_equal(feat[1], a)
+    assert mask.sum(1).tolist() == [2, 4, 0]
+
+
+def test_new_store_writes_binary_features(tmp_path):
+    import pyarrow as pa
+
+    w = FeatureStoreWriter(tmp_path / "s", IDENT, 3, dtype="float32")
+    path = w.write_shard(["a", "b"], [np.ones((2, 3)), np.zeros((0, 3))])
+    t = pq.read_table(path)
+    assert t.schema.field("features").type == pa.binary() and t.column("num_tokens").to_pylist() == [2, 0]
+    assert np.frombuffer(t.column("features")[0].as_py(), "<f4").reshape(2, 3).tolist() == [[1.0] * 3] * 2
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["format"] == "etva-feature-store/2"
