@@ -130,9 +130,9 @@ def build_video_dataset(
     if shuffle:  # each block a random set of videos, not a run of neighbours (one movie, one source)
         rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
     if data_cfg.feature_store and not data_cfg.decode_clips:
-        # store only: one block per store shard (the split's videos in it), so each task reads each
-        # shard it needs once per epoch and holds one shard group, never the store
-        ds = ray.data.from_arrow(_blocks(_store_groups(rows, data_cfg.feature_store)))
+        # store only: blocks of whole row groups (random ones from many shards when training), so each
+        # task reads each row group it needs once per epoch and holds one block, never the store
+        ds = ray.data.from_arrow(_blocks(_store_groups(rows, data_cfg.feature_store, shuffle, seed)))
         batch_size = None
     else:
         ds = ray.data.from_items(rows, override_num_blocks=_num_blocks(len(rows), ray_cfg.decode_concurrency))
@@ -157,20 +157,35 @@ def build_video_dataset(
     return decoded.randomize_block_order() if shuffle else decoded
 
 
-def _store_groups(rows: list[dict], feature_store: str) -> list[list[dict]]:
-    """The rows grouped by the shard of the first expert's store that holds their video (order kept
-    within a group); videos that store lacks form groups of their own (other experts may have them)."""
+STORE_BLOCK_ROWS = 256  # rows per block on the store path (one read task; 19 MB of float16 at MSRVTT size)
+
+
+def _store_groups(rows: list[dict], feature_store: str, shuffle: bool, seed: int) -> list[list[dict]]:
+    """The rows packed into blocks of whole row-group chunks of the first expert's store
+    (:data:`etva.data.feature_store.ROW_GROUP_CLIPS` clips each, so a read task reads whole row groups).
+
+    Training (``shuffle``): the chunks are permuted before packing, so a block gathers chunks from many
+    shards (a shard holds neighbouring clips: one movie, one source) and a batch is not a run of
+    neighbours. Evaluation: chunks in file order. Videos that store lacks form blocks of their own (other
+    experts may have them)."""
     from etva.data.example import feature_stores_for_path
 
     stores = feature_stores_for_path(feature_store)
-    where = stores[sorted(stores)[0]].shard_map()
-    groups: dict[str, list[dict]] = {}
+    where = stores[sorted(stores)[0]].chunk_map()
+    chunks: dict[tuple, list[dict]] = {}
+    lacking = []
     for row in rows:
-        groups.setdefault(where.get(row["video_id"], ""), []).append(row)
-    out = [g for key, g in groups.items() if key]
-    lacking = groups.get("", [])
-    out += [lacking[s : s + 64] for s in range(0, len(lacking), 64)]
-    return out
+        key = where.get(row["video_id"])
+        (lacking if key is None else chunks.setdefault(key, [])).append(row)
+    order = sorted(chunks)
+    if shuffle:
+        order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
+    out: list[list[dict]] = []
+    for key in order:
+        if not out or (out[-1] and len(out[-1]) + len(chunks[key]) > STORE_BLOCK_ROWS):
+            out.append([])
+        out[-1].extend(chunks[key])
+    return out + [lacking[s : s + 64] for s in range(0, len(lacking), 64)]
 
 
 def _blocks(groups: list[list[dict]]) -> list:

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "etva-feature-store/2"
 FORMAT_LIST = "etva-feature-store/1"  # features as list<float>: read, and kept when resuming such a store
+# clips per Parquet row group: the unit a reader can fetch alone, so that a training block can gather
+# clips from many shards (ray_jobs.data) and a per-id reader fetches 32 clips, not a whole shard
+ROW_GROUP_CLIPS = 32
 MANIFEST = "manifest.json"
 INDEX = "stores.json"
 _DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
@@ -92,6 +95,16 @@ def _read_json(path: Path) -> dict:
 
 def _shard_ids(path: Path) -> list[str]:
     return pq.read_table(path, columns=["video_id"]).column("video_id").to_pylist()
+
+
+def _chunk_ids(path: str) -> list[tuple[int, str]]:
+    """``[(row group, video_id)]`` of one shard file, in file order."""
+    f = pq.ParquetFile(path)
+    ids = f.read(columns=["video_id"], use_threads=False).column("video_id").to_pylist()
+    groups = np.repeat(
+        np.arange(f.num_row_groups), [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
+    )
+    return list(zip(groups.tolist(), ids, strict=True))
 
 
 class FeatureStoreWriter:
@@ -157,7 +170,13 @@ class FeatureStoreWriter:
         tmp = self.shards_dir / f".{name}.tmp"
         # no dictionary or statistics for the feature values (a dictionary-encoded float16 list read
         # about 5x slower; benchmarks/RESULTS.md, "Training pass streamed from the feature store")
-        pq.write_table(table, tmp, use_dictionary=["video_id"], write_statistics=["video_id", "num_tokens"])
+        pq.write_table(
+            table,
+            tmp,
+            row_group_size=ROW_GROUP_CLIPS,
+            use_dictionary=["video_id"],
+            write_statistics=["video_id", "num_tokens"],
+        )
         os.replace(tmp, self.shards_dir / name)
         self.shards.append(name)
         for vid, _ in keep:
@@ -198,29 +217,30 @@ class FeatureStore:
             )
         self.dim, self.key = int(self.manifest["dim"]), self.manifest["key"]
         self.expert = str(self.manifest.get("expert") or "")
-        self._where: dict[str, str] | None = None  # video_id -> shard file
-        self._last: _Shard | None = None  # the last shard read
+        self._where: dict[str, tuple[str, int]] | None = None  # video_id -> (shard file, row group)
+        self._last: _Shard | None = None  # the last row groups read
 
     def shard_files(self) -> list[str]:
         """Finished shard files (what a reader should read)."""
         return sorted(str(p) for p in (self.path / "shards").glob("part-*.parquet"))
 
-    def shard_map(self) -> dict[str, str]:
-        """``{video_id: shard file}`` of every finished clip (read from the shards' id columns once)."""
+    def chunk_map(self) -> dict[str, tuple[str, int]]:
+        """``{video_id: (shard file, row group)}`` of every finished clip (from the shards' id columns,
+        read once): a row group (:data:`ROW_GROUP_CLIPS` clips) is the smallest unit a reader fetches."""
         if self._where is None:
-            self._where = {vid: f for f in self.shard_files() for vid in _shard_ids(Path(f))}
+            self._where = {vid: (f, g) for f in self.shard_files() for g, vid in _chunk_ids(f)}
         return self._where
 
     def ids(self) -> set[str]:
-        return set(self.shard_map())
+        return set(self.chunk_map())
 
     def read(self, video_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """``{video_id: (T, D) array}`` (stored dtype) for the ids the store has (others are absent); each
-        needed shard is read once."""
+        needed row group is read once."""
         by_shard = self._by_shard(list(dict.fromkeys(video_ids)))
         out: dict[str, np.ndarray] = {}
-        for shard, ids in by_shard.items():
-            part = self._shard(shard)
+        for (shard, groups), ids in by_shard.items():
+            part = self._shard(shard, groups)
             for vid in ids:
                 j = part.pos[vid]
                 out[vid] = part.tokens[part.offsets[j] : part.offsets[j + 1]]
@@ -234,12 +254,13 @@ class FeatureStore:
         """``(features (B, N, D) in the stored dtype, mask (B, N) bool)`` for a batch of clips, N =
         ``max_tokens``: longer clips sampled at N segment centres (:func:`etva.data.sampling.sample_indices`),
         shorter ones zero-padded; a clip the store lacks (or with T = 0) has an all-False mask. One
-        vectorised gather per shard (no per-clip Python work): this is the feature path's hot loop."""
+        vectorised gather per shard, reading only the row groups that hold these clips (no per-clip Python
+        work): this is the feature path's hot loop."""
         feat = np.zeros((len(video_ids), max_tokens, self.dim), self.np_dtype)
         mask = np.zeros((len(video_ids), max_tokens), bool)
         k = np.arange(max_tokens)
-        for shard, rows in self._by_shard(video_ids, positions=True).items():
-            part = self._shard(shard)
+        for (shard, groups), rows in self._by_shard(video_ids, positions=True).items():
+            part = self._shard(shard, groups)
             j = np.fromiter((part.pos[video_ids[i]] for i in rows), np.int64, len(rows))
             start, count = part.offsets[j], part.offsets[j + 1] - part.offsets[j]  # in tokens
             sampled = np.floor((k[None] + 0.5) * count[:, None] / max_tokens).astype(np.int64)
@@ -257,27 +278,32 @@ class FeatureStore:
     def np_dtype(self):
         return _DTYPES.get(str(self.manifest.get("dtype", "float32")), _DTYPES["float32"])[0]
 
-    def _by_shard(self, video_ids: list[str], positions: bool = False) -> dict[str, list]:
-        """The ids the store has (or their positions in ``video_ids``), grouped by shard file."""
-        where = self.shard_map()
-        out: dict[str, list] = {}
+    def _by_shard(self, video_ids: list[str], positions: bool = False) -> dict[tuple[str, tuple], list]:
+        """The ids the store has (or their positions in ``video_ids``), grouped by shard file, keyed by
+        ``(shard, the row groups that hold them)``."""
+        where = self.chunk_map()
+        found: dict[str, list] = {}
+        groups: dict[str, set[int]] = {}
         for i, vid in enumerate(video_ids):
             if vid in where:
-                out.setdefault(where[vid], []).append(i if positions else vid)
-        return out
+                shard, g = where[vid]
+                found.setdefault(shard, []).append(i if positions else vid)
+                groups.setdefault(shard, set()).add(g)
+        return {(shard, tuple(sorted(groups[shard]))): items for shard, items in found.items()}
 
-    def _shard(self, shard: str) -> _Shard:
-        """One shard, parsed; the last one read is kept (neighbouring lookups), never more."""
-        if self._last is None or self._last.path != shard:
-            self._last = _read_shard(shard, self.dim, self.np_dtype)
+    def _shard(self, shard: str, groups: tuple[int, ...]) -> _Shard:
+        """Row groups of one shard, parsed; the last read is kept (neighbouring lookups), never more."""
+        last = self._last
+        if last is None or last.path != shard or not set(groups) <= set(last.groups):
+            self._last = _read_shard(shard, groups, self.dim, self.np_dtype)
         return self._last
 
 
 class _Shard:
-    """One shard file in memory: every token of every clip as one (total tokens, D) array."""
+    """Row groups of one shard file in memory: every token of their clips as one (total tokens, D) array."""
 
-    def __init__(self, path: str, tokens: np.ndarray, offsets: np.ndarray, ids: list[str]) -> None:
-        self.path, self.tokens, self.offsets = path, tokens, offsets  # offsets (clips + 1,) in tokens
+    def __init__(self, path: str, groups, tokens: np.ndarray, offsets: np.ndarray, ids: list[str]) -> None:
+        self.path, self.groups, self.tokens, self.offsets = path, tuple(groups), tokens, offsets  # in tokens
         self.pos = {vid: j for j, vid in enumerate(ids)}
 
 
@@ -295,11 +321,13 @@ def _features_column(arrays: list[np.ndarray], pa_dtype, layout: str) -> pa.Arra
     return pa.Array.from_buffers(pa.binary(), len(arrays), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def _read_shard(shard: str, dim: int, dtype) -> _Shard:
-    # the whole shard is read: a shard is one row group, so a row filter saves no I/O and only adds the
-    # dataset scanner's overhead, which cost more than the read itself (benchmarks/RESULTS.md)
+def _read_shard(shard: str, groups: tuple[int, ...], dim: int, dtype) -> _Shard:
+    # whole row groups, no row filter: a filter saves no I/O within a row group and its dataset scanner
+    # cost more than the read itself (benchmarks/RESULTS.md)
     try:
-        t = pq.read_table(shard, columns=["video_id", "features"], use_threads=False)
+        t = pq.ParquetFile(shard).read_row_groups(
+            list(groups), columns=["video_id", "features"], use_threads=False
+        )
     except (OSError, pa.ArrowException) as e:
         raise FeatureStoreError(f"{shard}: not a readable feature shard ({e})") from e
     col = t.column("features").combine_chunks()
@@ -321,7 +349,7 @@ def _read_shard(shard: str, dim: int, dtype) -> _Shard:
         tokens = flat.reshape(-1, dim)
     else:
         raise FeatureStoreError(f"{shard}: column 'features' is {col.type}, expected binary (or a list)")
-    return _Shard(shard, tokens, offsets, t.column("video_id").to_pylist())
+    return _Shard(shard, groups, tokens, offsets, t.column("video_id").to_pylist())
 
 
 def register_store(root: str | os.PathLike, expert: str, folder: str | os.PathLike) -> None:

@@ -264,3 +264,23 @@ def test_new_store_writes_binary_features(tmp_path):
     assert t.schema.field("features").type == pa.binary() and t.column("num_tokens").to_pylist() == [2, 0]
     assert np.frombuffer(t.column("features")[0].as_py(), "<f4").reshape(2, 3).tolist() == [[1.0] * 3] * 2
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["format"] == "etva-feature-store/2"
+
+
+def test_reads_only_the_row_groups_that_hold_the_ids(tmp_path):
+    """A shard is written in row groups of ROW_GROUP_CLIPS clips; a reader fetches only the groups that
+    hold the ids asked for and keeps them for neighbouring lookups."""
+    from etva.data.feature_store import ROW_GROUP_CLIPS
+
+    arrs = _arrays(3 * ROW_GROUP_CLIPS + 5, dim=4)
+    ids = list(arrs)
+    w = FeatureStoreWriter(tmp_path / "s", IDENT, 4)
+    w.write_shard(ids, [arrs[i] for i in ids])  # one shard, four row groups
+    store = FeatureStore(tmp_path / "s")
+    assert pq.ParquetFile(store.shard_files()[0]).num_row_groups == 4
+    assert store.chunk_map()[ids[ROW_GROUP_CLIPS + 1]] == (store.shard_files()[0], 1)
+    np.testing.assert_array_equal(store.get(ids[ROW_GROUP_CLIPS + 1]), arrs[ids[ROW_GROUP_CLIPS + 1]])
+    assert store._last.groups == (1,)  # one row group read, not the shard
+    feat, mask = store.read_tokens([ids[-1], ids[0]], 64)
+    assert store._last.groups == (0, 3)
+    np.testing.assert_array_equal(feat[0, : len(arrs[ids[-1]])], arrs[ids[-1]])
+    np.testing.assert_array_equal(feat[1, : len(arrs[ids[0]])], arrs[ids[0]])

@@ -17,3 +17,42 @@ def test_a_small_split_still_gets_one_block_per_decode_task():
 
 def test_very_large_sets_are_capped_at_2000_blocks():
     assert _num_blocks(100_000, 2) == 2000
+
+
+def _store(tmp_path, n: int, shard: int):
+    import numpy as np
+
+    from etva.data.feature_store import FeatureStoreWriter, register_store
+
+    w = FeatureStoreWriter(tmp_path / "appearance-x", {"k": 1}, 2, expert="appearance")
+    for s in range(0, n, shard):
+        ids = [f"v{i}" for i in range(s, min(n, s + shard))]
+        w.write_shard(ids, [np.ones((1, 2))] * len(ids))
+    register_store(tmp_path, "appearance", tmp_path / "appearance-x")
+    return str(tmp_path)
+
+
+def test_store_blocks_gather_row_groups_from_many_shards_when_training(tmp_path):
+    """Store path: a training block is whole row groups from many shards (a shard holds neighbouring
+    clips), every row in exactly one block; evaluation keeps file order."""
+    from collections import Counter
+
+    from etva.data.example import feature_stores_for_path
+    from etva.data.feature_store import ROW_GROUP_CLIPS
+    from ray_jobs.data import STORE_BLOCK_ROWS, _store_groups
+
+    root = _store(tmp_path, 2000, 256)  # 8 shards of 8 row groups
+    rows = [{"video_id": f"v{i}"} for i in range(2000)] + [{"video_id": "not-in-store"}]
+    where = feature_stores_for_path(root)["appearance"].chunk_map()
+    size = Counter(where.values())
+    assert max(size.values()) == ROW_GROUP_CLIPS
+    train = _store_groups(rows, root, shuffle=True, seed=0)
+    assert sorted(r["video_id"] for b in train for r in b) == sorted(r["video_id"] for r in rows)
+    assert train[-1] == [{"video_id": "not-in-store"}]
+    for block in train[:-1]:
+        assert len(block) <= STORE_BLOCK_ROWS
+        assert len({where[r["video_id"]][0] for r in block}) >= 4  # shards mixed in one block
+        groups = {where[r["video_id"]] for r in block}
+        assert len(block) == sum(size[g] for g in groups)  # whole row groups only
+    evaluation = _store_groups(rows, root, shuffle=False, seed=0)
+    assert [r["video_id"] for b in evaluation for r in b][:300] == [f"v{i}" for i in range(300)]
