@@ -93,10 +93,6 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _shard_ids(path: Path) -> list[str]:
-    return pq.read_table(path, columns=["video_id"]).column("video_id").to_pylist()
-
-
 def _chunk_ids(path: str) -> list[tuple[int, str]]:
     """``[(row group, video_id)]`` of one shard file, in file order."""
     f = pq.ParquetFile(path)
@@ -137,7 +133,7 @@ class FeatureStoreWriter:
         for tmp in self.shards_dir.glob(".*.tmp"):  # a shard a killed job did not finish
             tmp.unlink()
         self.shards = sorted(p.name for p in self.shards_dir.glob("part-*.parquet"))
-        self.done: set[str] = {i for s in self.shards for i in _shard_ids(self.shards_dir / s)}
+        self.done: set[str] = {i for s in self.shards for _, i in _chunk_ids(str(self.shards_dir / s))}
         self.failed: dict[str, str] = {k: v for k, v in old.get("failed", {}).items() if k not in self.done}
         self.format = old.get("format", FORMAT) if self.shards else FORMAT  # a store keeps its layout
         self.meta = {"format": self.format, "key": self.key, "identity": dict(identity), "dim": self.dim}
