@@ -213,7 +213,7 @@ def _study(args: argparse.Namespace, log: Path) -> int:
     from ray_jobs.run_record import upload_log
     from tuning.mlflow_sweep import close_unfinished
     from tuning.study_report import report_study
-    from tuning.sweep import _tracking, build_tuner
+    from tuning.sweep import _prepare_once, _tracking, build_tuner
 
     cfg = study_config(load_job_config(args.config, args.overrides))
     only = [v.strip() for v in args.variants.split(",") if v.strip()] or None
@@ -227,8 +227,9 @@ def _study(args: argparse.Namespace, log: Path) -> int:
         raise ConfigError("a study needs an MLflow tracking server (mlflow.tracking_uri or $MLFLOW_TRACKING_URI)")
     client.set_tag(parent_id, STUDY_TAG, name)
     t0, status = time.time(), "FAILED"
-    try:
-        results = build_tuner(cfg, space, name, storage_path(cfg), tracking, args.restart_errored).fit()
+    try:  # every variant and seed trains on the same data: prepared once here (tokenizer, decoded clips)
+        shared = _prepare_once(cfg, name, storage_path(cfg), client, parent_id)
+        results = build_tuner(cfg, space, name, storage_path(cfg), tracking, args.restart_errored, shared).fit()
         done = results.num_terminated + results.num_errors
         status = "FAILED" if results.num_errors else ("FINISHED" if done == len(results) else "KILLED")
     finally:

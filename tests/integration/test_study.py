@@ -74,6 +74,13 @@ def test_every_trial_runs_its_variant_and_reports_the_test_split(study):
         r1 = hits_at_k(ranks["t2v_h"], ranks["t2v_e"], 1).mean()
         assert r1 == pytest.approx(run.data.metrics["test/t2v_R1"], abs=1e-6)
     assert seen == {(v, s) for v in VARIANTS for s in (0, 1)}
+    # a study is a sweep over model settings and seeds: every trial trains on the data the study driver
+    # prepared once (one tokenizer), none prepares its own
+    assert study["parent"].data.metrics["prep/tokenizer_trained"] == 1.0
+    for run in children:
+        assert run.data.tags["etva.data.prepared_by"] == "sweep", run.info.run_name
+        assert run.data.metrics["prep/tokenizer_trained"] == 0.0 and run.data.metrics["prep/clips_decoded"] == 0.0
+    assert len(list((study["tmp"] / "runs" / "tokenizer-cache").iterdir())) == 1
 
 
 def test_parent_holds_the_table_the_paired_comparison_and_the_picture(study):

@@ -1,8 +1,9 @@
 """A sweep prepares its data once: trials with the sweep's data settings decode no clip and train no
 tokenizer; a trial that changes a data setting decodes its own clips (counted in MLflow, not timed).
 
-One sweep of three 1-epoch trials of the tiny config with ``data.cache=memory``: ``data.num_frames`` in
-[4, 4, 5] (4 is the config's own value), so two trials share the driver's data and one prepares its own.
+One sweep of two concurrent 1-epoch trials of the tiny config with ``data.cache=memory``:
+``data.num_frames`` in [4, 5] (4 is the config's own value), so one trial uses the driver's data and one
+prepares its own. (The study's trials in test_study, a sweep too, check the same reuse for every trial.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(720)]
 
 EXPERIMENT = "etva-sweep-data-it"
-SPACE = "data.num_frames: {grid: [4, 4, 5]}\n"
+SPACE = "data.num_frames: {grid: [4, 5]}\n"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_trials_with_the_sweeps_data_settings_decode_and_tokenize_nothing(sweep)
     assert outcome["clips_decoded"] == outcome["clips"] > 0, outcome  # the driver decoded each clip once
     assert parent.data.metrics["prep/tokenizer_trained"] == 1.0  # fresh storage: trained once, by the driver
     same = [r for r in children if r.data.params["data.num_frames"] == "4"]
-    assert len(same) == 2 and len(children) == 3
+    assert len(same) == 1 and len(children) == 2
     for run in same:
         assert run.info.status == "FINISHED"
         assert run.data.tags["etva.data.prepared_by"] == "sweep"
@@ -65,7 +66,7 @@ def test_trials_with_the_sweeps_data_settings_decode_and_tokenize_nothing(sweep)
         assert run.data.metrics["prep/tokenizer_trained"] == 0.0
     tokenizers = list((sweep["tmp"] / "runs" / "tokenizer-cache").iterdir())
     assert len(tokenizers) == 1, tokenizers  # one tokenizer for the whole sweep
-    assert "2 of 3 trials used it" in parent.data.tags["mlflow.note.content"]
+    assert "1 of 2 trials used it" in parent.data.tags["mlflow.note.content"]
 
 
 def test_a_trial_with_other_data_settings_decodes_its_own_clips(sweep):
