@@ -165,8 +165,8 @@ def _store_groups(rows: list[dict], feature_store: str, shuffle: bool, seed: int
     (:data:`etva.data.feature_store.ROW_GROUP_CLIPS` clips each, so a read task reads whole row groups).
 
     Training (``shuffle``): the chunks are permuted before packing, so a block gathers chunks from many
-    shards (a shard holds neighbouring clips: one movie, one source) and a batch is not a run of
-    neighbours. Evaluation: chunks in file order. Videos that store lacks form blocks of their own (other
+    shards (a shard holds neighbouring clips: one movie, one source), and its rows are mixed, so a batch
+    is not a run of neighbours. Evaluation: chunks in file order. Videos that store lacks form blocks of their own (other
     experts may have them)."""
     from etva.data.example import feature_stores_for_path
 
@@ -178,13 +178,16 @@ def _store_groups(rows: list[dict], feature_store: str, shuffle: bool, seed: int
         key = where.get(row["video_id"])
         (lacking if key is None else chunks.setdefault(key, [])).append(row)
     order = sorted(chunks)
+    rng = np.random.default_rng(seed)
     if shuffle:
-        order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
+        order = [order[i] for i in rng.permutation(len(order))]
     out: list[list[dict]] = []
     for key in order:
         if not out or (out[-1] and len(out[-1]) + len(chunks[key]) > STORE_BLOCK_ROWS):
             out.append([])
         out[-1].extend(chunks[key])
+    if shuffle:  # rows mixed within a block, so that each batch spans its chunks (reads are per shard anyway)
+        out = [[block[i] for i in rng.permutation(len(block))] for block in out]
     return out + [lacking[s : s + 64] for s in range(0, len(lacking), 64)]
 
 

@@ -52,6 +52,7 @@ def test_store_blocks_gather_row_groups_from_many_shards_when_training(tmp_path)
     for block in train[:-1]:
         assert len(block) <= STORE_BLOCK_ROWS
         assert len({where[r["video_id"]][0] for r in block}) >= 4  # shards mixed in one block
+        assert len({where[r["video_id"]][0] for r in block[:64]}) >= 4  # and within one batch of it
         groups = {where[r["video_id"]] for r in block}
         assert len(block) == sum(size[g] for g in groups)  # whole row groups only
     evaluation = _store_groups(rows, root, shuffle=False, seed=0)
