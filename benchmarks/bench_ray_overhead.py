@@ -21,7 +21,7 @@ imported): Ray sets it for its tasks, and without it the plain path's loader wor
 clip (OpenBLAS threads in the log-mel product, on 2 cores; docs/platform.md).
 
     python -m benchmarks.bench_ray_overhead --num-videos 160 --epochs 3
-    python -m benchmarks.bench_ray_overhead --quick   # 64 videos, 2 epochs
+    python -m benchmarks.bench_ray_overhead --quick   # 64 videos, 2 epochs (too few for a 2-worker batch: 0)
     python -m benchmarks.bench_ray_overhead --profile /tmp/prof   # + one profiled epoch per run
 
 `--profile` adds an epoch after the measured ones, profiled by `ray_jobs.profiling` in both paths (CPU
@@ -217,6 +217,9 @@ def main() -> None:
                 f"ray.decode_concurrency={args.decode_procs}",
                 "ray.address=local",
                 "data.cache=none",  # shapes.yaml turns the cache on; A/B are the decode-every-epoch path
+                # both paths train on the whole train split and evaluate the test split (the plain path's
+                # prepare_splits below): no validation carved from train on the Ray side only
+                "data.val_from_train=0",
             ],
         )
         generate_dataset(root, args.num_videos, 0, cfg=cfg.data.synth, progress=False)
