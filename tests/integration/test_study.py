@@ -1,4 +1,5 @@
-"""A 2-variant x 2-seed ablation study at a tiny budget on the private local Ray head + MLflow server.
+"""A 2-variant x 2-seed ablation study at a tiny budget on the suite's local Ray head + MLflow server,
+two trials at a time.
 
 ``python -m tuning.study`` (what ``etva study`` runs) with the shipped Tables 4-5 space cut to two variants
 and two seeds, on the compositional synthetic data: four trials, each selecting its epoch on a split
@@ -43,7 +44,7 @@ def study(local_cluster, tmp_path_factory):
         "data.synth.num_videos=24", "data.subset=full", "data.val_from_train=4", "data.test_split=test",
         "train.epochs=1", "optim.warmup_steps=0", f"ray.storage_path={tmp / 'runs'}",
         f"ray.address={local_cluster.ray_address}", "ray.num_workers=1", f"mlflow.experiment={EXPERIMENT}",
-        "tune.max_concurrent_trials=1",
+        "tune.max_concurrent_trials=2",  # two at a time, as the README's sweep step runs
     ]  # fmt: skip
     env = {**local_cluster.subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     log = tmp / "study.log"
