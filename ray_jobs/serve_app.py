@@ -196,21 +196,13 @@ class SearchDeployment:
         return HTMLResponse(PAGE.replace("{{model}}", name))
 
 
-def _application(model: ResolvedModel, kind: str, root: str, opts: dict):
-    """(the bound application of ``model`` over its up-to-date index, the build counts)."""
-    index_dir = default_index_dir(root, digest_of(model.ckpt_dir), opts.get("index_root", "runs/index"))
-    counts = build_index(model, index_dir, kind, root, actors=int(opts.get("actors", 1)),
-                         batch_size=int(opts.get("batch_size", 8)))  # fmt: skip
-    settings = {"ckpt_dir": model.ckpt_dir, "name": model.name, "version": model.version, "uri": model.uri,
-                "index_dir": str(Path(index_dir).resolve()), "auth": bool(os.environ.get("ETVA_SERVE_TOKEN"))}  # fmt: skip
-    return SearchDeployment.options(num_replicas=int(opts.get("replicas", 1))).bind(settings), counts
-
-
-def build_app(args: dict):
-    """Serve config entry point (``import_path: ray_jobs.serve_app:build_app``, e.g. a KubeRay RayService).
+def build_app(args: dict, model: ResolvedModel | None = None):
+    """The application over ``model``'s up-to-date index: the Serve config entry point (``import_path:
+    ray_jobs.serve_app:build_app``, e.g. a KubeRay RayService) and what ``etva serve`` deploys.
 
     ``args``: model (``models:/<name>@<alias>``), videos or store, index_root, and optionally actors,
-    batch_size, replicas. The alias is resolved when the application is (re)deployed.
+    batch_size, replicas. The alias is resolved when the application is (re)deployed, unless ``model``
+    is the version the caller resolved already (``etva serve``).
     """
     known = {"model", "videos", "store", "index_root", "actors", "batch_size", "replicas", "revision"}
     unknown = sorted(set(args) - known)  # revision: any new value redeploys (re-resolves the alias)
@@ -218,9 +210,15 @@ def build_app(args: dict):
         raise ValueError(f"serve args {sorted(args)}: expected model, videos|store, index_root "
                          f"[actors, batch_size, replicas]; unknown {unknown}")  # fmt: skip
     kind, root = ("folder", args["videos"]) if args.get("videos") else ("store", args["store"])
-    index_root = args.get("index_root", "runs/index")
-    model = resolve_model(args["model"], Path(index_root) / "models")
-    return _application(model, kind, root, {**args, "index_root": index_root})[0]
+    index_root = args.get("index_root") or "runs/index"
+    model = model or resolve_model(args["model"], Path(index_root) / "models")
+    index_dir = default_index_dir(root, digest_of(model.ckpt_dir), index_root)
+    counts = build_index(model, index_dir, kind, root, actors=int(args.get("actors", 1)),
+                         batch_size=int(args.get("batch_size", 8)))  # fmt: skip
+    log.info("application for %s v%s (index build: %s)", model.name, model.version, counts)
+    settings = {"ckpt_dir": model.ckpt_dir, "name": model.name, "version": model.version, "uri": model.uri,
+                "index_dir": str(Path(index_dir).resolve()), "auth": bool(os.environ.get("ETVA_SERVE_TOKEN"))}  # fmt: skip
+    return SearchDeployment.options(num_replicas=int(args.get("replicas", 1))).bind(settings)
 
 
 class Deployer:
@@ -228,20 +226,20 @@ class Deployer:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.kind, self.root = ("folder", args.videos) if args.videos else ("store", args.store)
         self.current: ResolvedModel | None = None
 
     def resolve(self) -> ResolvedModel:
         models = Path(self.args.index_root) / "models"
         return resolve_model(self.args.model, models, self.args.tracking_uri)
 
-    def deploy(self, model: ResolvedModel) -> dict:
+    def deploy(self, model: ResolvedModel) -> None:
         """Build (or bring up to date) ``model``'s index, then deploy/update the application with it."""
-        app, counts = _application(model, self.kind, self.root, vars(self.args))
-        serve.run(app, name=APP_NAME, route_prefix="/")
+        a = self.args
+        args = {"model": a.model, "videos": a.videos, "store": a.store, "index_root": a.index_root,
+                "actors": a.actors, "batch_size": a.batch_size, "replicas": a.replicas}  # fmt: skip
+        serve.run(build_app(args, model), name=APP_NAME, route_prefix="/")
         self.current = model
-        log.info("serving %s v%s (index build: %s)", model.name, model.version, counts)
-        return counts
+        log.info("serving %s v%s", model.name, model.version)
 
     def poll_once(self) -> bool:
         """Redeploy when the alias names another version; True when it did."""
