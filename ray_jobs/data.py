@@ -166,8 +166,8 @@ def _store_groups(rows: list[dict], feature_store: str, shuffle: bool, seed: int
 
     Training (``shuffle``): the chunks are permuted before packing, so a block gathers chunks from many
     shards (a shard holds neighbouring clips: one movie, one source), and its rows are mixed, so a batch
-    is not a run of neighbours. Evaluation: chunks in file order. Videos that store lacks form blocks of their own (other
-    experts may have them)."""
+    is not a run of neighbours. Evaluation: chunks in file order. Videos that store lacks form blocks of
+    their own (other experts may have them)."""
     from etva.data.example import feature_stores_for_path
 
     stores = feature_stores_for_path(feature_store)

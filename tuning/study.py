@@ -228,8 +228,9 @@ def _study(args: argparse.Namespace, log: Path) -> int:
     client.set_tag(parent_id, STUDY_TAG, name)
     t0, status = time.time(), "FAILED"
     try:  # every variant and seed trains on the same data: prepared once here (tokenizer, decoded clips)
-        shared = _prepare_once(cfg, name, storage_path(cfg), client, parent_id)
-        results = build_tuner(cfg, space, name, storage_path(cfg), tracking, args.restart_errored, shared).fit()
+        storage = storage_path(cfg)
+        shared = _prepare_once(cfg, name, storage, client, parent_id)
+        results = build_tuner(cfg, space, name, storage, tracking, args.restart_errored, shared).fit()
         done = results.num_terminated + results.num_errors
         status = "FAILED" if results.num_errors else ("FINISHED" if done == len(results) else "KILLED")
     finally:

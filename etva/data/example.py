@@ -77,9 +77,7 @@ def make_video_example(record: ClipRecord, cfg) -> dict[str, np.ndarray]:
     out = _clip_example(record, cfg)
     stores = feature_stores_for(cfg)
     if stores:
-        out.update(
-            {k: v[0] for k, v in store_batch(stores, [record.video_id], cfg.max_feature_tokens).items()}
-        )
+        out.update({k: v[0] for k, v in store_batch(stores, [record.video_id], cfg.max_feature_tokens).items()})
     _check_has_features(record.video_id, out, cfg)
     return out
 
@@ -111,12 +109,12 @@ def example_nbytes(cfg) -> int:
     return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in _example_shapes(cfg).values())
 
 
+_NO_FEATURES = "no expert has features for this clip (data.decode_clips=false)"
+
+
 def _check_has_features(video_id: str, example: dict, cfg) -> None:
     if not cfg.decode_clips and not any(v.any() for k, v in example.items() if k.startswith("feat_mask/")):
         raise FeatureError(f"{video_id}: {_NO_FEATURES}")
-
-
-_NO_FEATURES = "no expert has features for this clip (data.decode_clips=false)"
 
 
 def _example_shapes(cfg) -> dict[str, tuple[tuple[int, ...], type]]:

@@ -35,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from etva.data.sampling import sample_indices
+
 __all__ = [
     "FORMAT",
     "FeatureStoreError",
@@ -248,7 +250,7 @@ class FeatureStore:
 
     def read_tokens(self, video_ids: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """``(features (B, N, D) in the stored dtype, mask (B, N) bool)`` for a batch of clips, N =
-        ``max_tokens``: longer clips sampled at N segment centres (:func:`etva.data.sampling.sample_indices`),
+        ``max_tokens``: longer clips sampled at N segment centres (:func:`sample_indices`),
         shorter ones zero-padded; a clip the store lacks (or with T = 0) has an all-False mask. One
         vectorised gather per shard, reading only the row groups that hold these clips (no per-clip Python
         work): this is the feature path's hot loop."""
@@ -259,8 +261,8 @@ class FeatureStore:
             part = self._shard(shard, groups)
             j = np.fromiter((part.pos[video_ids[i]] for i in rows), np.int64, len(rows))
             start, count = part.offsets[j], part.offsets[j + 1] - part.offsets[j]  # in tokens
-            sampled = np.floor((k[None] + 0.5) * count[:, None] / max_tokens).astype(np.int64)
-            idx = np.where((count > max_tokens)[:, None], sampled, k[None])  # (R, N)
+            sampled = sample_indices(count, max_tokens)  # (R, N), used where a clip is longer than N
+            idx = np.where((count > max_tokens)[:, None], sampled, k[None])
             valid = k[None] < np.minimum(count, max_tokens)[:, None]
             if not valid.any():
                 continue
@@ -369,9 +371,7 @@ def open_stores(path: str | os.PathLike) -> dict[str, FeatureStore]:
     return {name: FeatureStore(path / sub) for name, sub in experts.items()}
 
 
-def store_batch(
-    stores: Mapping[str, FeatureStore], video_ids: list[str], max_tokens: int
-) -> dict[str, np.ndarray]:
+def store_batch(stores: Mapping[str, FeatureStore], video_ids: list[str], max_tokens: int) -> dict[str, np.ndarray]:
     """``feat/<e>`` (B, N, D) in each store's dtype (the model casts on its device) and ``feat_mask/<e>``
     bool (B, N) for a batch of clips: see :meth:`FeatureStore.read_tokens`."""
     out: dict[str, np.ndarray] = {}

@@ -8,7 +8,8 @@ import numpy as np
 __all__ = ["sample_indices"]
 
 
-def sample_indices(length: int, num: int) -> np.ndarray:
+def sample_indices(length, num: int) -> np.ndarray:
     """``num`` indices into ``range(length)`` at the centres of ``num`` equal segments (repeats when
-    ``length < num``): ``floor((i + 0.5) * length / num)``."""
-    return np.floor((np.arange(num) + 0.5) * length / num).astype(np.int64)
+    ``length < num``): ``floor((i + 0.5) * length / num)``. ``length`` may be an array of lengths (the
+    feature store's batched gather): then one row of ``num`` indices per length."""
+    return np.floor((np.arange(num) + 0.5) * np.asarray(length)[..., None] / num).astype(np.int64)
