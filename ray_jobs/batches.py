@@ -107,17 +107,35 @@ class EpochPrefetch:
     def __init__(self, rows: Iterator[dict], epoch: int, depth: int = 2) -> None:
         self.epoch = epoch
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(rows,), name=f"etva-prefetch-{epoch}")
         self._thread.daemon = True  # a failed run must not wait for it
         self._thread.start()
 
+    def _put(self, item) -> bool:
+        """Queue ``item``, waiting for room until it is taken or the prefetch is closed (False)."""
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _fill(self, rows: Iterator[dict]) -> None:
         try:
             for batch in rows:
-                self._queue.put(batch)
-            self._queue.put(self._END)
+                if not self._put(batch):
+                    return  # closed: stop reading (the iterator's Ray Data execution ends with it)
+            self._put(self._END)
         except BaseException as e:  # re-raised in the training thread
-            self._queue.put(e)
+            self._put(e)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop reading ahead; the thread ends within about one batch's read (a warm process trains the
+        next trial next, so no reader of this one may linger)."""
+        self._closed.set()
+        self._thread.join(timeout=timeout_s)
 
     def __iter__(self) -> Iterator[dict]:
         while (item := self._queue.get()) is not self._END:

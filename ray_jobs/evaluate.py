@@ -10,6 +10,7 @@ The checkpoint carries its resolved config and tokenizer; overrides change e.g. 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 import tempfile
@@ -27,7 +28,8 @@ from etva.eval.reweight import format_row
 from etva.inference import read_trained
 from ray_jobs.driver import add_overrides, init_ray, resolve_paths, setup_logging, storage_path
 from ray_jobs.prepare import build_datasets, dataset_config, prepare_splits, scaling_config
-from ray_jobs.recipe import EvalInputs, eval_loop_per_worker
+from ray_jobs.recipe import EvalInputs, eval_loop_per_worker, run_eval
+from ray_jobs.sessions import LocalSession
 from ray_jobs.tracking import (
     download_checkpoint,
     job_submission_id,
@@ -66,7 +68,9 @@ def fetch_checkpoint(uri: str, dst: Path) -> Path:
 def run_evaluation(
     ckpt_dir: Path, split: str | None, overrides: list[str], per_query: dict | None = None
 ) -> tuple[dict, object, list[str]]:
-    """Distributed evaluation of one checkpoint.
+    """Evaluate one checkpoint: in this process when the split has at most
+    ``eval.in_process_max_videos`` videos (no Train workers to start), else on ``ray.num_workers`` Train
+    workers. Ray Data decodes the clips either way.
 
     Returns (metrics incl. ``<split>/num_videos`` and ``num_queries`` as scored, resolved config, ids of
     the split's videos that were not scored: file missing while preparing or failed to decode).
@@ -78,6 +82,10 @@ def run_evaluation(
     split = split or cfg.data.val_split
     _, prepared = prepare_splits(cfg, trained.tokenizer_dir, {"eval": split})
     ev = prepared["eval"]
+    in_process = len(ev.records) <= cfg.eval.in_process_max_videos
+    if in_process:  # one exact shard: the whole split
+        cfg = copy.deepcopy(cfg)
+        cfg.ray.num_workers = 1
     inputs = EvalInputs(
         cfg=cfg,
         vocab_size=trained.vocab_size,
@@ -86,24 +94,38 @@ def run_evaluation(
         video_ids=ev.video_ids,
         captions=ev.caption_arrays(),
         per_query=per_query is not None,
+        torch_threads=_threads() if in_process else 1,
     )
-    trainer = TorchTrainer(
-        eval_loop_per_worker,
-        train_loop_config=inputs.loop_config(),
-        scaling_config=scaling_config(cfg.ray),
-        # a fresh name every time: re-using a Train run name would resume that run
-        run_config=RunConfig(name=f"eval-{split}-{uuid.uuid4().hex[:12]}", storage_path=storage_path(cfg)),
-        datasets=build_datasets(cfg, {"eval": ev}),
-        dataset_config=dataset_config(),
-    )
-    result = trainer.fit()
+    datasets = build_datasets(cfg, {"eval": ev})
+    if in_process:
+        out = run_eval(inputs, LocalSession(Path(storage_path(cfg)), datasets, use_gpu=cfg.ray.use_gpu))
+    else:
+        trainer = TorchTrainer(
+            eval_loop_per_worker,
+            train_loop_config=inputs.loop_config(),
+            scaling_config=scaling_config(cfg.ray),
+            # a fresh name every time: re-using a Train run name would resume that run
+            run_config=RunConfig(name=f"eval-{split}-{uuid.uuid4().hex[:12]}", storage_path=storage_path(cfg)),
+            datasets=datasets,
+            dataset_config=dataset_config(),
+        )
+        out = trainer.fit().return_value
     # the counts are the engine's: what was actually scored, never the annotation file's
-    metrics = dict(result.return_value["metrics"])
-    unscored = sorted(set(ev.dropped) | set(result.return_value["skipped"]))
+    metrics = dict(out["metrics"])
+    unscored = sorted(set(ev.dropped) | set(out["skipped"]))
     metrics[f"{split}/num_unscored_videos"] = float(len(unscored))
     if per_query is not None:
-        per_query.update(result.return_value.get("per_query") or {})
+        per_query.update(out.get("per_query") or {})
     return metrics, cfg, unscored
+
+
+def _threads() -> int:
+    """Torch threads for scoring in this process: what Ray gave it (a Tune trial's CPUs), else 1."""
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    except Exception:  # not a Ray worker (a job's driver): one thread, leaving the rest to decoding
+        cpus = 0.0
+    return max(1, int(cpus))
 
 
 def _log_to_mlflow(cfg, split: str, checkpoint: str, metrics: dict) -> None:

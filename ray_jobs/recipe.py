@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import ray
 import ray.train
-import ray.train.torch
 import torch
 
 from etva.config import Config
@@ -44,6 +43,7 @@ from ray_jobs.checkpoints import checkpoint_name, load_resume_state, prune
 from ray_jobs.data import eval_shard_name
 from ray_jobs.driver import setup_logging
 from ray_jobs.profiling import process_started_at, profile_for_epoch
+from ray_jobs.sessions import TrainSession
 from ray_jobs.tracking import EpochLogger
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "note_first",
     "train_loop_per_worker",
     "eval_loop_per_worker",
+    "run_eval",
 ]
 
 logger = logging.getLogger("etva.worker")
@@ -110,15 +111,16 @@ def evaluate_split(
     split: str,
     cfg: Config,
     device: torch.device,
+    session,
     **engine_options: Any,
 ) -> tuple[dict[str, float], list[int]]:
     """Score one split over all ranks: every rank encodes its ``shard`` of videos and its share of the
     captions, ``etva.train.engine.evaluate`` gathers and scores, then the ranks agree on the skipped clips and
-    fail when too many were skipped (``data.max_skip_fraction``). ``engine_options`` go to
+    fail when too many were skipped (``data.max_skip_fraction``). ``session`` (``ray_jobs.sessions``)
+    gives the rank and world size. ``engine_options`` go to
     ``etva.train.engine.evaluate`` (re-weighting, per-query counts). Returns (metrics, skipped indices
     into ``video_ids``)."""
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank, session.world
     tracker = SkipTracker()
     batch_size = cfg.train.eval_batch_size
     metrics = engine.evaluate(
@@ -137,10 +139,11 @@ def evaluate_split(
 class TrainRecipe:
     """One worker's training run. ``run()`` = ``setup()`` then, per epoch, train -> evaluate -> report."""
 
-    def __init__(self, inputs: WorkerInputs) -> None:
+    def __init__(self, inputs: WorkerInputs, session=None) -> None:
+        """``session``: where this recipe runs (``ray_jobs.sessions``); default: a Ray Train worker."""
         self.inputs, self.cfg = inputs, inputs.cfg
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.session = session if session is not None else TrainSession()
+        self.rank, self.world = self.session.rank, self.session.world
         self.history: dict[str, dict] = {}
         self.start_epoch = 0
         self.truncated = 0
@@ -154,23 +157,23 @@ class TrainRecipe:
         checkpoint (``etva.train.state.build_training`` loads optimizer state after the move to the device)."""
         cfg = self.cfg
         state = None
-        ckpt = ray.train.get_checkpoint()
+        ckpt = self.session.checkpoint()
         if ckpt is not None:  # Ray's latest, or the newest good one when it fails verification
             state, taken = load_resume_state(ckpt, retire_bad=self.rank == 0)
             self.taken = set(taken)
-        self.train_shard = ray.train.get_dataset_shard("train")
+        self.train_shard = self.session.dataset("train")
 
         self._read_ahead(start_epoch(state))  # Ray Data starts up while the model is built (2 s of imports)
 
         torch.set_num_threads(max(1, self.inputs.torch_threads))
-        device = ray.train.torch.get_device()
+        device = self.session.device()
         steps_per_epoch = max(1, self.inputs.num_train_videos // (cfg.train.batch_size * self.world))
         ts = build_training(cfg, self.inputs.vocab_size, steps_per_epoch * cfg.train.epochs, device, state)
         self.ts, self.device, self.model = ts, device, ts.model
         if state is not None:
             self._resumed(ts)
-        self.ddp_model = ray.train.torch.prepare_model(self.model) if self.world > 1 else self.model
-        self.val_shard = ray.train.get_dataset_shard(eval_shard_name("val", self.rank))
+        self.ddp_model = self.session.wrap_model(self.model)
+        self.val_shard = self.session.dataset(eval_shard_name("val", self.rank))
 
     def _read_ahead(self, epoch: int) -> None:
         """Start reading ``epoch``'s training rows now (:class:`EpochPrefetch`), if the run has it."""
@@ -225,30 +228,26 @@ class TrainRecipe:
     def evaluate(self) -> tuple[dict[str, float], list[int]]:
         """Score the whole validation split. Returns (metrics, skipped video indices)."""
         i = self.inputs
-        return evaluate_split(self.model, self.val_shard, i.val_captions, i.val_video_ids, "val", self.cfg, self.device)
+        return evaluate_split(
+            self.model, self.val_shard, i.val_captions, i.val_video_ids, "val", self.cfg, self.device, self.session
+        )
 
     def report(self, epoch: int, metrics: dict[str, float], skipped: tuple[list[int], list[int]]) -> None:
         """Report from every rank; rank 0 attaches an atomically written checkpoint. Every rank goes on
-        only once Ray has committed it (a failure in the next epoch then always resumes from this one,
-        however early it comes: the next epoch's first batch is already read ahead); rank 0 then logs
-        the epoch to MLflow."""
+        only once the session has committed it (a failure in the next epoch then always resumes from this
+        one, however early it comes: the next epoch's first batch is already read ahead); rank 0 then
+        logs the epoch to MLflow, and only then does the session pass the epoch on (a warm Tune trial's
+        ``tune.report``, after which Tune may stop the trial)."""
         self.history[str(epoch)] = metrics
-        if self.rank != 0:
-            ray.train.report(metrics, checkpoint=None)
-        else:
-            names = {
-                "train": [self.inputs.train_video_ids[i] for i in skipped[0]],
-                "val": [self.inputs.val_video_ids[i] for i in skipped[1]],
-            }
-            with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = None
+            if self.rank == 0:
+                names = {
+                    "train": [self.inputs.train_video_ids[i] for i in skipped[0]],
+                    "val": [self.inputs.val_video_ids[i] for i in skipped[1]],
+                }
                 out = self._save(Path(tmp) / "ckpt", epoch, metrics, names)
-                ray.train.report(
-                    metrics,
-                    checkpoint=ray.train.Checkpoint.from_directory(str(out)),
-                    checkpoint_dir_name=checkpoint_name(epoch, self.taken),
-                )
-        mode = ray.train.CheckpointConsistencyMode.COMMITTED
-        reported = ray.train.get_all_reported_checkpoints(consistency_mode=mode)
+            reported = self.session.report(metrics, out, checkpoint_name(epoch, self.taken))
         if self.rank == 0:  # an epoch committed but not yet logged is back-filled from it on resume
             prune(reported, self.cfg.ray.keep_recent)
             if epoch in self.mlflow.logged_before:  # redone after a fallback to an older checkpoint
@@ -256,6 +255,7 @@ class TrainRecipe:
             else:
                 self.mlflow.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             self._log_line(epoch, metrics)
+        self.session.epoch_done(metrics)
 
     def _save(self, out: Path, epoch: int, metrics: dict, skipped_names: dict) -> Path:
         return save_checkpoint(
@@ -288,25 +288,29 @@ class TrainRecipe:
         self.setup()
         self.timings["setup_done"] = time.time()
         starts = self.timings.setdefault("epoch_starts", [])
-        for epoch in range(self.start_epoch, self.cfg.train.epochs):
-            t0 = time.time()
-            starts.append(t0)
-            stats, skipped_train = self.train_epoch(epoch)
-            self._read_ahead(epoch + 1)  # the next epoch's data starts during eval + checkpoint
-            val, skipped_val = self.evaluate()
-            skipped = (skipped_train, skipped_val)
-            marks = self.timings if epoch == self.start_epoch else None  # start-up marks with the first epoch
-            metrics = epoch_metrics(epoch, stats, val, skipped, self.truncated, (t0, time.time()), marks)
-            self.report(epoch, metrics, skipped)
+        try:  # also left by SystemExit: Tune stops a warm trial inside its report (the process lives on)
+            for epoch in range(self.start_epoch, self.cfg.train.epochs):
+                t0 = time.time()
+                starts.append(t0)
+                stats, skipped_train = self.train_epoch(epoch)
+                self._read_ahead(epoch + 1)  # the next epoch's data starts during eval + checkpoint
+                val, skipped_val = self.evaluate()
+                skipped = (skipped_train, skipped_val)
+                marks = self.timings if epoch == self.start_epoch else None  # start-up marks, first epoch
+                metrics = epoch_metrics(epoch, stats, val, skipped, self.truncated, (t0, time.time()), marks)
+                self.report(epoch, metrics, skipped)
+        finally:
+            self.cleanup()
         self.timings["end"] = time.time()
-        self.cleanup()
         return {"history": self.history, "timings": self.timings}
 
     def cleanup(self) -> None:
-        """Flush rank 0's MLflow logger (metrics buffered during an outage go out now); drop a read-ahead
-        that no epoch will use."""
+        """Flush rank 0's MLflow logger (metrics buffered during an outage go out now); stop a read-ahead
+        that no epoch will use (its thread ends: a warm process trains the next trial)."""
         if self.mlflow is not None:
             self.mlflow.close()
+        if self.prefetch is not None:
+            self.prefetch.close()
         self.prefetch = None
 
 
@@ -354,23 +358,28 @@ def train_loop_per_worker(config: dict) -> dict:
 
 
 def eval_loop_per_worker(config: dict) -> dict:
-    """Ray Train's entry point of the evaluation job: ``config[INPUTS_KEY]`` is an :class:`EvalInputs`.
-    Every rank encodes its shard of the "eval" dataset; the scores are over all pairs of the split, with
-    the configured test-time re-weighting as a separate ``reweighted/`` row (never used for selection)."""
+    """Ray Train's entry point of the evaluation job: ``config[INPUTS_KEY]`` is an :class:`EvalInputs`."""
     setup_logging()
-    inputs: EvalInputs = config[INPUTS_KEY]
+    out = run_eval(config[INPUTS_KEY], TrainSession())
+    ray.train.report(out["metrics"])
+    return out
+
+
+def run_eval(inputs: EvalInputs, session) -> dict:
+    """Score one split with a trained model, in a Train worker or in the calling process (``session``,
+    ``ray_jobs.sessions``). Every rank encodes its shard of the "eval" dataset; the scores are over all
+    pairs of the split, with the configured test-time re-weighting as a separate ``reweighted/`` row
+    (never used for selection). Returns the metrics, the skipped video ids and the per-query counts."""
     cfg = inputs.cfg
     torch.set_num_threads(max(1, inputs.torch_threads))
-    device = ray.train.torch.get_device()
+    device = session.device()
     model = build_trained_model(cfg, inputs.vocab_size, ray.get(inputs.weights_ref)).to(device)
-    rank = ray.train.get_context().get_world_rank()
-    shard = ray.train.get_dataset_shard(eval_shard_name("eval", rank))
+    shard = session.dataset(eval_shard_name("eval", session.rank))
     per_query = {} if inputs.per_query else None  # rank counts per caption (study trials)
     metrics, skipped = evaluate_split(
-        model, shard, inputs.captions, inputs.video_ids, "eval", cfg, device,
+        model, shard, inputs.captions, inputs.video_ids, "eval", cfg, device, session,
         reweight=cfg.eval.reweight, reweight_scale=cfg.eval.reweight_scale, per_query=per_query,
     )  # fmt: skip
     out = {f"{inputs.split}/{k}": float(v) for k, v in metrics.items()}
     out["data/skipped_eval"] = len(skipped)
-    ray.train.report(out)
     return {"metrics": out, "skipped": [inputs.video_ids[i] for i in skipped], "per_query": per_query}

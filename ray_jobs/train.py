@@ -9,6 +9,7 @@ continues the same MLflow run.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import tempfile
@@ -17,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from ray.train import CheckpointConfig, FailureConfig, RunConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchTrainer
 
 from etva.config import Config, config_to_dict
 from etva.config.settings import git_commit
-from etva.eval.metrics import format_table, selection_key
+from etva.eval.metrics import format_table
+from etva.eval.reweight import format_row
 from etva.train.checkpoint import load_checkpoint
-from ray_jobs.checkpoints import is_retired
 from ray_jobs.driver import add_overrides, init_ray, job_parser, load_job_config, setup_logging, storage_path
 from ray_jobs.evaluate import run_evaluation, scored_header
 from ray_jobs.pictures import log_pictures_safely  # never raises: a warning on failure
@@ -43,6 +44,7 @@ from ray_jobs.prepare import (
 )
 from ray_jobs.recipe import WorkerInputs, train_loop_per_worker
 from ray_jobs.run_record import NOTE, captured_log, log_dataset_inputs, note, source_tags, upload_log
+from ray_jobs.sessions import Reported, best_reported
 from ray_jobs.tracking import (
     finish_run,
     job_submission_id,
@@ -56,6 +58,7 @@ from ray_jobs.tracking import (
 
 logger = logging.getLogger("etva.train")
 SELECT_METRIC = "val/t2v_R1"  # Train keeps the best checkpoints by it; ties are broken in best_of
+RANKS_ARTIFACT = "test_ranks.json"  # a study trial's per-query rank counts on the test split
 
 
 def parse_args(argv: list[str] | None = None):
@@ -108,22 +111,12 @@ def prepare_data(
     return PreparedData(tokenizer_files(tok_dir), len(tok), tokenize_splits(cfg, tok, loaded), origin)
 
 
-def build_trainer(
-    cfg: Config,
-    run_name: str,
-    *,
-    data: PreparedData | None = None,
-    datasets: dict | None = None,
-    callbacks=None,
-    torch_threads: int = 1,
-    mlflow_run: tuple[str, str] = ("", ""),
-):
-    """Return (TorchTrainer, prepared splits), preparing the data unless ``data`` is given and building
-    the Ray Datasets unless ``datasets`` (built from ``data``: a sweep's shared ones) is. Shared by
-    training and Tune trials."""
-    data = data or prepare_data(cfg, run_name)
+def worker_inputs(
+    cfg: Config, data: PreparedData, torch_threads: int = 1, mlflow_run: tuple[str, str] = ("", "")
+) -> WorkerInputs:
+    """What the recipe needs besides its dataset shards, however it is launched."""
     prepared = data.splits
-    inputs = WorkerInputs(
+    return WorkerInputs(
         cfg=cfg,
         config_yaml=yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
         vocab_size=data.vocab_size,
@@ -136,6 +129,24 @@ def build_trainer(
         mlflow_run_id=mlflow_run[1],
         torch_threads=torch_threads,
     )
+
+
+def build_trainer(
+    cfg: Config,
+    run_name: str,
+    *,
+    data: PreparedData | None = None,
+    datasets: dict | None = None,
+    callbacks=None,
+    torch_threads: int = 1,
+    mlflow_run: tuple[str, str] = ("", ""),
+):
+    """Return (TorchTrainer, prepared splits), preparing the data unless ``data`` is given and building
+    the Ray Datasets unless ``datasets`` (built from ``data``: a sweep's shared ones) is. Shared by
+    training and Tune trials of more than one worker."""
+    data = data or prepare_data(cfg, run_name)
+    prepared = data.splits
+    inputs = worker_inputs(cfg, data, torch_threads, mlflow_run)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=inputs.loop_config(),
@@ -158,12 +169,11 @@ def build_trainer(
 
 
 def best_of(result) -> tuple[dict, str | None]:
-    """Best reported metrics and checkpoint path (the project's selection rule, etva.eval.metrics)."""
-    best = [(c, m) for c, m in (getattr(result, "best_checkpoints", None) or []) if not is_retired(c)]
-    if not best:
-        return (result.metrics or {}), (result.checkpoint.path if result.checkpoint else None)
-    ckpt, metrics = max(best, key=lambda cm: selection_key(cm[1]))
-    return metrics, ckpt.path
+    """Best reported metrics and checkpoint path of a Train result (the project's selection rule,
+    etva.eval.metrics); its last checkpoint when none is listed."""
+    fallback = (result.metrics or {}), (result.checkpoint.path if result.checkpoint else None)
+    reported = [Reported(c, m) for c, m in (getattr(result, "best_checkpoints", None) or [])]
+    return best_reported(reported, fallback)
 
 
 def _tags(cfg: Config, config_file: str) -> dict[str, str]:
@@ -216,14 +226,19 @@ def _print_result(cfg: Config, run_name: str, best: dict, best_path: str | None,
         print(f"MLflow run: {url}")
 
 
-def report_test_split(cfg: Config, best: dict, best_path: str | None, client, run_id: str) -> dict:
-    """Evaluate the selected checkpoint on ``data.test_split`` (when set); print and log ``test/...``."""
+def report_test_split(
+    cfg: Config, best: dict, best_path: str | None, client, run_id: str, ranks_artifact: str = ""
+) -> dict:
+    """Evaluate the selected checkpoint on ``data.test_split`` (when set); print and log ``<split>/...``
+    at the selected epoch. ``ranks_artifact``: also log the per-query rank counts under that name
+    (a study trial's ``test_ranks.json``, read by ``tuning.study_report``). Returns the metrics."""
     if not (cfg.data.test_split and best_path):
         return {}
-    from etva.eval.reweight import format_row
-
+    if "://" in best_path:  # a checkpoint in remote storage: a local copy
+        best_path = Checkpoint(best_path).to_directory()
     split = cfg.data.test_split
-    metrics, _, unscored = run_evaluation(Path(best_path), split, [])
+    per_query: dict | None = {} if ranks_artifact else None
+    metrics, _, unscored = run_evaluation(Path(best_path), split, [], per_query)
     print(
         scored_header(cfg, split, metrics, unscored)
         + f" at the selected epoch {int(best.get('epoch', -1)) + 1}"
@@ -233,6 +248,10 @@ def report_test_split(cfg: Config, best: dict, best_path: str | None, client, ru
         print(row)
     if client is not None:
         log_metrics(client, run_id, metrics, step=int(best.get("epoch", 0)))
+        if ranks_artifact:
+            ranks = {k: [int(x) for x in v] for k, v in (per_query or {}).items()}
+            ranks.update(split=split, selected_epoch=int(best.get("epoch", -1)), unscored=unscored)
+            log_text(client, run_id, json.dumps(ranks), ranks_artifact)
     return metrics
 
 

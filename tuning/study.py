@@ -26,10 +26,10 @@ with the reference and the picture into the parent run. ``etva best`` skips stud
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +38,28 @@ from typing import Any
 import yaml
 
 from etva.config import Config, ConfigError
+from etva.config.settings import REPO
+from ray_jobs.driver import (
+    add_overrides,
+    disable_mlflow_telemetry,
+    init_ray,
+    job_parser,
+    load_job_config,
+    setup_logging,
+    storage_path,
+)
+from ray_jobs.prepare import ensure_dataset
+from ray_jobs.run_record import captured_log, upload_log
+from ray_jobs.train import RANKS_ARTIFACT  # noqa: F401  (re-exported: tuning.study_report reads it)
+from tuning.mlflow_sweep import close_unfinished
 from tuning.space import Dimension, SearchSpace, apply_params
+from tuning.study_report import report_study
+from tuning.sweep import _prepare_once, _tracking, build_tuner
 
 logger = logging.getLogger("etva.study")
 
 VARIANT_KEY = "study.variant"  # the sampled value naming a trial's variant (tag etva.sampled, params)
 STUDY_TAG = "etva.study"  # on the parent run: the study's name
-RANKS_ARTIFACT = "test_ranks.json"
 DEFAULT_SPACE = "tuning/spaces/ablations.yaml"
 DEFAULT_CONFIG = "ray_jobs/configs/study.yaml"
 
@@ -151,33 +166,7 @@ def study_config(cfg: Config) -> Config:
     return cfg
 
 
-def report_test(cfg: Config, best: dict, best_path: str, client, run_id: str) -> dict:
-    """Evaluate the selected checkpoint on ``data.test_split``; log ``<split>/...`` metrics and the
-    per-query rank counts (:data:`RANKS_ARTIFACT`) to the trial's run. Returns the metrics."""
-    from ray_jobs.evaluate import run_evaluation
-    from ray_jobs.tracking import log_metrics, log_text
-
-    if "://" in best_path:  # a checkpoint in remote storage: a local copy
-        from ray.train import Checkpoint
-
-        best_path = Checkpoint(best_path).to_directory()
-    split = cfg.data.test_split
-    per_query: dict = {}
-    metrics, _, unscored = run_evaluation(Path(best_path), split, [], per_query)
-    logger.info("test split %s at the selected epoch %s: t2v R@1 %.2f", split, best.get("epoch"),
-                metrics.get(f"{split}/t2v_R1", float("nan")))  # fmt: skip
-    if client is not None:
-        log_metrics(client, run_id, metrics, step=int(best.get("epoch", 0)))
-        ranks = {k: [int(x) for x in v] for k, v in per_query.items()}
-        ranks.update(split=split, selected_epoch=int(best.get("epoch", -1)), unscored=unscored)
-        log_text(client, run_id, json.dumps(ranks), RANKS_ARTIFACT)
-    return metrics
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from etva.config.settings import REPO
-    from ray_jobs.driver import add_overrides, job_parser
-
     p = job_parser("python -m tuning.study", __doc__.split("\n\n")[0])
     p.set_defaults(config=str(REPO / DEFAULT_CONFIG))
     p.add_argument("--space", default=str(REPO / DEFAULT_SPACE), help="study space YAML (variants, seeds)")
@@ -190,11 +179,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tempfile
-
-    from ray_jobs.driver import disable_mlflow_telemetry, setup_logging
-    from ray_jobs.run_record import captured_log
-
     setup_logging()
     disable_mlflow_telemetry()
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # as tuning.sweep: resume never reruns a trial
@@ -208,13 +192,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _study(args: argparse.Namespace, log: Path) -> int:
     """Parent run, Tune over variants x seeds, then the study report into the parent run."""
-    from ray_jobs.driver import init_ray, load_job_config, storage_path
-    from ray_jobs.prepare import ensure_dataset
-    from ray_jobs.run_record import upload_log
-    from tuning.mlflow_sweep import close_unfinished
-    from tuning.study_report import report_study
-    from tuning.sweep import _prepare_once, _tracking, build_tuner
-
     cfg = study_config(load_job_config(args.config, args.overrides))
     only = [v.strip() for v in args.variants.split(",") if v.strip()] or None
     space = load_study(args.space, cfg, args.seeds, only)

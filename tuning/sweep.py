@@ -50,7 +50,7 @@ from tuning.callbacks import RecordingASHA, SweepMlflowCallback
 from tuning.mlflow_sweep import close_unfinished, log_summary, start_or_resume_parent, to_markdown
 from tuning.shared_data import OUTCOME_TAG, describe, prepare_shared, reuse_note
 from tuning.space import SearchSpace, dump_space, load_space, to_tune_space
-from tuning.trial import SweepContext, run_trial
+from tuning.trial import SweepContext, in_process, run_trial
 
 logger = logging.getLogger("etva.sweep")
 DRIVER_CPU = 0.1  # the trial driver function's own CPU (0 is rejected by Tune)
@@ -69,13 +69,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def trial_resources(cfg: Config) -> dict[str, float]:
-    """What one trial holds at peak: its Train workers, its driver and its Ray Data decode tasks."""
+def process_resources(cfg: Config) -> dict[str, float]:
+    """What Tune reserves for a trial's own process: the one worker's CPU (and GPU) when it trains there
+    (``tuning.trial.in_process``), else a driver's sliver (its TorchTrainer reserves the workers)."""
     r = cfg.ray
-    cpu = r.num_workers * r.cpus_per_worker + DRIVER_CPU + r.decode_cpus * max(1, r.decode_concurrency)
-    out = {"CPU": cpu}
+    if not in_process(cfg):
+        return {"CPU": DRIVER_CPU}
+    out = {"CPU": r.cpus_per_worker}
     if r.use_gpu:
-        out["GPU"] = r.num_workers * r.gpus_per_worker
+        out["GPU"] = r.gpus_per_worker
+    return out
+
+
+def trial_resources(cfg: Config) -> dict[str, float]:
+    """What one trial holds at peak: its process, its Train workers (if any) and its Ray Data decode tasks."""
+    r = cfg.ray
+    own = process_resources(cfg)
+    workers = 0 if in_process(cfg) else r.num_workers
+    out = {"CPU": own["CPU"] + workers * r.cpus_per_worker + r.decode_cpus * max(1, r.decode_concurrency)}
+    if r.use_gpu:
+        out["GPU"] = own.get("GPU", 0.0) + workers * r.gpus_per_worker
     return out
 
 
@@ -88,8 +101,8 @@ def max_concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
     fits = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
     if fits < 1:
         raise ConfigError(
-            f"one trial needs {need} (ray.num_workers x cpus/gpus_per_worker + {DRIVER_CPU} CPU driver + "
-            f"decode_cpus x decode_concurrency) but the cluster has {cluster}"
+            f"one trial needs {need} (ray.num_workers x cpus/gpus_per_worker, + {DRIVER_CPU} CPU driver "
+            f"with more than one worker, + decode_cpus x decode_concurrency) but the cluster has {cluster}"
         )
     if cfg.tune.max_concurrent_trials > 0:
         if cfg.tune.max_concurrent_trials > fits:
@@ -187,7 +200,7 @@ def build_tuner(
         shared=shared,
         cache_root=storage,
     )
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": DRIVER_CPU})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), process_resources(cfg))
     path = f"{storage}/{name}"
     if tune.Tuner.can_restore(path):
         logger.info("resuming sweep %s from %s", name, path)
@@ -209,12 +222,16 @@ def build_tuner(
             num_samples=num_samples,
             max_concurrent_trials=concurrency if t.search == "optuna" else None,
             time_budget_s=t.time_budget_s if t.time_budget_s > 0 else None,
+            # one warm process trains trial after trial (imports, compiled code, the prepared data)
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
             callbacks=[callback],
-            failure_config=tune.FailureConfig(max_failures=0),
+            # a warm trial whose process dies is retried by Tune and resumes from its run folder; a
+            # TorchTrainer trial restarts its own workers (ray.max_failures) and is not retried
+            failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures if in_process(cfg) else 0),
             verbose=1,
         ),
     )

@@ -1,9 +1,18 @@
-"""One Tune trial = a driver function that builds and fits the training job's TorchTrainer.
+"""One Tune trial: the training recipe (``ray_jobs.recipe.TrainRecipe``) on one set of sampled values.
 
-The trainer comes from ``ray_jobs.train.build_trainer`` (the same data preparation and worker loop as a
-training run); ``TuneReportCallback`` forwards every epoch's report (``val/t2v_R1``, ..., and the
-checkpoint path) to Tune. Rank 0 of the Train run logs per-epoch metrics to the trial's MLflow child run.
-Re-running a trial (sweep resume) re-uses its Train run name, so Train resumes from its last checkpoint.
+A trial of one worker (``ray.num_workers: 1``, the laptop and one-GPU-per-trial shape) trains *in its
+Tune trial process* (``ray_jobs.sessions.LocalSession``): Tune reuses that process for the next trial
+(``reuse_actors``), so imports, compiled code and the sweep's prepared data are paid once per process,
+not per trial. The recipe reports each epoch to Tune itself (``tune.report``) after its checkpoint is
+committed to the trial's run folder and logged to MLflow.
+
+A trial of several workers builds and fits the training job's TorchTrainer
+(``ray_jobs.train.build_trainer``, DDP); ``TuneReportCallback`` forwards every epoch's report.
+
+Either way: the same recipe, the same MLflow child run (per-epoch metrics from rank 0, the record at the
+end), the best epoch by the selection rule, and the same run folder
+``<storage>/<sweep>/train/<sweep>-<trial id>/``: re-running a trial (sweep resume, Tune's retry after
+its process died) resumes from its last good checkpoint there.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -19,9 +29,11 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from etva.config import Config, config_from_dict
 from ray_jobs.driver import disable_mlflow_telemetry, setup_logging
 from ray_jobs.profiling import process_started_at
+from ray_jobs.recipe import TrainRecipe
 from ray_jobs.run_record import log_dataset_inputs
+from ray_jobs.sessions import LocalSession
 from ray_jobs.tracking import get_client
-from ray_jobs.train import best_of, build_trainer
+from ray_jobs.train import RANKS_ARTIFACT, best_of, build_trainer, report_test_split, worker_inputs
 from tuning.mlflow_sweep import EARLY_TAG, ended_trial_result, record_trial, start_or_resume_child
 from tuning.shared_data import log_preparation, trial_data
 from tuning.space import SearchSpace, apply_params, trial_params
@@ -56,24 +68,41 @@ def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> Co
     return cfg
 
 
-def _trainer(ctx: SweepContext, cfg: Config, client, run_id: str, marks: dict[str, float]):
-    """The trial's TorchTrainer on the sweep's shared data (or its own, for other data settings); its
-    child run gets the data inputs, what preparing did and the start-up marks so far."""
+def in_process(cfg: Config) -> bool:
+    """Does this trial train in its own Tune trial process (one worker) rather than a TorchTrainer?"""
+    return cfg.ray.num_workers == 1
+
+
+def _shared(ctx: SweepContext, cfg: Config, client, run_id: str, marks: dict[str, float]):
+    """The trial's data (the sweep's shared data, or its own for other data settings); its child run
+    gets the data inputs, what preparing did and the start-up marks so far."""
     shared = trial_data(ctx.shared, cfg, cfg.ray.run_name, ctx.cache_root)
     marks["data_ready"] = time.time()
-    trainer, prepared = build_trainer(
-        cfg,
-        cfg.ray.run_name,
-        data=shared.data,
-        datasets=shared.datasets,
-        callbacks=[TuneReportCallback()],
-        torch_threads=ctx.torch_threads,
-        mlflow_run=(ctx.mlflow_uri, run_id),
-    )
     if client is not None:
-        log_dataset_inputs(client, run_id, cfg, prepared)  # the run page's Datasets, as for training
+        log_dataset_inputs(client, run_id, cfg, shared.data.splits)  # the run page's Datasets
         log_preparation(client, run_id, shared.outcome, {**marks, "fit_start": time.time()})
-    return trainer
+    return shared
+
+
+def _train(ctx: SweepContext, cfg: Config, client, run_id: str, marks: dict) -> tuple[dict, str | None, int]:
+    """Train the trial; returns (best metrics, best checkpoint path, epochs in the run's history)."""
+    shared = _shared(ctx, cfg, client, run_id, marks)
+    mlflow_run = (ctx.mlflow_uri, run_id)
+    if in_process(cfg):
+        run_dir = Path(cfg.ray.storage_path) / cfg.ray.run_name
+        session = LocalSession(run_dir, shared.datasets, on_epoch=tune.report, use_gpu=cfg.ray.use_gpu)
+        out = TrainRecipe(worker_inputs(cfg, shared.data, ctx.torch_threads, mlflow_run), session).run()
+        best, best_path = session.best()
+        return best, best_path, len(out["history"]) or int(best.get("epoch", -1)) + 1
+    trainer, _ = build_trainer(
+        cfg, cfg.ray.run_name, data=shared.data, datasets=shared.datasets,
+        callbacks=[TuneReportCallback()], torch_threads=ctx.torch_threads, mlflow_run=mlflow_run,
+    )  # fmt: skip
+    result = trainer.fit()
+    best, best_path = best_of(result)
+    # the history holds every epoch of the Train run, also those run before a restart (restored)
+    history = (result.return_value or {}).get("history", {}) if hasattr(result, "return_value") else {}
+    return best, best_path, len(history) or int(best.get("epoch", -1)) + 1
 
 
 def _replayed(client, ctx: SweepContext, trial_id: str) -> bool:
@@ -116,11 +145,11 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     marks["child_run_ready"] = time.time()
     logger.info("trial %s: %s (MLflow run %s)", trial_id, params, run_id or "-")
     try:
-        trainer = _trainer(ctx, cfg, client, run_id, marks)
-        result = trainer.fit()
+        best, best_path, epochs = _train(ctx, cfg, client, run_id, marks)
     except Exception:
-        # also reached when Tune stops this trial (ASHA): the sweep driver's SweepMlflowCallback has
-        # recorded it already (before stopping it), and record_trial leaves that record alone
+        # also reached when Tune stops a TorchTrainer trial (ASHA): the sweep driver's SweepMlflowCallback
+        # has recorded it already (before stopping it), and record_trial leaves that record alone. (A
+        # warm trial that Tune stops leaves by SystemExit from tune.report: nothing to record here.)
         if client is not None and client.get_run(run_id).info.status == "RUNNING":
             record_trial(client, run_id, status="FAILED", reason="error")
         raise
@@ -134,15 +163,8 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             client.set_terminated(run_id, status="KILLED")
         logger.info("trial %s: stopped by the scheduler; its MLflow run is already finished", trial_id)
         return
-    # the trial's own record, from its own result: the history holds every epoch of the Train run,
-    # also those run before a restart (it is restored from the checkpoint)
-    best, best_path = best_of(result)
-    history = (result.return_value or {}).get("history", {}) if hasattr(result, "return_value") else {}
-    epochs = len(history) or int(best.get("epoch", -1)) + 1
     if cfg.data.test_split and best_path:  # the selected epoch on the test split (+ per-query ranks)
-        from tuning.study import report_test  # lazy: tuning.study imports this module
-
-        report_test(cfg, best, best_path, client, run_id)
+        report_test_split(cfg, best, best_path, client, run_id, ranks_artifact=RANKS_ARTIFACT)
     record_trial(
         client, run_id, status="FINISHED", reason="completed", epochs=epochs, best=best, checkpoint=best_path
     )

@@ -272,10 +272,14 @@ class ExtractConfig:
 @dataclass
 class EvalConfig:
     """Test-split evaluation. ``reweight`` uses every test query at once (etva.eval.reweight): reported as a
-    separate ``<split>/reweighted/...`` row, never the model's own score, never used for selection."""
+    separate ``<split>/reweighted/...`` row, never the model's own score, never used for selection.
+    ``in_process_max_videos``: a split of up to this many videos is scored in the calling process (a
+    job's driver, a warm trial: no Train workers to start); larger ones by ``ray.num_workers`` Train
+    workers; 0 = always by Train workers."""
 
     reweight: Reweight = "none"
     reweight_scale: float = 30.0  # inverse temperature of the softmax over queries
+    in_process_max_videos: int = 1000
 
 
 @dataclass
@@ -343,7 +347,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "cpus_per_actor": NON_NEGATIVE, "gpus_per_actor": NON_NEGATIVE, "decode_cpus": NON_NEGATIVE,
         "decode_concurrency": AT_LEAST_1, "torch_threads": AT_LEAST_1,
     },
-    EvalConfig: {"reweight_scale": POSITIVE},
+    EvalConfig: {"reweight_scale": POSITIVE, "in_process_max_videos": NON_NEGATIVE},
 }  # fmt: skip
 
 
