@@ -271,11 +271,8 @@ class ExtractConfig:
 
 @dataclass
 class EvalConfig:
-    """Test-split evaluation. ``reweight`` uses every test query at once (etva.eval.reweight): reported as a
-    separate ``<split>/reweighted/...`` row, never the model's own score, never used for selection.
-    ``in_process_max_videos``: a split of up to this many videos is scored in the calling process (a
-    job's driver, a warm trial: no Train workers to start); larger ones by ``ray.num_workers`` Train
-    workers; 0 = always by Train workers."""
+    """Test-split evaluation. ``reweight`` (over all queries, etva.eval.reweight) is a separate row, never
+    used for selection. A split of up to ``in_process_max_videos`` videos is scored in the calling process."""
 
     reweight: Reweight = "none"
     reweight_scale: float = 30.0  # inverse temperature of the softmax over queries
