@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -284,14 +285,19 @@ def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str) -> Path:
     # lazy: mlflow takes 2.5 s CPU to import; a process without a tracking server never pays it
     import mlflow.artifacts
 
-
     client = get_client(tracking_uri)
     source = resolve_model_uri(client, uri) if uri.startswith("models:/") else uri
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
+    if not sys.stderr.isatty():  # a progress bar in a log is hundreds of lines: one summary line instead
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    t0 = time.perf_counter()
     local = Path(
         mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri)
     )
+    files = [p for p in local.rglob("*") if p.is_file()] if local.is_dir() else [local]
+    mb = sum(p.stat().st_size for p in files) / 1e6
+    logger.info("downloaded %s: %d files, %.1f MB in %.1f s", uri, len(files), mb, time.perf_counter() - t0)
     found = [local] if (local / MANIFEST).exists() else sorted(p.parent for p in local.rglob(MANIFEST))
     if len(found) != 1:
         raise LookupError(
