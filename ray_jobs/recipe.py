@@ -62,6 +62,9 @@ logger = logging.getLogger("etva.worker")
 INPUTS_KEY = "inputs"  # the one key of Ray Train's train_loop_config that the recipe reads
 # reported once per worker process as timing/<mark> (unix times; benchmarks.bench_sweep splits start-up)
 START_MARKS = ("process_start", "loop_start", "setup_done", "first_batch")
+# epochs the run has done (1-based), in every report: a sweep's scheduler counts epochs by it, not by
+# Tune's training_iteration (which restarts at 1 when Tune retries a trial that resumes mid-run)
+EPOCHS_DONE = "epochs_done"
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,7 @@ class TrainRecipe:
             if epoch in self.mlflow.logged_before:  # redone after a fallback to an older checkpoint
                 logger.warning("epoch %d redone after a checkpoint fallback: MLflow keeps its first values", epoch)
             else:
-                self.mlflow.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+                self.mlflow.log({k: v for k, v in metrics.items() if k not in ("epoch", EPOCHS_DONE)}, step=epoch)
             self._log_line(epoch, metrics)
         self.session.epoch_done(metrics)
 
@@ -333,6 +336,7 @@ def epoch_metrics(
     metrics.update(
         {
             "epoch": epoch,
+            EPOCHS_DONE: epoch + 1,
             "epoch_time_s": times[1] - times[0],
             "timing/epoch_start": times[0],
             "data/skipped_train": len(skipped[0]),

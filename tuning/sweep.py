@@ -38,6 +38,7 @@ from ray_jobs.driver import (
     storage_path,
 )
 from ray_jobs.prepare import ensure_dataset
+from ray_jobs.recipe import EPOCHS_DONE
 from ray_jobs.run_record import NOTE, captured_log, source_tags, upload_log
 from ray_jobs.tracking import (
     experiment_id,
@@ -146,7 +147,7 @@ def build_search(cfg: Config, space: SearchSpace, concurrency: int):
     scheduler = None
     if t.scheduler == "asha":
         scheduler = RecordingASHA(
-            time_attr="training_iteration",
+            time_attr=EPOCHS_DONE,
             max_t=t.max_epochs,
             grace_period=min(t.grace_period, t.max_epochs),
             reduction_factor=t.reduction_factor,

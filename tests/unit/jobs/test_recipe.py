@@ -27,7 +27,7 @@ def test_epoch_metrics_prefix_and_counts():
     val = {"t2v_R1": np.float64(40.0), "t2v_MdR": 2}
     m = epoch_metrics(3, stats, val, ([1, 5], [2]), truncated=1, times=(100.0, 104.5))
     assert m == {
-        "val/t2v_R1": 40.0, "val/t2v_MdR": 2.0, "train/loss": 2.5, "train/clips": 12.0, "epoch": 3,
+        "val/t2v_R1": 40.0, "val/t2v_MdR": 2.0, "train/loss": 2.5, "train/clips": 12.0, "epoch": 3, "epochs_done": 4,
         "epoch_time_s": 4.5, "timing/epoch_start": 100.0, "data/skipped_train": 2, "data/skipped_val": 1,
         "data/truncated_for_equal_batches": 1,
     }  # fmt: skip
