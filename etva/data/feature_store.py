@@ -26,9 +26,10 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -199,8 +200,11 @@ class FeatureStore:
     """Read a store folder by video id, loading only the shards that hold the ids asked for.
 
     Opening reads the manifest; the first lookup reads the ``video_id`` column of each shard (an id ->
-    shard map, a few bytes per clip). ``get``/``read`` then read only the shards that hold the ids asked
-    for, keeping the last shard read (one shard, never the whole store) for neighbouring lookups.
+    shard map, a few bytes per clip). :meth:`read_tokens` then reads only the row groups that hold the ids
+    asked for, keeping the last ones read (one shard's, never the whole store) for neighbouring lookups.
+    Safe for threads sharing one reader (``etva search`` decodes in threads): the id map is built under a
+    lock, and the kept row groups are swapped as one reference, so a reader always gathers from the row
+    groups it read or found, never from another thread's.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -216,7 +220,8 @@ class FeatureStore:
         self.dim, self.key = int(self.manifest["dim"]), self.manifest["key"]
         self.expert = str(self.manifest.get("expert") or "")
         self._where: dict[str, tuple[str, int]] | None = None  # video_id -> (shard file, row group)
-        self._last: _Shard | None = None  # the last row groups read
+        self._where_lock = threading.Lock()
+        self._last: _Shard | None = None  # the last row groups read (replaced whole, never mutated)
 
     def shard_files(self) -> list[str]:
         """Finished shard files (what a reader should read)."""
@@ -225,28 +230,13 @@ class FeatureStore:
     def chunk_map(self) -> dict[str, tuple[str, int]]:
         """``{video_id: (shard file, row group)}`` of every finished clip (from the shards' id columns,
         read once): a row group (:data:`ROW_GROUP_CLIPS` clips) is the smallest unit a reader fetches."""
-        if self._where is None:
-            self._where = {vid: (f, g) for f in self.shard_files() for g, vid in _chunk_ids(f)}
-        return self._where
+        with self._where_lock:
+            if self._where is None:
+                self._where = {vid: (f, g) for f in self.shard_files() for g, vid in _chunk_ids(f)}
+            return self._where
 
     def ids(self) -> set[str]:
         return set(self.chunk_map())
-
-    def read(self, video_ids: Iterable[str]) -> dict[str, np.ndarray]:
-        """``{video_id: (T, D) array}`` (stored dtype) for the ids the store has (others are absent); each
-        needed row group is read once."""
-        by_shard = self._by_shard(list(dict.fromkeys(video_ids)))
-        out: dict[str, np.ndarray] = {}
-        for (shard, groups), ids in by_shard.items():
-            part = self._shard(shard, groups)
-            for vid in ids:
-                j = part.pos[vid]
-                out[vid] = part.tokens[part.offsets[j] : part.offsets[j + 1]]
-        return out
-
-    def get(self, video_id: str) -> np.ndarray | None:
-        """The (T, D) features of one clip (T may be 0), or None when the store lacks it."""
-        return self.read([video_id]).get(video_id)
 
     def read_tokens(self, video_ids: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """``(features (B, N, D) in the stored dtype, mask (B, N) bool)`` for a batch of clips, N =
@@ -290,11 +280,14 @@ class FeatureStore:
         return {(shard, tuple(sorted(groups[shard]))): items for shard, items in found.items()}
 
     def _shard(self, shard: str, groups: tuple[int, ...]) -> _Shard:
-        """Row groups of one shard, parsed; the last read is kept (neighbouring lookups), never more."""
+        """Row groups of one shard, parsed; the last read is kept (neighbouring lookups), never more. Returns
+        the object it checked or read, never ``self._last`` again: another thread may have replaced it."""
         last = self._last
-        if last is None or last.path != shard or not set(groups) <= set(last.groups):
-            self._last = _read_shard(shard, groups, self.dim, self.np_dtype)
-        return self._last
+        if last is not None and last.path == shard and set(groups) <= set(last.groups):
+            return last
+        part = _read_shard(shard, groups, self.dim, self.np_dtype)
+        self._last = part
+        return part
 
 
 class _Shard:
@@ -371,7 +364,9 @@ def open_stores(path: str | os.PathLike) -> dict[str, FeatureStore]:
     return {name: FeatureStore(path / sub) for name, sub in experts.items()}
 
 
-def store_batch(stores: Mapping[str, FeatureStore], video_ids: list[str], max_tokens: int) -> dict[str, np.ndarray]:
+def store_batch(
+    stores: Mapping[str, FeatureStore], video_ids: list[str], max_tokens: int
+) -> dict[str, np.ndarray]:
     """``feat/<e>`` (B, N, D) in each store's dtype (the model casts on its device) and ``feat_mask/<e>``
     bool (B, N) for a batch of clips: see :meth:`FeatureStore.read_tokens`."""
     out: dict[str, np.ndarray] = {}

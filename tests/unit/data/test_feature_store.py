@@ -30,6 +30,12 @@ def _arrays(n: int, dim: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
     return {f"video{i}": rng.normal(size=(1 + i % 5, dim)).astype(np.float32) for i in range(n)}
 
 
+def _clip(store: FeatureStore, vid: str, max_tokens: int = 64) -> np.ndarray:
+    """The (T, D) features of one clip through the store's one reader (T <= max_tokens: not sampled)."""
+    feat, mask = store.read_tokens([vid], max_tokens)
+    return feat[0][mask[0]]
+
+
 def test_write_read_round_trip(tmp_path):
     arrs = _arrays(7)
     folder = store_dir(tmp_path, "appearance", IDENT)
@@ -41,8 +47,9 @@ def test_write_read_round_trip(tmp_path):
     store = FeatureStore(folder)
     assert store.ids() == {*ids, "empty"} and store.dim == 6
     for vid, a in arrs.items():
-        np.testing.assert_array_equal(store.get(vid), a)
-    assert store.get("empty").shape == (0, 6) and store.get("nope") is None
+        np.testing.assert_array_equal(_clip(store, vid), a)
+    assert _clip(store, "empty").shape == (0, 6) and _clip(store, "nope").shape == (0, 6)  # both masked
+    assert "nope" not in store.ids()
     man = json.loads((folder / "manifest.json").read_text())
     assert man["num_done"] == 8 and man["key"] == store_key(IDENT) and len(man["shards"]) == 3
     assert folder.name == f"appearance-{store_key(IDENT)}"
@@ -55,7 +62,7 @@ def test_float16_store(tmp_path):
     arrs = _arrays(3)
     w = FeatureStoreWriter(tmp_path / "s", IDENT, 6, dtype="float16")
     w.write_shard(list(arrs), list(arrs.values()))
-    got = FeatureStore(tmp_path / "s").get("video1")
+    got = _clip(FeatureStore(tmp_path / "s"), "video1")
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got, arrs["video1"].astype(np.float16))
     with pytest.raises(FeatureStoreError, match="dtype 'int8'"):
@@ -136,7 +143,7 @@ def test_import_features_from_a_manifest_folder(tmp_path, capsys):
     for name, per_video in arrs.items():
         assert stores[name].ids() == set(per_video)
         for vid, a in per_video.items():
-            np.testing.assert_array_equal(stores[name].get(vid), a)
+            np.testing.assert_array_equal(_clip(stores[name], vid), a)
     assert len(stores["appearance"].shard_files()) == 3
     assert main(argv) == 0  # again: nothing new is written
     assert "(0 new)" in capsys.readouterr().out
@@ -158,7 +165,7 @@ def test_import_features_one_array_per_split_checks_shapes_ids_and_missing(tmp_p
     assert main([*argv, "--root", str(root)]) == 1  # the last video has no features: reported
     text = capsys.readouterr().out
     assert f"motion: 1 of {len(ids)} videos have no features: {ids[-1]}" in text
-    np.testing.assert_array_equal(open_stores(out)["motion"].get(ids[0]), feats[0])
+    np.testing.assert_array_equal(_clip(open_stores(out)["motion"], ids[0]), feats[0])
     # a .npy of one split with its id list; a folder where one array has the wrong width (listed, not written)
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 5), np.float16))
     (tmp_path / "ids.txt").write_text("a\nb\n")
@@ -243,8 +250,8 @@ def test_layout_1_store_still_read_and_resumed_in_its_layout(tmp_path):
         dtype="float16", expert="audio", shards=["part-00000-aaaaaaaa.parquet"], done=["v0", "v1"]
     )
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    np.testing.assert_array_equal(FeatureStore(folder).get("v0"), a)
-    assert FeatureStore(folder).get("v1").shape == (0, 3)
+    np.testing.assert_array_equal(_clip(FeatureStore(folder), "v0"), a)
+    assert _clip(FeatureStore(folder), "v1").shape == (0, 3)
     w = FeatureStoreWriter(folder, IDENT, 3, dtype="float16", expert="audio")
     new = w.write_shard(["v2"], [a[:2] + 1])
     assert pq.read_schema(new).field("features").type == pa.list_(pa.float16())
@@ -278,9 +285,49 @@ def test_reads_only_the_row_groups_that_hold_the_ids(tmp_path):
     store = FeatureStore(tmp_path / "s")
     assert pq.ParquetFile(store.shard_files()[0]).num_row_groups == 4
     assert store.chunk_map()[ids[ROW_GROUP_CLIPS + 1]] == (store.shard_files()[0], 1)
-    np.testing.assert_array_equal(store.get(ids[ROW_GROUP_CLIPS + 1]), arrs[ids[ROW_GROUP_CLIPS + 1]])
+    np.testing.assert_array_equal(_clip(store, ids[ROW_GROUP_CLIPS + 1]), arrs[ids[ROW_GROUP_CLIPS + 1]])
     assert store._last.groups == (1,)  # one row group read, not the shard
     feat, mask = store.read_tokens([ids[-1], ids[0]], 64)
     assert store._last.groups == (0, 3)
     np.testing.assert_array_equal(feat[0, : len(arrs[ids[-1]])], arrs[ids[-1]])
     np.testing.assert_array_equal(feat[1, : len(arrs[ids[0]])], arrs[ids[0]])
+
+
+def test_threads_sharing_one_reader_get_their_own_clips(tmp_path):
+    """`etva search` decodes in threads that share one cached reader: every read must gather from the
+    row groups it asked for, while other threads replace the reader's kept row groups all the time."""
+    import sys
+    import threading
+
+    arrs = _arrays(64, dim=4)
+    ids = list(arrs)
+    w = FeatureStoreWriter(tmp_path / "s", IDENT, 4)
+    for s in range(0, len(ids), 8):  # eight shards: each thread's reads evict the others' row groups
+        w.write_shard(ids[s : s + 8], [arrs[i] for i in ids[s : s + 8]])
+    store = FeatureStore(tmp_path / "s")
+    errors: list[str] = []
+
+    def reader(shard: int) -> None:
+        mine = ids[8 * shard : 8 * shard + 8]
+        for _ in range(300):
+            try:
+                feat, mask = store.read_tokens(mine, 8)
+            except Exception as e:  # a gather from another thread's row groups: KeyError
+                errors.append(f"{type(e).__name__}: {e}")
+                return
+            for b, vid in enumerate(mine):
+                if not np.array_equal(feat[b][mask[b]], arrs[vid]):
+                    errors.append(f"{vid}: wrong features")
+                    return
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[:3]
