@@ -5,8 +5,9 @@
     .venv/bin/python -m benchmarks.bench_sweep --out /tmp/sweep.json
 
 Runs the README's step 2 as written (``etva tune --space tuning/spaces/clusters_laptop.yaml ...
-data.root=$PWD/data/shapes ray.storage_path=$PWD/runs/ray tune.search=grid tune.num_samples=1
-tune.max_epochs=4``) under a fresh sweep name, then prints, from what the sweep recorded in MLflow and Ray:
+data.root=$PWD/data/shapes ray.storage_path=$PWD/runs/ray ray.num_workers=1 tune.search=grid
+tune.num_samples=1 tune.max_epochs=4``: one worker per trial, so every trial trains in its warm Tune trial
+process) under a fresh sweep name, then prints, from what the sweep recorded in MLflow and Ray:
 
 - the sweep's wall time (the command, from start to exit);
 - the epochs' wall time: the union of every trial's epoch intervals (``timing/epoch_start`` to
@@ -17,7 +18,9 @@ tune.max_epochs=4``) under a fresh sweep name, then prints, from what the sweep 
   its function, imports, its MLflow child run, data (the sweep's shared data, or its own preparation),
   trainer build (imports Ray Train and torch; logs the run's inputs), fit() to
   the worker process, worker process to the training loop, setup (model build, resume), first batch, and
-  the first epoch;
+  the first epoch; and ``trial_start_to_first_batch``, whether the trial ran in a process that an earlier
+  trial had used (``reused_process``). Parts that do not apply are left out: a warm trial trains in its
+  own process (no fit(), no worker process), so its "worker process" is the trial process itself;
 - the number of Python worker processes Ray started during the sweep (Ray's state API);
 - the sweep driver's preparation (``etva.sweep.prepared``: tokenizer, clips decoded) and the load average.
 
@@ -53,7 +56,7 @@ def sweep_command(args: argparse.Namespace, name: str) -> list[str]:
     """The README's step 2, with a fresh name (and the extra overrides)."""
     return [
         str(REPO / ".venv/bin/etva"), "tune", "--space", "tuning/spaces/clusters_laptop.yaml", "--name", name,
-        f"data.root={args.data}", f"ray.storage_path={args.storage}",
+        f"data.root={args.data}", f"ray.storage_path={args.storage}", "ray.num_workers=1",
         "tune.search=grid", "tune.num_samples=1", f"tune.max_epochs={args.max_epochs}", *args.overrides,
     ]  # fmt: skip
 
@@ -84,7 +87,12 @@ def startup_split(trial: dict, sweep_start: float) -> dict[str, float]:
     (a trial stopped before its first epoch) are left out."""
     marks = {**trial["marks"], "sweep_start": sweep_start}
     out = {part: marks[b] - marks[a] for part, a, b in SPLIT if a in marks and b in marks}
-    if "fit_start" in marks and "first_batch" in marks:
+    if marks.get("process_start", float("inf")) <= marks.get("trial_start", float("-inf")):
+        # trained in the trial process itself (its "worker process" is that process): no fit(), no worker
+        out = {part: s for part, s in out.items() if part not in ("fit_to_worker", "worker_to_loop")}
+    if "trial_start" in marks and "first_batch" in marks:
+        out["trial_start_to_first_batch"] = marks["first_batch"] - marks["trial_start"]
+    if "fit_start" in marks and "first_batch" in marks and marks["process_start"] >= marks["fit_start"]:
         out["fit_to_first_batch"] = marks["first_batch"] - marks["fit_start"]
     if trial["epochs"]:
         out["first_epoch"] = trial["epochs"][0][1] - trial["epochs"][0][0]
@@ -124,14 +132,30 @@ def collect(uri: str, experiment: str, name: str) -> tuple[dict, list[dict]]:
     return prepared, sorted(trials, key=lambda t: t["marks"].get("trial_start", 0.0))
 
 
+def reused(trials: list[dict]) -> list[bool]:
+    """Per trial (in start order): did an earlier trial run in the same process?"""
+    seen, out = set(), []
+    for t in trials:
+        pid_start = t["marks"].get("trial_process_start")
+        out.append(pid_start in seen)
+        seen.add(pid_start)
+    return out
+
+
 def summarize(wall: float, t0: float, prepared: dict, trials: list[dict], workers, load) -> dict:
     epochs = union_s([iv for t in trials for iv in t["epochs"]])
+    warm = dict(zip([t["name"] for t in trials], reused(trials)))
     return {
         "sweep_wall_s": wall,
         "epochs_wall_s": epochs,
         "ratio": wall / epochs if epochs else float("inf"),
-        "trials": {t["name"]: {"status": t["status"], "epochs": len(t["epochs"]), **startup_split(t, t0)}
-                   for t in trials},  # fmt: skip
+        "trials": {
+            t["name"]: {
+                "status": t["status"], "epochs": len(t["epochs"]), "reused_process": warm[t["name"]],
+                **startup_split(t, t0),
+            }
+            for t in trials
+        },
         "worker_processes_started": workers,
         "prepared": prepared,
         "load_average": load,
@@ -149,7 +173,8 @@ def report(res: dict) -> str:
     ]
     for name, t in res["trials"].items():
         parts = ", ".join(f"{k} {v:.1f}" for k, v in t.items() if isinstance(v, float))
-        lines.append(f"  {name} ({t['status']}, {t['epochs']} epochs): {parts}")
+        how = "reused process" if t["reused_process"] else "new process"
+        lines.append(f"  {name} ({t['status']}, {t['epochs']} epochs, {how}): {parts}")
     return "\n".join(lines)
 
 

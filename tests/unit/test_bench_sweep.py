@@ -39,3 +39,19 @@ def test_the_benchmark_runs_the_readmes_sweep_command():
     written = " ".join([".venv/bin/etva", *cmd[1:]])
     step = readme.split("### 2.")[1].split("```bash")[1].split("```")[0]
     assert " ".join(step.replace("\\\n", " ").split()) == written
+
+
+def test_a_warm_trial_has_no_negative_parts_and_is_marked_reused():
+    from benchmarks.bench_sweep import reused
+
+    # the second trial ran in the first one's process: its "worker process" started long before it
+    first = {"trial_process_start": 50.0, "trial_start": 60.0, "process_start": 50.0, "first_batch": 80.0}
+    second = {"trial_process_start": 50.0, "trial_start": 90.0, "imports_done": 90.0, "child_run_ready": 90.5,
+              "data_ready": 90.6, "fit_start": 90.7, "process_start": 50.0, "loop_start": 90.8,
+              "setup_done": 91.5, "first_batch": 92.0}  # fmt: skip
+    trials = [{"marks": first, "epochs": []}, {"marks": second, "epochs": [(92.0, 94.0)]}]
+    assert reused(trials) == [False, True]
+    split = startup_split(trials[1], sweep_start=40.0)
+    assert all(v >= 0 for v in split.values()), split
+    assert not {"fit_to_worker", "worker_to_loop", "fit_to_first_batch"} & set(split)
+    assert split["trial_start_to_first_batch"] == pytest.approx(2.0)
