@@ -1,6 +1,6 @@
 """Start, stop and inspect a local Ray head (token auth on) and a local MLflow tracking server.
 
-    python -m cluster.local start [--ray] [--mlflow] [--num-cpus N]   # idempotent; prints addresses
+    python -m cluster.local start [--ray] [--mlflow] [--num-cpus N] [--<port flag> N]   # idempotent
     python -m cluster.local stop  [--ray] [--mlflow]                  # kills by process group
     python -m cluster.local status
     source runs/local/env.sh      # then `ray job submit -- python ...`, `ray status`, ray.init(), mlflow
@@ -13,7 +13,10 @@ the same addresses as a LocalCluster.
 Everything lives in one state directory ($ETVA_STATE_DIR, default <repo>/runs/local): `ray.json` and
 `mlflow.json` (pid/pgid records), logs, `env.sh`, the Ray auth token `ray_auth_token` (mode 0600,
 never committed: runs/ is gitignored; $ETVA_RAY_TOKEN_PATH points elsewhere), `mlflow.db` and
-`mlartifacts/`. Ports: $ETVA_RAY_PORT (6380), $ETVA_DASHBOARD_PORT (8265), $ETVA_MLFLOW_PORT (5000).
+`mlartifacts/`. Ports: --ray-port / $ETVA_RAY_PORT (6380), --dashboard-port / $ETVA_DASHBOARD_PORT (8265),
+--mlflow-port / $ETVA_MLFLOW_PORT (5000); --ray-client-server-port, --dashboard-agent-listen-port,
+--dashboard-agent-grpc-port and --metrics-export-port are picked when not named (PORT_FLAGS; `ray.json`
+records them). `start` returns once a job can be submitted, and refuses a taken port before starting.
 
 Upstream quirks met here (Ray 2.60, MLflow 3.17) and what this module does about them:
 - `ray start --head` turns token auth on only with RAY_AUTH_MODE=token in its environment and a readable
@@ -32,33 +35,40 @@ Upstream quirks met here (Ray 2.60, MLflow 3.17) and what this module does about
   with no RAY_API_SERVER_ADDRESS it scans the machine for GCS processes and, beside another head, dies
   with "Found multiple active Ray instances". The head's environment (inherited by every worker) names
   its own dashboard.
-- `mlflow server` runs a job runner (10 processes, ~1.5 GB, a /dev/shm/tmp* folder) unless
-  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false; uvicorn defaults to 4 workers (7 processes, ~1.25 GB): we use 1.
-  Its multi-threaded parent shows as a zombie before it can be reaped (local_procs retries waitpid).
+- The dashboard agent runs every submitted job. When its HTTP port (Ray's default 52365) is taken, e.g.
+  by another head, the agent stays up without HTTP and the Jobs API answers every submission with "No
+  available agent to submit job" while `/api/jobs/` lists fine: `start` names every agent and client port
+  (Ray's default when free, else a free one), checks them all before starting anything, and returns only
+  once the agent listens. MLflow's quirks: cluster/local_mlflow.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cluster import local_procs
+from cluster.local_mlflow import start_mlflow, stop_mlflow
 from cluster.local_state import (
+    MLFLOW_PORTS,
+    RAY_PORTS,
     LocalCluster,
     LocalSettings,
+    PortError,
+    agent_listen_port,
+    already_running,
     read_record,
     record_path,
-    require_free,
+    resolve_ports,
     running_record,
     wait_until,
     write_record,
@@ -66,8 +76,6 @@ from cluster.local_state import (
 from etva.config.settings import CLI_LOG_FORMAT, setup_logging
 
 log = logging.getLogger(__name__)
-
-HUEY_ENV = "_MLFLOW_HUEY_STORAGE_PATH"  # MLflow's job-runner scratch dir (a /dev/shm/tmp* folder)
 
 
 # ------------------------------------------------------------------------------------------- Ray
@@ -89,35 +97,28 @@ def ray_client_env(s: LocalSettings) -> dict[str, str]:
 
 
 def _ray_ready(s: LocalSettings, token: str) -> str | None:
+    """The GCS address once a job can be submitted: the Jobs API answers and the head's dashboard agent,
+    which runs every submitted job, listens (a Jobs API without its agent answers "No available agent to
+    submit job" to every submission); PortError when the agent could not listen."""
     current = s.temp_dir / "ray_current_cluster"
-    if not current.exists() or local_procs.http_status(f"{s.dashboard_url}/api/jobs/", token) != 200:
+    agent_port = agent_listen_port(s)
+    if agent_port == -1:
+        raise PortError(
+            f"the head's dashboard agent could not listen on port {s.dashboard_agent_port} (taken since the "
+            "check before `ray start`), so no job could be submitted; the head was stopped. Start again, or "
+            "choose another port with --dashboard-agent-listen-port"
+        )
+    if not current.exists() or agent_port is None:
+        return None
+    if local_procs.http_status(f"{s.dashboard_url}/api/jobs/", token) != 200:
+        return None
+    if local_procs.http_status(f"{s.agent_url}/api/local_raylet_healthz") != 200:
         return None
     return current.read_text().strip()
 
 
-def _already_running(s: LocalSettings, name: str, marker: str, what: str, address_key: str) -> dict | None:
-    """The record of service ``name`` when it runs already (said on stdout: start is idempotent)."""
-    record, _ = running_record(s, name, marker)
-    if record is not None:
-        print(f"{what} already running (pgid {record['pgid']}) at {record.get(address_key)}")
-    return record
-
-
-def start_ray_head(s: LocalSettings | None = None) -> LocalCluster:
-    """Start the Ray head (idempotent) and return its addresses."""
-    s = s or LocalSettings.from_env()
-    if (record := _already_running(s, "ray", str(s.temp_dir), "Ray head", "gcs_address")) is not None:
-        return _ray_cluster(s, record)
-    require_free(
-        s,
-        {
-            "ETVA_RAY_PORT": s.ray_port,
-            "ETVA_DASHBOARD_PORT": s.dashboard_port,
-            "ETVA_RAY_CLIENT_PORT": s.ray_client_port,
-            "ETVA_DASHBOARD_AGENT_PORT": s.dashboard_agent_port,
-        },
-    )
-    token = ensure_token(s).read_text().strip()
+def _ray_env(s: LocalSettings) -> dict[str, str]:
+    """The head's environment, inherited by every Ray process and job entrypoint."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(ray_client_env(s))
     # job entrypoints inherit this environment: `python` must be this interpreter, not the system one
@@ -127,37 +128,72 @@ def start_ray_head(s: LocalSettings | None = None) -> LocalCluster:
     # Ray's state API inside the cluster (Train's placement-group cleaner asks whether its controller
     # lives) finds its cluster by this, else scans the machine and fails beside another head
     env["RAY_API_SERVER_ADDRESS"] = s.dashboard_url
-    cmd = [
-        str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={s.ray_port}",
-        f"--dashboard-host={s.host}", f"--dashboard-port={s.dashboard_port}", f"--num-cpus={s.num_cpus}",
-        f"--node-ip-address={s.host}", "--include-dashboard=true", "--disable-usage-stats",
+    return env
+
+
+def _ray_command(s: LocalSettings) -> list[str]:
+    """`ray start --head` with every port named (resolve_ports has set them all)."""
+    return [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        f"--port={s.ray_port}",
+        f"--dashboard-host={s.host}",
+        f"--dashboard-port={s.dashboard_port}",
+        f"--num-cpus={s.num_cpus}",
+        f"--node-ip-address={s.host}",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
         f"--temp-dir={s.temp_dir}",
-    ]  # fmt: skip
-    if s.ray_client_port is not None:
-        cmd.append(f"--ray-client-server-port={s.ray_client_port}")
-    if s.dashboard_agent_port is not None:
-        cmd.append(f"--dashboard-agent-listen-port={s.dashboard_agent_port}")
+        f"--ray-client-server-port={s.ray_client_port}",
+        f"--dashboard-agent-listen-port={s.dashboard_agent_port}",
+        f"--dashboard-agent-grpc-port={s.dashboard_agent_grpc_port}",
+        f"--metrics-export-port={s.metrics_export_port}",
+    ]
+
+
+def start_ray_head(s: LocalSettings | None = None) -> LocalCluster:
+    """Start the Ray head (idempotent); return its addresses once it takes jobs. PortError (nothing
+    started) when a named port is taken; unnamed agent and client ports are picked (resolve_ports)."""
+    s = s or LocalSettings.from_env()
+    if (record := already_running(s, "ray", str(s.temp_dir), "Ray head", "gcs_address")) is not None:
+        return _ray_cluster(s, record)
+    s = resolve_ports(s, RAY_PORTS)
+    token = ensure_token(s).read_text().strip()
+    cmd = _ray_command(s)
     s.temp_dir.mkdir(parents=True, exist_ok=True)
     (s.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
     log_file = s.state_dir / "ray_start.log"
     t0 = time.monotonic()
-    proc = local_procs.spawn_detached(cmd, env, log_file)
-    record = {"pid": proc.pid, "pgid": proc.pid, "temp_dir": str(s.temp_dir), "cmd": cmd}
+    proc = local_procs.spawn_detached(cmd, _ray_env(s), log_file)
+    ports = {role.field: getattr(s, role.field) for role in RAY_PORTS}
+    record = {"pid": proc.pid, "pgid": proc.pid, "temp_dir": str(s.temp_dir), "cmd": cmd, "ports": ports}
     write_record(s, "ray", record)  # written before waiting: a failed start can still be stopped
-    if proc.wait(timeout=s.start_timeout_s) != 0:
+    try:
+        if proc.wait(timeout=s.start_timeout_s) != 0:
+            tail = log_file.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"`ray start` failed (exit {proc.returncode}); log {log_file}:\n{tail}")
+        agent_log = s.temp_dir / "session_latest" / "logs" / "dashboard_agent.log"
+        what = f"Ray Jobs API with its dashboard agent (agent log {agent_log})"
+        gcs = wait_until(lambda: _ray_ready(s, token), s.start_timeout_s, what, None, log_file)
+    except (RuntimeError, subprocess.TimeoutExpired):
         stop_ray_head(s)
-        tail = log_file.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"`ray start` failed (exit {proc.returncode}); log {log_file}:\n{tail}")
-    gcs = wait_until(lambda: _ray_ready(s, token), s.start_timeout_s, "Ray Jobs API", None, log_file)
+        raise
     record.update(gcs_address=gcs, dashboard_url=s.dashboard_url, start_s=round(time.monotonic() - t0, 2))
     write_record(s, "ray", record)
     print(
         f"Ray head started in {record['start_s']} s (pgid {proc.pid}): GCS {gcs}, Jobs API {s.dashboard_url}"
+        f" (its agent takes jobs); ports {_port_list(ports)}"
     )
     return _ray_cluster(s, record)
 
 
+def _port_list(ports: dict[str, int]) -> str:
+    return ", ".join(f"{name.removesuffix('_port')} {port}" for name, port in ports.items())
+
+
 def _ray_cluster(s: LocalSettings, record: dict) -> LocalCluster:
+    s = dataclasses.replace(s, **record.get("ports", {}))  # a restart reuses the running head's ports
     env = client_env(s, record.get("gcs_address"))
     env.pop("MLFLOW_TRACKING_URI")
     return LocalCluster(
@@ -183,67 +219,6 @@ def stop_ray_head(s: LocalSettings | None = None, all_ray: bool = False, grace_s
     if not left:
         record_path(s, "ray").unlink(missing_ok=True)
     print(f"Ray head stopped ({len(procs)} process(es))" if procs else "Ray head was not running")
-    return left
-
-
-# ---------------------------------------------------------------------------------------- MLflow
-def start_mlflow(s: LocalSettings | None = None) -> LocalCluster:
-    """Start the MLflow tracking server (idempotent) and return its URI."""
-    s = s or LocalSettings.from_env()
-    if (record := _already_running(s, "mlflow", str(s.mlflow_db), "MLflow", "uri")) is not None:
-        return _mlflow_cluster(s, record)
-    require_free(s, {"ETVA_MLFLOW_PORT": s.mlflow_port})
-    s.state_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # 2 processes/~490 MB, not 10/~1.5 GB
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{s.mlflow_db}",
-        "--artifacts-destination", str(s.state_dir / "mlartifacts"),
-        "--host", s.host, "--port", str(s.mlflow_port), "--workers", str(s.mlflow_workers),
-    ]  # fmt: skip
-    log_file = s.state_dir / "mlflow.log"
-    t0 = time.monotonic()
-    proc = local_procs.spawn_detached(cmd, env, log_file)
-    record = {"pid": proc.pid, "pgid": proc.pid, "uri": s.mlflow_uri, "cmd": cmd}
-    write_record(s, "mlflow", record)
-    try:
-        wait_until(
-            lambda: local_procs.http_status(f"{s.mlflow_uri}/health") == 200,
-            s.start_timeout_s,
-            "MLflow",
-            proc,
-            log_file,
-        )
-    except RuntimeError:
-        stop_mlflow(s)
-        raise
-    record["start_s"] = round(time.monotonic() - t0, 2)
-    write_record(s, "mlflow", record)
-    print(f"MLflow started in {record['start_s']} s (pgid {proc.pid}): {s.mlflow_uri}")
-    return _mlflow_cluster(s, record)
-
-
-def _mlflow_cluster(s: LocalSettings, record: dict) -> LocalCluster:
-    env = {"MLFLOW_TRACKING_URI": record["uri"]}
-    return LocalCluster(
-        s.state_dir, mlflow_uri=record["uri"], env=env, pgids={"mlflow": record["pgid"]}, settings=s
-    )
-
-
-def stop_mlflow(s: LocalSettings | None = None, grace_s: float = 5.0) -> list[int]:
-    """Stop the MLflow server's process group; remove its /dev/shm job-runner folder if it made one."""
-    s = s or LocalSettings.from_env()
-    record = read_record(s, "mlflow")
-    procs = local_procs.collect(record["pgid"] if record else None, str(s.mlflow_db))
-    scratch = {local_procs.read_environ(p.pid).get(HUEY_ENV) for p in procs} - {None, ""}
-    left = local_procs.terminate(procs, grace_s) if procs else []
-    for path in map(Path, scratch):  # only folders named in our own processes' environment
-        if path.name.startswith("tmp") and path.parent in (Path("/dev/shm"), Path(tempfile.gettempdir())):
-            shutil.rmtree(path, ignore_errors=True)
-    if not left:
-        record_path(s, "mlflow").unlink(missing_ok=True)
-    print(f"MLflow stopped ({len(procs)} process(es))" if procs else "MLflow was not running")
     return left
 
 
@@ -284,6 +259,10 @@ def write_env_file(s: LocalSettings, cluster: LocalCluster) -> Path:
 def start_all(s: LocalSettings | None = None, ray: bool = True, mlflow: bool = True) -> LocalCluster:
     """Start the selected services and return one LocalCluster with the merged environment."""
     s = s or LocalSettings.from_env()
+    roles = (RAY_PORTS if ray and running_record(s, "ray", str(s.temp_dir))[0] is None else ()) + (
+        MLFLOW_PORTS if mlflow and running_record(s, "mlflow", str(s.mlflow_db))[0] is None else ()
+    )
+    s = resolve_ports(s, roles)  # every port of both services checked before either starts
     out = LocalCluster(s.state_dir, token_path=s.token_file, env=client_env(s), settings=s)
     starters = [start for wanted, start in ((ray, start_ray_head), (mlflow, start_mlflow)) if wanted]
     with ThreadPoolExecutor(max_workers=2) as pool:  # both mostly wait on subprocesses: start together
@@ -320,32 +299,63 @@ def status(s: LocalSettings | None = None) -> dict:
         record, procs = running_record(s, name, marker)
         out[name] = {"running": record is not None, "healthy": local_procs.http_status(url) == 200}
         if record is not None:
-            keep = ("pgid", "gcs_address", "dashboard_url", "uri", "start_s")
+            keep = ("pgid", "gcs_address", "dashboard_url", "uri", "start_s", "ports")
             out[name].update({k: record[k] for k in keep if k in record})
             out[name].update(processes=len(procs), rss_mb=round(local_procs.rss_mb(procs), 1))
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+_PICKED = "default: Ray's {} when free, else a free port outside Ray's worker range 10002-19999"
+PORT_FLAGS = (  # flag, help; every port is checked before anything starts
+    ("--ray-port", "Ray GCS (default $ETVA_RAY_PORT or 6380)"),
+    ("--dashboard-port", "Jobs API and dashboard (default $ETVA_DASHBOARD_PORT or 8265)"),
+    ("--mlflow-port", "MLflow server (default $ETVA_MLFLOW_PORT or 5000)"),
+    ("--ray-client-server-port", f"Ray client server (ray://); {_PICKED.format(10001)}"),
+    ("--dashboard-agent-listen-port", f"the agent that runs submitted jobs; {_PICKED.format(52365)}"),
+    ("--dashboard-agent-grpc-port", "the agent's gRPC port; default: a free port"),
+    ("--metrics-export-port", "Prometheus metrics; default: a free port"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cluster.local", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--ray", action="store_true", help="only the Ray head")
     parser.add_argument("--mlflow", action="store_true", help="only the MLflow server")
     parser.add_argument("--num-cpus", type=int, help="logical CPUs of the Ray head (default 4)")
     parser.add_argument("--state-dir", type=Path, help="default $ETVA_STATE_DIR or <repo>/runs/local")
-    parser.add_argument("--ray-port", type=int)
-    parser.add_argument("--dashboard-port", type=int)
-    parser.add_argument("--mlflow-port", type=int)
+    for flag, text in PORT_FLAGS:
+        parser.add_argument(flag, type=int, metavar="PORT", help=text)
     parser.add_argument("--all-ray", action="store_true", help="stop: also `ray stop --force` (machine-wide)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> LocalSettings:
+    """The settings the command line names, over the ETVA_* environment variables and the defaults."""
+    return LocalSettings.from_env(
+        state_dir=args.state_dir,
+        num_cpus=args.num_cpus,
+        ray_port=args.ray_port,
+        dashboard_port=args.dashboard_port,
+        mlflow_port=args.mlflow_port,
+        ray_client_port=args.ray_client_server_port,
+        dashboard_agent_port=args.dashboard_agent_listen_port,
+        dashboard_agent_grpc_port=args.dashboard_agent_grpc_port,
+        metrics_export_port=args.metrics_export_port,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging(logging.INFO, CLI_LOG_FORMAT)
-    s = LocalSettings.from_env(
-        state_dir=args.state_dir, num_cpus=args.num_cpus, ray_port=args.ray_port,
-        dashboard_port=args.dashboard_port, mlflow_port=args.mlflow_port,
-    )  # fmt: skip
+    s = settings_from_args(args)
     ray, mlflow = (args.ray or not args.mlflow), (args.mlflow or not args.ray)
     if args.action == "start":
-        cluster = start_all(s, ray=ray, mlflow=mlflow)
+        try:
+            cluster = start_all(s, ray=ray, mlflow=mlflow)
+        except RuntimeError as err:  # a taken port, a server that did not come up: said plainly
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         print(f"\nsource {s.state_dir / 'env.sh'}")
         for key, value in sorted(cluster.env.items()):
             print(f"  {key}={value}")

@@ -5,6 +5,7 @@ Used by :mod:`cluster.local`, which starts and stops the services.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,8 +35,11 @@ class LocalSettings:
     dashboard_port: int = 8265  # dashboard + Jobs API
     mlflow_port: int = 5000
     num_cpus: int = 4  # logical CPUs: Ray Data stages + 2 Train workers need more than 2 (docs/platform.md)
-    ray_client_port: int | None = None  # None = Ray's default 10001
-    dashboard_agent_port: int | None = None  # None = Ray's default 52365
+    # None = picked at start (see resolve_ports): Ray's default when free, else a free port
+    ray_client_port: int | None = None  # Ray client server (ray://), Ray's default 10001
+    dashboard_agent_port: int | None = None  # the agent's HTTP port: it takes submitted jobs; Ray's 52365
+    dashboard_agent_grpc_port: int | None = None  # the agent's gRPC (metrics agent) port
+    metrics_export_port: int | None = None  # Prometheus metrics of the node
     token_path: Path | None = None  # None = <state>/ray_auth_token
     ray_temp_dir: Path | None = None  # None = <state>/ray, or /tmp/etva-ray-<hash> if that is too long
     mlflow_workers: int = 1
@@ -43,7 +47,8 @@ class LocalSettings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> LocalSettings:
-        """Settings from ETVA_* environment variables; keyword overrides (not None) win."""
+        """Settings from ETVA_* environment variables; keyword overrides (not None) win. The agent and
+        client ports have no variable: `python -m cluster.local start --help` names their flags."""
         env = os.environ
 
         def opt_int(name: str) -> int | None:
@@ -55,8 +60,6 @@ class LocalSettings:
             "dashboard_port": opt_int("ETVA_DASHBOARD_PORT"),
             "mlflow_port": opt_int("ETVA_MLFLOW_PORT"),
             "num_cpus": opt_int("ETVA_NUM_CPUS"),
-            "ray_client_port": opt_int("ETVA_RAY_CLIENT_PORT"),
-            "dashboard_agent_port": opt_int("ETVA_DASHBOARD_AGENT_PORT"),
             "token_path": Path(env["ETVA_RAY_TOKEN_PATH"]) if env.get("ETVA_RAY_TOKEN_PATH") else None,
             "ray_temp_dir": Path(env["ETVA_RAY_TEMP_DIR"]) if env.get("ETVA_RAY_TEMP_DIR") else None,
         }
@@ -83,6 +86,11 @@ class LocalSettings:
     @property
     def dashboard_url(self) -> str:
         return f"http://{self.host}:{self.dashboard_port}"
+
+    @property
+    def agent_url(self) -> str:
+        """The head's dashboard agent (it runs submitted jobs); set once resolve_ports has run."""
+        return f"http://{self.host}:{self.dashboard_agent_port}"
 
     @property
     def mlflow_uri(self) -> str:
@@ -127,12 +135,6 @@ def write_record(s: LocalSettings, name: str, record: dict) -> None:
     record_path(s, name).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def require_free(s: LocalSettings, ports: dict[str, int | None]) -> None:
-    for env_name, port in ports.items():
-        if port is not None and not local_procs.port_free("0.0.0.0", port):
-            raise RuntimeError(f"port {port} is already in use; choose another with {env_name}=<port>")
-
-
 def running_record(s: LocalSettings, name: str, marker: str) -> tuple[dict | None, list[local_procs.Proc]]:
     """The record and live processes of service `name` (stale records are removed); ``marker`` is a
     path that the service's processes name on their command line."""
@@ -145,6 +147,25 @@ def running_record(s: LocalSettings, name: str, marker: str) -> tuple[dict | Non
         record_path(s, name).unlink(missing_ok=True)
         return None, []
     return record, procs
+
+
+def agent_listen_port(s: LocalSettings) -> int | None:
+    """The HTTP port the head's dashboard agent reported in its session folder (-1: it could not listen,
+    so the Jobs API takes no job); None until the agent has started."""
+    session = s.temp_dir / "session_latest"
+    for path in sorted(session.glob("dashboard_agent_listen_port_*")):
+        text = path.read_text().strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+    return None
+
+
+def already_running(s: LocalSettings, name: str, marker: str, what: str, address_key: str) -> dict | None:
+    """The record of service ``name`` when it runs already (said on stdout: start is idempotent)."""
+    record, _ = running_record(s, name, marker)
+    if record is not None:
+        print(f"{what} already running (pgid {record['pgid']}) at {record.get(address_key)}")
+    return record
 
 
 def wait_until(check, timeout_s: float, what: str, proc: subprocess.Popen | None, log_file: Path):
@@ -162,7 +183,90 @@ def wait_until(check, timeout_s: float, what: str, proc: subprocess.Popen | None
     raise RuntimeError(f"{what} did not come up within {timeout_s:.0f} s; log {log_file}:\n{tail}")
 
 
-RAY_WORKER_PORTS = range(10002, 20000)  # Ray's default worker port range: other ports must avoid it
+# ------------------------------------------------------------------------------------------- ports
+RAY_WORKER_PORTS = range(10002, 20000)  # Ray's default worker port range: `ray start` refuses a pin inside
+
+
+class PortError(RuntimeError):
+    """A port of the local cluster cannot be used (taken, or inside Ray's worker range); nothing started."""
+
+
+@dataclass(frozen=True)
+class PortRole:
+    """One port a local service listens on: its setting, the option that names it, what listens there."""
+
+    field: str  # LocalSettings attribute
+    option: str  # how a user names it: the `python -m cluster.local start` flag (and its variable)
+    what: str
+    ray_default: int | None = None  # Ray's own default, taken when free and the port is not named
+    pickable: bool = True  # unset -> picked at start; False: the setting always has a value
+    ray: bool = True  # a Ray port: outside Ray's worker port range
+
+
+RAY_PORTS = (
+    PortRole("ray_port", "--ray-port (or ETVA_RAY_PORT)", "Ray GCS", pickable=False),
+    PortRole("dashboard_port", "--dashboard-port (or ETVA_DASHBOARD_PORT)", "Ray Jobs API", pickable=False),
+    PortRole("ray_client_port", "--ray-client-server-port", "Ray client server", ray_default=10001),
+    PortRole(
+        "dashboard_agent_port",
+        "--dashboard-agent-listen-port",
+        "dashboard agent HTTP, which takes submitted jobs",
+        ray_default=52365,
+    ),
+    PortRole("dashboard_agent_grpc_port", "--dashboard-agent-grpc-port", "dashboard agent gRPC"),
+    PortRole("metrics_export_port", "--metrics-export-port", "Prometheus metrics export"),
+)
+MLFLOW_PORTS = (
+    PortRole(
+        "mlflow_port", "--mlflow-port (or ETVA_MLFLOW_PORT)", "MLflow server", pickable=False, ray=False
+    ),
+)
+
+
+def check_port(role: PortRole, port: int) -> None:
+    """PortError naming ``port``, what it is for and how to choose another, unless it can be used."""
+    if role.ray and port in RAY_WORKER_PORTS:
+        raise PortError(
+            f"port {port} ({role.what}) is inside Ray's worker port range {RAY_WORKER_PORTS.start}-"
+            f"{RAY_WORKER_PORTS.stop - 1}, which `ray start` refuses; choose another with {role.option}"
+        )
+    if not local_procs.port_free("0.0.0.0", port):
+        hint = "; or leave it unset and a free one is picked" if role.pickable else ""
+        raise PortError(
+            f"port {port} ({role.what}) is already in use by another process: nothing was started. "
+            f"Stop what listens there or choose another port with {role.option}{hint}"
+        )
+
+
+def pick_port(preferred: int | None, taken: set[int]) -> int:
+    """``preferred`` when it is free and not in ``taken``, else a free port outside Ray's worker range."""
+    if preferred is not None and preferred not in taken and local_procs.port_free("0.0.0.0", preferred):
+        return preferred
+    while (port := free_ports(1)[0]) in taken:
+        pass
+    return port
+
+
+def resolve_ports(s: LocalSettings, roles: tuple[PortRole, ...]) -> LocalSettings:
+    """A copy of ``s`` with every port of ``roles`` set: the named ones checked (free, distinct, Ray's
+    outside its worker range), the unnamed ones picked. Raises PortError before anything starts."""
+    named = {r.field: getattr(s, r.field) for r in roles if getattr(s, r.field) is not None}
+    by_port: dict[int, list[str]] = {}
+    for role in roles:
+        if role.field in named:
+            by_port.setdefault(named[role.field], []).append(role.option)
+    for port, options in by_port.items():
+        if len(options) > 1:
+            raise PortError(f"port {port} is named twice ({' and '.join(options)}): each needs its own port")
+    for role in roles:
+        if role.field in named:
+            check_port(role, named[role.field])
+    taken = set(named.values())
+    for role in roles:
+        if role.field not in named:
+            named[role.field] = pick_port(role.ray_default, taken)
+            taken.add(named[role.field])
+    return dataclasses.replace(s, **named)
 
 
 def free_ports(n: int) -> list[int]:
@@ -185,11 +289,10 @@ def free_ports(n: int) -> list[int]:
 
 def private_settings(num_cpus: int, prefix: str = "etva-it-") -> LocalSettings:
     """Settings of a throw-away cluster (tests, benchmarks): a short /tmp state dir (Ray's AF_UNIX socket
-    paths must stay under 107 bytes) and free ports, so it never clashes with a user's head on the
-    defaults."""
+    paths must stay under 107 bytes) and free GCS, dashboard and MLflow ports, so it never clashes with a
+    user's head on the defaults; the agent and client ports are picked at start, as for a user's head."""
     state = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    ray_port, dash, mlflow_port, client, agent = free_ports(5)
+    ray_port, dash, mlflow_port = free_ports(3)
     return LocalSettings(
-        state_dir=state, ray_port=ray_port, dashboard_port=dash, mlflow_port=mlflow_port,
-        ray_client_port=client, dashboard_agent_port=agent, num_cpus=num_cpus,
-    )  # fmt: skip
+        state_dir=state, ray_port=ray_port, dashboard_port=dash, mlflow_port=mlflow_port, num_cpus=num_cpus
+    )

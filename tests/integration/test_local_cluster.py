@@ -1,21 +1,29 @@
-"""The local cluster scripts: addresses answer, start is idempotent, the Jobs API demands the token,
-stop leaves no process behind."""
+"""The local cluster scripts: addresses answer, start is idempotent, the Jobs API demands the token, a
+second head beside the first takes a job as soon as start returns, a taken port is refused before anything
+starts, stop leaves no process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cluster import local, local_procs
+from cluster import local, local_procs, local_state
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RAY_AGENT_PORT, RAY_CLIENT_PORT = 52365, 10001  # Ray's fixed defaults: a first head holds them
 
 pytestmark = pytest.mark.integration
 
@@ -143,55 +151,115 @@ def test_stale_record_is_cleaned(tmp_path: Path) -> None:
     assert local.stop_all(settings) == {"mlflow": [], "ray": []}  # stopping nothing is fine
 
 
-def test_stop_leaves_nothing(local_cluster_factory, tmp_path: Path) -> None:
-    pid_file = tmp_path / "job.pid"
-    t_start = time.monotonic()
-    with local_cluster_factory(num_cpus=1) as cluster:
+def test_a_taken_port_is_refused_before_anything_starts(
+    local_cluster: local.LocalCluster, tmp_path: Path
+) -> None:
+    """The session head's agent port named for a new head: a clear error, and no process, record or log."""
+    taken = local_cluster.settings.dashboard_agent_port
+    ray_port, dash, mlflow_port = local_state.free_ports(3)
+    ports = ["--ray-port", str(ray_port), "--dashboard-port", str(dash), "--mlflow-port", str(mlflow_port)]
+    out = _cli(
+        "start", "--state-dir", str(tmp_path / "state"), *ports, "--dashboard-agent-listen-port", str(taken)
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert (
+        f"error: port {taken} (dashboard agent HTTP, which takes submitted jobs) is already in use"
+        in out.stderr
+    )
+    assert "--dashboard-agent-listen-port" in out.stderr.splitlines()[-1]
+    assert not (tmp_path / "state").exists()
+    assert [p for p in local_procs.list_procs() if str(tmp_path) in p.cmdline] == []
+
+
+def test_a_second_head_takes_a_job_at_once_and_stop_leaves_nothing(
+    local_cluster: local.LocalCluster, tmp_path: Path
+) -> None:
+    """`python -m cluster.local start --ray-port .. --dashboard-port .. --mlflow-port ..` beside the session
+    head, with Ray's fixed agent and client ports taken (by that head, another one, or this test): start
+    picks others and returns when a job can be submitted; the first submission is taken. Then stop."""
+    ray_port, dash, mlflow_port = local_state.free_ports(3)
+    state = Path(tempfile.mkdtemp(prefix="etva-it-", dir="/tmp"))
+    settings = local.LocalSettings(state, ray_port=ray_port, dashboard_port=dash, mlflow_port=mlflow_port)
+    ports = ["--ray-port", str(ray_port), "--dashboard-port", str(dash), "--mlflow-port", str(mlflow_port)]
+    try:
+        t_start = time.monotonic()
+        with _taken(RAY_AGENT_PORT, RAY_CLIENT_PORT):
+            out = _cli("start", "--state-dir", str(state), "--num-cpus", "1", *ports)
+        assert out.returncode == 0, out.stdout + out.stderr
         print(f"[timing] start {time.monotonic() - t_start:.2f} s")
-        # a running job: its entrypoint runs in a new session, outside the head's process group
-        entry = (
-            f"python -c \"import os, time; open('{pid_file}', 'w').write(str(os.getpid())); time.sleep(600)\""
-        )
-        code, out = _submit(cluster.dashboard_url, entry, cluster.subprocess_env(), wait=False)
-        assert code == 0, out
-        deadline = time.monotonic() + 30
-        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        job_pid = int(pid_file.read_text())
-        print(f"[timing] job running {time.monotonic() - t_start:.2f} s")
-        assert local_procs.alive([job_pid]) == [job_pid]
-        assert os.getpgid(job_pid) != cluster.pgids["ray"]
-        group_pids = [p.pid for p in local.leftover_processes(cluster)]
-        t0 = time.monotonic()
-        left = local.stop_all(cluster.settings)
-        stop_s = time.monotonic() - t0
-        assert left == {"mlflow": [], "ray": []}
-        assert local_procs.alive(group_pids + [job_pid]) == []
-        for pgid in cluster.pgids.values():  # zombies may linger until pid 1 reaps them
-            deadline = time.monotonic() + 5
-            while _group_exists(pgid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert not _group_exists(pgid), (pgid, cluster.pgids, _group_dump(pgid))
+        picked = json.loads((state / "ray.json").read_text())["ports"]
         assert (
-            not (cluster.state_dir / "ray.json").exists() and not (cluster.state_dir / "mlflow.json").exists()
+            picked["dashboard_agent_port"] != RAY_AGENT_PORT and picked["ray_client_port"] != RAY_CLIENT_PORT
         )
-        assert _http_down(f"{cluster.dashboard_url}/api/gcs_healthz")
-        assert _http_down(f"{cluster.mlflow_uri}/health")
-        host, port = cluster.ray_address.rsplit(":", 1)
-        with pytest.raises(ConnectionRefusedError):  # the GCS port is closed
-            socket.create_connection((host, int(port)), timeout=2).close()
-        status = subprocess.run(
-            [str(Path(sys.executable).parent / "ray"), "status", f"--address={cluster.ray_address}"],
-            env={  # fail after ~7 s instead of ~40 s
-                **cluster.subprocess_env(),
-                "RAY_gcs_rpc_server_connect_timeout_s": "2",
-                "RAY_gcs_rpc_server_reconnect_timeout_s": "2",
-            },
-            capture_output=True,
-            timeout=60,
-        )
-        assert status.returncode != 0
-        print(f"[timing] stop {stop_s:.2f} s; ray status done {time.monotonic() - t_start:.2f} s")
+        cluster = local.start_all(settings)  # idempotent: the running head's addresses, nothing started
+        _submit_then_stop(cluster, tmp_path / "job.pid", t_start)
+    finally:
+        local.stop_all(settings)
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(settings.temp_dir, ignore_errors=True)
+
+
+def _submit_then_stop(cluster: local.LocalCluster, pid_file: Path, t_start: float) -> None:
+    # a running job: its entrypoint runs in a new session, outside the head's process group
+    entry = f"python -c \"import os, time; open('{pid_file}', 'w').write(str(os.getpid())); time.sleep(600)\""
+    code, out = _submit(cluster.dashboard_url, entry, cluster.subprocess_env(), wait=False)
+    assert code == 0, out  # no retry: the head's agent took the job at the first try
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job_pid = int(pid_file.read_text())
+    print(f"[timing] job running {time.monotonic() - t_start:.2f} s")
+    assert local_procs.alive([job_pid]) == [job_pid]
+    assert os.getpgid(job_pid) != cluster.pgids["ray"]
+    group_pids = [p.pid for p in local.leftover_processes(cluster)]
+    t0 = time.monotonic()
+    left = local.stop_all(cluster.settings)
+    stop_s = time.monotonic() - t0
+    assert left == {"mlflow": [], "ray": []}
+    assert local_procs.alive(group_pids + [job_pid]) == []
+    for pgid in cluster.pgids.values():  # zombies may linger until pid 1 reaps them
+        deadline = time.monotonic() + 5
+        while _group_exists(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _group_exists(pgid), (pgid, cluster.pgids, _group_dump(pgid))
+    assert not (cluster.state_dir / "ray.json").exists() and not (cluster.state_dir / "mlflow.json").exists()
+    assert _http_down(f"{cluster.dashboard_url}/api/gcs_healthz")
+    assert _http_down(f"{cluster.mlflow_uri}/health")
+    host, port = cluster.ray_address.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):  # the GCS port is closed
+        socket.create_connection((host, int(port)), timeout=2).close()
+    status = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "status", f"--address={cluster.ray_address}"],
+        env={  # fail after ~7 s instead of ~40 s
+            **cluster.subprocess_env(),
+            "RAY_gcs_rpc_server_connect_timeout_s": "2",
+            "RAY_gcs_rpc_server_reconnect_timeout_s": "2",
+        },
+        capture_output=True,
+        timeout=60,
+    )
+    assert status.returncode != 0
+    print(f"[timing] stop {stop_s:.2f} s; ray status done {time.monotonic() - t_start:.2f} s")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m cluster.local ...` as a user runs it (no ETVA_* settings from this process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETVA_")}
+    cmd = [sys.executable, "-m", "cluster.local", *args]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@contextlib.contextmanager
+def _taken(*ports: int) -> Iterator[None]:
+    """Each port taken while the block runs: by whoever holds it already, else by a socket of this test."""
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            if local_procs.port_free("0.0.0.0", port):
+                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                with contextlib.suppress(OSError):  # taken since the check: taken all the same
+                    sock.bind(("0.0.0.0", port))
+                    sock.listen()
+        yield
 
 
 def _group_dump(pgid: int) -> list[str]:
