@@ -80,7 +80,7 @@ def _wait(check, what: str, proc: subprocess.Popen, log: Path, timeout_s: float 
 
 
 def _can_connect(**kw) -> bool:
-    import psycopg2
+    import psycopg2  # lazy: optional dependency (the `server` extra); only a team server needs it
 
     try:
         psycopg2.connect(connect_timeout=2, **kw).close()
@@ -113,7 +113,7 @@ def _start_postgres(root: Path, port: int, password: str, procs: list[subprocess
 
 
 def _create_db(port: int, admin_password: str, db_password: str) -> None:
-    import psycopg2
+    import psycopg2  # lazy: optional dependency (the `server` extra); only a team server needs it
 
     conn = psycopg2.connect(host="127.0.0.1", port=port, user="pgadmin", password=admin_password, dbname="postgres")
     conn.autocommit = True
