@@ -25,7 +25,17 @@ from etva.index.store import IndexError_, IndexMismatch, IndexStore
 from etva.index.vectors import EXACT, PatternIndex
 from etva.inference import encode_texts
 
-__all__ = ["SearchError", "Hit", "SearchIndex", "UpdateStats", "update_index", "load_index", "search"]
+__all__ = [
+    "SearchError",
+    "Hit",
+    "Query",
+    "SearchIndex",
+    "UpdateStats",
+    "update_index",
+    "load_index",
+    "search",
+    "search_batch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +129,9 @@ def update_index(
     store = open_for(im, index_path)
     source = store.source_id(kind, root)
     todo, stale = plan(store, source, items)
-    stats = UpdateStats(dropped=len(stale), no_split=sum(1 for it in items if kind == "store" and not it.group))
+    stats = UpdateStats(
+        dropped=len(stale), no_split=sum(1 for it in items if kind == "store" and not it.group)
+    )
     store.drop(source, stale)
     stats.reused = len(store.known(source))
     with tqdm(total=len(todo), unit="video", desc="encode", file=sys.stderr, disable=not progress) as bar:
@@ -161,7 +173,16 @@ def load_index(
     )  # fmt: skip
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class Query:
+    """One query of a batch: its text, how many results, and at most one filter."""
+
+    text: str
+    k: int = 5
+    folder: str = ""  # only videos in this sub-folder (folder sources)
+    split: str = ""  # only feature-store videos of this dataset split
+
+
 def search(
     im: IndexModel, index: SearchIndex, queries: list[str], top_k: int = 5, folder: str = "", split: str = ""
 ) -> list[list[Hit]]:
@@ -171,16 +192,39 @@ def search(
     Raises:
         SearchError: a filter the index cannot answer (:meth:`SearchIndex.rows_in`).
     """
-    allowed = index.rows_in(folder, split)
-    text = encode_texts(im.model, im.tokenizer, queries, im.data_cfg.max_text_len)
-    scores, rows = index.vectors.search(text, top_k, allowed)
-    sources = index.store.manifest.sources
-    out = []
-    for srow, rrow in zip(scores, rows):
-        hits = []
-        for rank, (s, r) in enumerate(zip(srow.tolist(), rrow.tolist()), 1):
-            src = sources[int(index.sources[r])]
-            root = src["path"] if src["kind"] == "folder" else ""
-            hits.append(Hit(index.keys[r], index.paths[r], root, str(index.groups[r]), float(s), rank))
-        out.append(hits)
+    return search_batch(im, index, [Query(q, top_k, folder, split) for q in queries])
+
+
+@torch.no_grad()
+def search_batch(im: IndexModel, index: SearchIndex, queries: list[Query]) -> list[list[Hit]]:
+    """Each query's top ``k`` videos, best first, for a batch of queries with their own k and filter.
+
+    The texts are encoded in one forward pass; the queries that share a filter are ranked together, one
+    matrix product per availability pattern (:meth:`PatternIndex.search`), so a batch reads the vectors
+    once per filter, not once per query.
+
+    Raises:
+        SearchError: a filter the index cannot answer (:meth:`SearchIndex.rows_in`).
+    """
+    by_filter: dict[tuple[str, str], list[int]] = {}
+    for i, q in enumerate(queries):
+        by_filter.setdefault((q.folder, q.split), []).append(i)
+    allowed = {key: index.rows_in(*key) for key in by_filter}  # every filter checked before any work
+    text = encode_texts(im.model, im.tokenizer, [q.text for q in queries], im.data_cfg.max_text_len)
+    out: list[list[Hit]] = [[] for _ in queries]
+    for key, members in by_filter.items():
+        k = max(queries[i].k for i in members)
+        scores, rows = index.vectors.search(text[torch.tensor(members)], k, allowed[key])
+        for i, srow, rrow in zip(members, scores, rows):
+            out[i] = _hits(index, srow[: queries[i].k], rrow[: queries[i].k])
     return out
+
+
+def _hits(index: SearchIndex, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
+    sources = index.store.manifest.sources
+    hits = []
+    for rank, (s, r) in enumerate(zip(scores.tolist(), rows.tolist()), 1):
+        src = sources[int(index.sources[r])]
+        root = src["path"] if src["kind"] == "folder" else ""
+        hits.append(Hit(index.keys[r], index.paths[r], root, str(index.groups[r]), float(s), rank))
+    return hits

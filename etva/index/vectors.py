@@ -1,7 +1,9 @@
 """Inner-product search over the video vectors of an index, one faiss index per availability pattern.
 
-Exact by default (``faiss.IndexFlatIP``: the scores are the model's, to fp32 rounding); any faiss
-``index_factory`` string (e.g. ``IVF1024,Flat``, ``IVF4096,PQ64``, ``IVF1024,SQfp16``) for an
+Exact by default: one matrix product per pattern in torch, ``(Q, D) @ (D, n)``, so a batch of Q queries
+reads the pattern's vectors once (faiss's flat search scans them once per query below its BLAS threshold
+of 128,000 = queries x dim, 53 queries at 2,432 dims); the scores are the model's, to fp32 rounding. Any
+faiss ``index_factory`` string (e.g. ``IVF1024,Flat``, ``IVF4096,PQ64``, ``IVF1024,SQfp16``) gives an
 approximate index. A pattern with too few videos to train an approximate index is searched exactly.
 The text side of each pattern is built by :func:`etva.index.exact.query_vectors`; the top-k of the
 parts are merged (docs/serving.md).
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import torch
+from torch import Tensor
 
 from etva.index.exact import pattern_from_key, query_vectors
 
@@ -29,19 +32,33 @@ MIN_TRAIN = 1024  # fewer vectors than this in a pattern: searched exactly whate
 @dataclass
 class _Part:
     pattern: torch.Tensor  # (E,) bool
-    rows: np.ndarray  # (n,) int64 rows of the whole index, in the order of the faiss ids
-    index: faiss.Index
+    rows: np.ndarray  # (n,) int64 rows of the whole index, in the order of the part's vectors / faiss ids
+    exact: torch.Tensor | None  # (n, D) float32: searched by a matrix product (None: approximate)
+    index: faiss.Index | None  # the approximate index (None: exact)
+
+    def nbytes(self) -> int:
+        return self.exact.numel() * 4 if self.exact is not None else index_bytes(self.index)
 
 
-def _build(vectors: np.ndarray, spec: str) -> faiss.Index:
-    d = vectors.shape[1]
-    if spec != EXACT and len(vectors) < MIN_TRAIN:
-        spec = EXACT
-    index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+def _build(vectors: np.ndarray, spec: str) -> faiss.Index | None:
+    """The faiss index of ``spec`` over ``vectors``; None when the part is searched exactly."""
+    if spec == EXACT or len(vectors) < MIN_TRAIN:
+        return None
+    index = faiss.index_factory(vectors.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         index.train(vectors)
     index.add(vectors)
     return index
+
+
+def _exact_search(part: _Part, q: torch.Tensor, k: int, local: np.ndarray | None) -> tuple[Tensor, Tensor]:
+    """Top ``k`` of one part by one matrix product: (scores, part-local positions), each (Q, k')."""
+    scores = q @ part.exact.T  # (Q, n): the part's vectors read once for the whole batch
+    if local is not None:
+        keep = torch.zeros(scores.shape[1], dtype=torch.bool)
+        keep[torch.from_numpy(local)] = True
+        scores.masked_fill_(~keep, float("-inf"))
+    return torch.topk(scores, min(k, scores.shape[1] if local is None else len(local)), dim=1)
 
 
 def index_bytes(index: faiss.Index) -> int:
@@ -72,22 +89,35 @@ class PatternIndex:
         self.parts: list[_Part] = []
         for key in sorted(set(patterns)):
             rows = np.flatnonzero(keys == key).astype(np.int64)
-            self.parts.append(_Part(pattern_from_key(key), rows, _build(vectors[rows], spec)))
+            index = _build(vectors[rows], spec)
+            exact = torch.from_numpy(vectors[rows]) if index is None else None
+            self.parts.append(_Part(pattern_from_key(key), rows, exact, index))
 
     def nbytes(self) -> int:
-        """Bytes of all the parts' faiss indexes."""
-        return sum(index_bytes(p.index) for p in self.parts)
+        """Bytes of all the parts: the exact parts' fp32 vectors, the approximate parts' faiss indexes."""
+        return sum(p.nbytes() for p in self.parts)
 
-    def _params(self, part: _Part, allowed: np.ndarray | None):
-        sel = None
-        if allowed is not None:
-            local = np.flatnonzero(np.isin(part.rows, allowed)).astype(np.int64)
-            if len(local) == 0:
-                return False
-            sel = faiss.IDSelectorBatch(local)
+    def _params(self, part: _Part, local: np.ndarray | None):
+        sel = faiss.IDSelectorBatch(local) if local is not None else None
         if isinstance(faiss.try_extract_index_ivf(part.index), faiss.IndexIVF):
             return faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)
         return faiss.SearchParameters(sel=sel) if sel is not None else None
+
+    def _search_part(
+        self, part: _Part, text, k: int, local: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, part-local positions) of one part, (Q, k'); position -1 where faiss found fewer."""
+        q = (
+            query_vectors(text.experts, text.logits, text.local, part.pattern, self.alpha)
+            .detach()
+            .cpu()
+            .float()
+        )
+        if part.exact is not None:
+            s, i = _exact_search(part, q, k, local)
+            return s.numpy(), i.numpy().astype(np.int64)
+        q = np.ascontiguousarray(q.numpy(), dtype=np.float32)  # (Q, D)
+        return part.index.search(q, min(k, len(part.rows)), params=self._params(part, local))
 
     def search(self, text, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The top ``k`` rows for each query of ``text`` (a TextEmbedding), best first.
@@ -101,12 +131,10 @@ class PatternIndex:
         """
         scores, rows = [], []
         for part in self.parts:
-            params = self._params(part, allowed)
-            if params is False:
+            local = None if allowed is None else np.flatnonzero(np.isin(part.rows, allowed)).astype(np.int64)
+            if local is not None and len(local) == 0:
                 continue
-            q = query_vectors(text.experts, text.logits, text.local, part.pattern, self.alpha)
-            q = np.ascontiguousarray(q.detach().cpu().numpy(), dtype=np.float32)  # (Q, D)
-            s, i = part.index.search(q, min(k, len(part.rows)), params=params)  # (Q, k_p)
+            s, i = self._search_part(part, text, k, local)  # (Q, k_p)
             scores.append(np.where(i >= 0, s, -np.inf).astype(np.float32))
             rows.append(np.where(i >= 0, part.rows[np.maximum(i, 0)], -1))
         num_q = len(text)

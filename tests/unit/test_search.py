@@ -30,7 +30,7 @@ from etva.index.build import list_videos, load_index_model
 from etva.index.store import IndexMismatch, IndexStore
 from etva.inference import encode_texts, encode_videos
 from etva.model import build_model
-from etva.search import SearchError, load_index, search, update_index
+from etva.search import Query, SearchError, load_index, search, search_batch, update_index
 from etva.train.checkpoint import save_checkpoint
 from etva.train.engine import build_optimizer, evaluate
 from etva.train.losses import build_loss
@@ -162,7 +162,9 @@ def test_search_scores_are_the_models_fused_similarity(trained, tmp_path):
     queries = ["a red circle moves left", "a blue square rises"]
     hits = search(im, index, queries, top_k=100)
     assert [len(h) for h in hits] == [NUM_VIDEOS, NUM_VIDEOS]  # top_k clipped to the index
-    examples = [make_video_example(ClipRecord(k, str(trained[1] / k), [], ""), im.data_cfg) for k in index.keys]
+    examples = [
+        make_video_example(ClipRecord(k, str(trained[1] / k), [], ""), im.data_cfg) for k in index.keys
+    ]
     with torch.no_grad():
         text = encode_texts(im.model, im.tokenizer, queries, im.data_cfg.max_text_len)
         sim = im.model.similarity(text, encode_videos(im.model, examples))["fused"]
@@ -178,6 +180,33 @@ def test_search_scores_are_the_models_fused_similarity(trained, tmp_path):
         search(im, index, queries, top_k=5, folder="nowhere")
     with pytest.raises(SearchError, match="split 'test': this index was built from a folder"):
         search(im, index, queries, top_k=5, split="test")
+
+
+def test_a_batch_of_queries_answers_what_each_query_alone_answers(trained, videos, tmp_path):
+    """search_batch (one encoder pass, one product per pattern and filter: what `etva serve` runs for
+    concurrent requests) gives each query the hits, in order, that it gets searched alone."""
+    (videos / "sub").mkdir()
+    for name in ("video1.mp4", "video2.mp4", "video7.mp4"):
+        shutil.move(videos / name, videos / "sub" / name)
+    im = _load(trained)
+    update_index(im, tmp_path / "index", "folder", videos, progress=False)
+    index = load_index(im, tmp_path / "index")
+    batch = [
+        Query("a red circle moves left", 5),
+        Query("a blue square rises", 1),
+        Query("a red circle moves left", 3, folder="sub"),
+        Query("a green triangle on a dark background", 48),
+        Query("a blue square rises", 10, folder="sub"),
+    ]
+    together = search_batch(im, index, batch)
+    for q, got in zip(batch, together):
+        alone = search(im, index, [q.text], q.k, q.folder)[0]
+        assert [h.key for h in got] == [h.key for h in alone], q
+        assert [h.score for h in got] == pytest.approx([h.score for h in alone], abs=1e-5)
+        assert len(got) == min(q.k, 3 if q.folder else NUM_VIDEOS)
+        assert not q.folder or all(h.group == "sub" for h in got)
+    with pytest.raises(SearchError, match="folder 'nowhere'"):  # every filter is checked before any work
+        search_batch(im, index, [batch[0], Query("x", 5, folder="nowhere")])
 
 
 def test_trained_model_finds_the_clip_in_the_top5_like_the_metrics_say(trained):
