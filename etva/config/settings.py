@@ -6,6 +6,7 @@ module instead of repeating a rule:
 - :data:`REPO`, :data:`DEFAULT_CONFIG`, :data:`DEFAULT_SPACE`: where the code and the default config and
   search space are (the two paths are relative to a checkout, since a submitted job runs from its copy);
 - :func:`tracking_uri`: the MLflow server, a given value or ``$MLFLOW_TRACKING_URI``;
+- :func:`is_loopback`: whether a bind address is reachable from this machine only (``etva serve``);
 - :func:`git_commit`: the commit of a checkout (``$ETVA_GIT_COMMIT`` inside a container);
 - :func:`setup_logging`: one log format, libraries quiet.
 
@@ -14,6 +15,7 @@ module instead of repeating a rule:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import subprocess
@@ -27,6 +29,7 @@ __all__ = [
     "LOG_FORMAT",
     "CLI_LOG_FORMAT",
     "tracking_uri",
+    "is_loopback",
     "git_commit",
     "setup_logging",
 ]
@@ -45,6 +48,16 @@ def tracking_uri(given: str = "") -> str:
     """The MLflow tracking server: ``given`` (an argument or config value), else ``$MLFLOW_TRACKING_URI``,
     else "" (no tracking server)."""
     return given or os.environ.get("MLFLOW_TRACKING_URI", "")
+
+
+def is_loopback(host: str) -> bool:
+    """True for a bind address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def git_commit(repo: str | Path = REPO) -> str:
