@@ -149,10 +149,15 @@ def index_main(argv: list[str]) -> int:
 
 
 def serve_main(argv: list[str]) -> int:
-    """``ray_jobs.serve_app.main(argv)``: serve the model's index with Ray Serve until interrupted.
-    Raises UsageError when ``ray_jobs`` cannot be imported."""
+    """``ray_jobs.serve_driver.main(argv)``: serve the model's index with Ray Serve until interrupted.
+    Raises UsageError when ``ray_jobs`` cannot be imported, for a bad token (file) and when Serve on the
+    head belongs to somebody else (other HTTP options, or the application already runs)."""
     try:
-        from ray_jobs.serve_app import main
+        from ray_jobs.serve_auth import TokenError
+        from ray_jobs.serve_driver import ServeConflict, main
     except ModuleNotFoundError as e:
-        raise _missing("'etva serve' needs the ray_jobs.serve_app module", e) from e
-    return main(argv)
+        raise _missing("'etva serve' needs the ray_jobs.serve_driver module", e) from e
+    try:
+        return main(argv)
+    except (TokenError, ServeConflict) as e:
+        raise UsageError(str(e), "docs/serving.md: tokens, and one Serve per Ray head") from e
