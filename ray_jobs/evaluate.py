@@ -28,6 +28,7 @@ from etva.eval.reweight import format_row
 from etva.inference import read_trained
 from ray_jobs.driver import add_overrides, init_ray, resolve_paths, setup_logging, storage_path
 from ray_jobs.prepare import build_datasets, dataset_config, prepare_splits, scaling_config
+from ray_jobs.profiling import process_started_at
 from ray_jobs.recipe import EvalInputs, eval_loop_per_worker, run_eval
 from ray_jobs.sessions import LocalSession
 from ray_jobs.tracking import (
@@ -128,7 +129,7 @@ def _threads() -> int:
     return max(1, int(cpus))
 
 
-def _log_to_mlflow(cfg, split: str, checkpoint: str, metrics: dict) -> None:
+def _log_to_mlflow(cfg, split: str, checkpoint: str, metrics: dict, marks: dict[str, float]) -> None:
     tags = {
         "etva.kind": "evaluation",
         "etva.train.checkpoint": checkpoint,
@@ -138,27 +139,38 @@ def _log_to_mlflow(cfg, split: str, checkpoint: str, metrics: dict) -> None:
         "split": f"{cfg.data.subset}:{split}",
     }
     client, run_id = start_or_resume_run(cfg, f"eval-{split}-{time.strftime('%Y%m%d-%H%M%S')}", tags)
-    log_metrics(client, run_id, metrics)
+    log_metrics(client, run_id, {**metrics, **{f"timing/{k}": v for k, v in marks.items()}})
     log_dict(client, run_id, metrics, "eval_metrics.json")
     client.set_terminated(run_id)
     print(f"MLflow run: {run_url(tracking_uri(cfg), client.get_run(run_id).info.experiment_id, run_id)}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    marks = {"process_start": process_started_at(), "main": time.time()}  # where the job's time goes
     setup_logging()
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt_dir = fetch_checkpoint(args.checkpoint, Path(tmp))
+        marks["checkpoint_ready"] = time.time()
         init_ray("local" if _local(args.overrides) else "auto")
+        marks["ray_ready"] = time.time()
         metrics, cfg, unscored = run_evaluation(ckpt_dir, args.split, args.overrides)
+        marks["scored"] = time.time()
     split = args.split or cfg.data.val_split
     print(scored_header(cfg, split, metrics, unscored) + f"\ncheckpoint: {args.checkpoint}")
     print(format_table(metrics, prefix=f"{split}/"))
     if row := format_row(metrics, f"{split}/", cfg.eval.reweight):
         print(row)
+    logger.info("time: %s", time_split(marks))
     if not args.no_mlflow and tracking_uri(cfg):
-        _log_to_mlflow(cfg, split, args.checkpoint, metrics)
+        _log_to_mlflow(cfg, split, args.checkpoint, metrics, marks)
     return 0
+
+
+def time_split(marks: dict[str, float]) -> str:
+    """``process start -> main 3.1 s, -> checkpoint_ready 0.4 s, ...``: seconds between consecutive marks."""
+    names = list(marks)
+    return ", ".join(f"{a} -> {b} {marks[b] - marks[a]:.1f} s" for a, b in zip(names, names[1:]))
 
 
 def scored_header(cfg, split: str, metrics: dict, unscored: list[str]) -> str:
