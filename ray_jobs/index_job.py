@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from etva.config import settings
 from etva.index.build import (
     Item,
     default_index_dir,
@@ -57,7 +58,7 @@ def resolve_model(uri: str, dst: str | os.PathLike, tracking_uri: str = "") -> R
         return ResolvedModel(str(path), "", "", uri)
     from ray_jobs.tracking import download_checkpoint, get_client
 
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    tracking_uri = settings.tracking_uri(tracking_uri)
     body = uri.removeprefix("models:/").strip("/")
     client = get_client(tracking_uri)
     if "@" in body:
@@ -69,7 +70,9 @@ def resolve_model(uri: str, dst: str | os.PathLike, tracking_uri: str = "") -> R
             raise IndexError_(f"--model {uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
     local = Path(dst) / f"{name}-v{version}"
     found = sorted(p.parent for p in local.rglob("MANIFEST.json")) if local.is_dir() else []
-    ckpt = found[0] if len(found) == 1 else download_checkpoint(f"models:/{name}/{version}", local, tracking_uri)
+    ckpt = (
+        found[0] if len(found) == 1 else download_checkpoint(f"models:/{name}/{version}", local, tracking_uri)
+    )
     return ResolvedModel(str(ckpt), name, version, uri)
 
 
@@ -88,7 +91,9 @@ class VideoEncoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [
             Item(str(k), str(p), str(g), (int(m), int(s)))
-            for k, p, g, m, s in zip(batch["key"], batch["path"], batch["group"], batch["mtime_ns"], batch["size"])
+            for k, p, g, m, s in zip(
+                batch["key"], batch["path"], batch["group"], batch["mtime_ns"], batch["size"]
+            )
         ]
         rows, failed = encode_rows(self.im, self.kind, self.root, self.source, items, self.batch)
         ok = {c: rows.column(c).to_pylist() for c in ("key", "path", "group", "pattern", "mtime_ns", "size")}
@@ -116,7 +121,9 @@ def _commit(store, source: int, batch: dict[str, np.ndarray]) -> int:
     )  # fmt: skip
     failed = {
         str(k): (int(m), int(s), str(e))
-        for k, m, s, e in zip(batch["key"][~ok], batch["mtime_ns"][~ok], batch["size"][~ok], batch["error"][~ok])
+        for k, m, s, e in zip(
+            batch["key"][~ok], batch["mtime_ns"][~ok], batch["size"][~ok], batch["error"][~ok]
+        )
     }
     store.append(rows, source, failed)
     return rows.num_rows

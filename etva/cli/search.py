@@ -17,6 +17,7 @@ from pathlib import Path
 from etva.cli import seam
 from etva.cli.errors import UsageError
 from etva.cli.jobs import MLFLOW_HINT, check_url
+from etva.config import settings
 
 __all__ = ["add_parser", "run", "resolve_checkpoint", "model_name_version"]
 
@@ -57,7 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tracking-uri", default="", help="MLflow server for models:/ URIs (default: $MLFLOW_TRACKING_URI)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (there is none unless stderr "
+                   "is a terminal: a log gets the summary line only)")  # fmt: skip
     p.set_defaults(handler=run)
 
 
@@ -76,7 +78,9 @@ def _queries(args: argparse.Namespace) -> list[str]:
     if args.videos and args.store:
         raise UsageError("--videos and --store: pass one source per call")
     if not (args.videos or args.store or args.index):
-        raise UsageError("nothing to search", "pass --index DIR (from 'etva index'), --videos DIR or --store PATH")
+        raise UsageError(
+            "nothing to search", "pass --index DIR (from 'etva index'), --videos DIR or --store PATH"
+        )
     return queries
 
 
@@ -88,7 +92,7 @@ def resolve_checkpoint(model: str, tmp: Path, tracking_uri: str = "") -> Path:
             raise UsageError(f"--model {model}: not a checkpoint directory (no model.pt)",
                              "pass an epoch_NNNN folder of a run or models:/<name>@champion")  # fmt: skip
         return path
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    uri = settings.tracking_uri(tracking_uri)
     if not uri:
         raise UsageError(f"--model {model}: an MLflow URI needs a tracking server",
                          "set MLFLOW_TRACKING_URI (source runs/local/env.sh) or pass --tracking-uri")  # fmt: skip
@@ -144,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     index_dir = Path(args.index) if args.index else default_index_dir(source, im.id.digest)
     if args.videos or args.store:
         stats = update_index(im, index_dir, kind, source, batch_size=args.batch_size, workers=args.workers,
-                             progress=not args.no_progress)  # fmt: skip
+                             progress=not args.no_progress and sys.stderr.isatty())  # fmt: skip
         print(
             f"index {index_dir}: {stats.reused + stats.encoded} videos ({stats.reused} cached, "
             f"{stats.encoded} encoded, {stats.dropped} dropped, {stats.failed} undecodable"
