@@ -14,6 +14,7 @@ from pathlib import Path
 from etva.cli import seam
 from etva.cli.errors import UsageError
 from etva.cli.jobs import MLFLOW_HINT, START_HINT, check_url
+from etva.config.settings import is_loopback, tracking_uri
 
 __all__ = ["add_index_parser", "add_serve_parser"]
 
@@ -56,8 +57,27 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index-root", default="runs/index", help="where the per-model indexes live")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--token", default="", help="require this bearer token (default: $ETVA_SERVE_TOKEN; "
-                   "required when --host is not a loopback address)")  # fmt: skip
+    p.add_argument(
+        "--token-file",
+        default="",
+        help="require the bearer token in this file (readable by you only; default: $ETVA_SERVE_TOKEN); "
+        "required when --host is not a loopback address",
+    )
+    p.add_argument("--token", default="", help=argparse.SUPPRESS)  # refused: ps and shell history show it
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="restart a Serve that runs with other HTTP options, or take over the application of another "
+        "etva serve (default: refuse)",
+    )
+    p.add_argument("--replicas", type=int, default=1, help="replicas of the search deployment (default 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per replica (default: the cluster's CPUs over the replicas, capped by the "
+        "replica's node)",
+    )
     p.add_argument("--poll-s", type=float, default=30.0, help="seconds between alias checks (default 30)")
     p.set_defaults(handler=run_serve)
 
@@ -76,7 +96,7 @@ def _check(args: argparse.Namespace) -> list[str]:
     argv += ["--batch-size", str(args.batch_size)]
     argv += ["--videos", args.videos] if args.videos else ["--store", args.store]
     if args.model.startswith("models:/"):
-        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        uri = tracking_uri(args.tracking_uri)
         if not uri:
             raise UsageError(f"--model {args.model}: an MLflow URI needs a tracking server",
                              "set MLFLOW_TRACKING_URI (source runs/local/env.sh) or pass --tracking-uri")  # fmt: skip
@@ -95,14 +115,23 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Handler of ``etva serve`` (blocks until interrupted)."""
-    token = args.token or os.environ.get("ETVA_SERVE_TOKEN", "")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
-        raise UsageError(f"--host {args.host}: serving beyond this machine needs a token",
-                         "pass --token or set ETVA_SERVE_TOKEN")  # fmt: skip
+    """Handler of ``etva serve`` (blocks until interrupted). The token stays in this process: the driver
+    reads ``--token-file`` or ``$ETVA_SERVE_TOKEN`` itself and hands the replicas its digest."""
+    if args.token:
+        raise UsageError(
+            "--token: a token on the command line is visible to every user (ps) and kept in "
+            "the shell's history",
+            "put it in a file only you can read and pass --token-file FILE, or export ETVA_SERVE_TOKEN",
+        )
+    if not is_loopback(args.host) and not (args.token_file or os.environ.get("ETVA_SERVE_TOKEN")):
+        raise UsageError(
+            f"--host {args.host}: serving beyond this machine needs a token",
+            "pass --token-file FILE or set ETVA_SERVE_TOKEN",
+        )
+    if args.replicas < 1 or args.threads < 0:
+        raise UsageError("--replicas must be >= 1 and --threads >= 0 (0: from the cluster's CPUs)")
     argv = _check(args)
     argv += ["--index-root", args.index_root, "--host", args.host, "--port", str(args.port)]
-    argv += ["--poll-s", str(args.poll_s)]
-    if token:
-        os.environ["ETVA_SERVE_TOKEN"] = token  # not on the command line (ps)
-    return seam.serve_main(argv)
+    argv += ["--poll-s", str(args.poll_s), "--replicas", str(args.replicas), "--threads", str(args.threads)]
+    argv += ["--token-file", args.token_file] if args.token_file else []
+    return seam.serve_main([*argv, "--replace"] if args.replace else argv)

@@ -2,18 +2,23 @@
 
 Two tiny checkpoints (untrained, different seeds: two digests) are logged as runs and registered the way
 `etva best` does; v1 is `champion`. The real `etva index` command builds v1's index with the Ray Data job;
-the real `etva serve` command (a subprocess, free port, 127.0.0.1) serves it: the top-1 of a caption
-equals the engine's own top-1 (``model.similarity`` over every clip), bad input is a 4xx naming the
-problem while the server keeps serving, clip links serve indexed files only. Then the alias moves to v2:
-a client keeps querying during the switch, every answer succeeds and comes from one consistent version,
-and the answers end up from v2 with v2's engine top-1. A headless Chromium uses the search page.
-Serve is shut down at the end so the session head is clean.
+the real `etva serve` command (a subprocess, free port, 127.0.0.1, a token in a 0600 file) serves it: no
+token / a wrong token is a 401 and the right one a 200 on /search (GET and POST), /clip and /thumb; the
+top-1 of a caption equals the engine's own top-1 (``model.similarity`` over every clip), bad input is a
+4xx naming the problem while the server keeps serving, clip links serve indexed files only; a second
+`etva serve` asking for another host is refused and the first keeps serving. A headless Chromium signs in
+on the search page once and finds a clip whose file name is markup shown as text (no script runs). Then
+the alias moves to v2: a client keeps querying during the switch, every answer succeeds and comes from
+one consistent version, and the answers end up from v2 with v2's engine top-1; the server's log has one
+summary line per checkpoint download, no progress bar. Serve is shut down at the end so the session head
+is clean.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -42,6 +47,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "etva-serve"
 NUM_VIDEOS = 12
+CRAFTED = (
+    "<img src=x onerror=window.pwned=1>.mp4"  # a file name that is markup: the page must show it as text
+)
+TOKEN = secrets.token_urlsafe(24)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 torch.set_num_threads(2)
 
 
@@ -58,17 +68,20 @@ def _wait(cond, what: str, timeout: float = 300.0, proc: subprocess.Popen | None
     pytest.fail(f"timed out waiting for {what}")
 
 
-def _get(url: str, timeout: float = 60.0) -> tuple[int, bytes]:
+def _get(url: str, timeout: float = 60.0, headers: dict | None = None, body: bytes | None = None):
+    """(status, body) of a GET (a POST with ``body``), with the token unless ``headers`` say otherwise."""
+    headers = AUTH if headers is None else headers
+    if body is not None:
+        headers = {**headers, "Content-Type": "application/json"}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
 
 
-def _post(url: str, body: bytes) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    return _get(req)  # type: ignore[arg-type]
+def _post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, bytes]:
+    return _get(url, headers=headers, body=body)
 
 
 def _engine_top1(ckpt: Path, videos: Path, caption: str) -> str:
@@ -102,6 +115,8 @@ def models(local_cluster, tmp_path_factory):
     clips |= set(sorted(Path(records[0].video_path).parent.glob("*.mp4"))[: NUM_VIDEOS - len(clips)])
     for clip in clips:
         shutil.copy(clip, videos / clip.name)
+    spare = sorted(c.name for c in clips - {Path(r.video_path) for r in records})[0]
+    (videos / spare).rename(videos / CRAFTED)  # no caption names it: the top-1 checks are unchanged
     client = tracking.get_client(local_cluster.mlflow_uri)
     exp = tracking.experiment_id(client, "etva-serve")
     runs = []
@@ -123,16 +138,29 @@ def server(local_cluster, models):
                   "--index", str(root / "by-hand"))  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
     env = {**local_cluster.subprocess_env(), "PYTHONPATH": str(REPO)}
+    env.pop("ETVA_SERVE_TOKEN", None)
+    token_file = models["tmp"] / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     log = open(models["tmp"] / "serve.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "etva", "serve", "--model", uri, "--videos", str(models["videos"]),
-         "--index-root", str(root), "--port", str(port), "--poll-s", "1"],
+         "--index-root", str(root), "--port", str(port), "--poll-s", "1", "--token-file", str(token_file)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         _wait(lambda: _up(base), "the server", 600, proc)
-        yield {"base": base, "proc": proc, "root": root, "log": models["tmp"] / "serve.log", **models}
+        yield {
+            "base": base,
+            "proc": proc,
+            "root": root,
+            "log": models["tmp"] / "serve.log",
+            "uri": uri,
+            "port": port,
+            "token_file": token_file,
+            **models,
+        }
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
@@ -147,7 +175,7 @@ def server(local_cluster, models):
 
 def _up(base: str) -> bool:
     try:
-        return _get(f"{base}/health", 5)[0] == 200
+        return _get(f"{base}/health", 5, headers={})[0] == 200
     except OSError:
         return False
 
@@ -163,6 +191,25 @@ def test_index_command_writes_the_champions_vectors(server):
     assert store.manifest.model.name == MODEL and store.manifest.model.version == "1"
     assert store.manifest.model.digest == digest_of(server["ckpts"][0])
     assert store.table().num_rows == NUM_VIDEOS and store.manifest.sources[0]["kind"] == "folder"
+
+
+def test_every_data_route_needs_the_token(server):
+    """No token or a wrong one: 401; the right one: 200 — /search (GET, POST), /clip, /thumb. A token in the
+    URL is refused; /health says only that the server is up."""
+    base, wrong = server["base"], {"Authorization": f"Bearer {secrets.token_urlsafe(24)}"}
+    hit = _search(base, server["records"][0].captions[0], 1)["results"][0]
+    routes = [
+        ("/search?q=red&k=2", None),
+        ("/search", json.dumps({"q": "red", "k": 2}).encode()),
+        (hit["clip"], None),
+        (hit["thumbnail"], None),
+    ]
+    for path, body in routes:
+        got = [_get(base + path, headers=h, body=body)[0] for h in ({}, wrong, AUTH)]
+        assert got == [401, 401, 200], (path, got)
+    assert _get(f"{base}/search?q=red&token={TOKEN}", headers={})[0] == 401
+    status, body = _get(f"{base}/health", headers={})
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
 
 
 def test_top1_is_the_engines_top1_and_bad_input_is_a_4xx(server):
@@ -224,19 +271,57 @@ def test_search_page_in_a_headless_browser(server, browser):
     assert 'id="q"' in browser.page_source, browser.page_source[:800]
     box = browser.find_element(By.ID, "q")
     box.send_keys(server["records"][2].captions[0])
-    browser.find_element(By.ID, "go").click()
-    WebDriverWait(browser, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "img.thumb")) == 8)
+    k = browser.find_element(By.ID, "k")
+    k.clear()
+    k.send_keys(str(NUM_VIDEOS))  # every clip, the crafted name among them
+    browser.find_element(By.ID, "go").click()  # no cookie yet: a 401, and the page asks for the token
+    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "token").is_displayed())
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "signin").click()  # sets the cookie, then runs the search again
+    WebDriverWait(browser, 120).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "img.thumb")) == NUM_VIDEOS
+    )
     loaded = "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"
-    WebDriverWait(browser, 120).until(lambda d: d.execute_script(loaded))
-    links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "a.clip")]
-    assert len(links) == 8 and all("/clip/0/" in h for h in links)
-    assert "v1" in browser.find_element(By.ID, "status").text
+    WebDriverWait(browser, 120).until(lambda d: d.execute_script(loaded))  # the cookie reaches <img> too
+    links = browser.find_elements(By.CSS_SELECTOR, "a.clip")
+    assert len(links) == NUM_VIDEOS and all("/clip/0/" in a.get_attribute("href") for a in links)
+    assert CRAFTED in [a.text for a in links]  # the file name is text ...
+    assert browser.execute_script("return window.pwned === undefined && document.images.length") == NUM_VIDEOS
+    assert "etva_token" not in browser.execute_script("return document.cookie")  # HttpOnly
+    assert (
+        "v1" in browser.find_element(By.ID, "status").text
+        and not browser.find_element(By.ID, "token").is_displayed()
+    )
     box.clear()
     browser.find_element(By.ID, "go").click()  # an empty query: the page shows the server's 400 message
     WebDriverWait(browser, 60).until(lambda d: "empty query" in d.find_element(By.ID, "status").text)
     shots = Path(os.environ.get("ETVA_UI_SHOTS", REPO / "test-artifacts" / "ui-shots"))
     shots.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(shots / "serve-search-page.png"))
+
+
+def test_a_second_serve_with_another_host_is_refused(server, local_cluster):
+    """Serve keeps its first host and port: a second `etva serve` asking for 0.0.0.0 is refused, naming
+    where Serve listens, and the first one's application keeps answering."""
+    got = _etva(
+        local_cluster,
+        "serve",
+        "--model",
+        server["uri"],
+        "--videos",
+        str(server["videos"]),
+        "--index-root",
+        str(server["root"]),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(server["port"]),
+        "--token-file",
+        str(server["token_file"]),
+    )
+    assert got.returncode == 2, got.stderr[-2000:]
+    assert f"Serve already runs on this Ray head at http://127.0.0.1:{server['port']}/" in got.stderr
+    assert _search(server["base"], "a red circle")["version"] == "1"
 
 
 def test_alias_move_switches_without_failed_requests(server):
@@ -268,3 +353,5 @@ def test_alias_move_switches_without_failed_requests(server):
     got = _search(base, caption)
     assert got["version"] == "2" and got["digest"] == digest_of(server["ckpts"][1])[:12]
     assert got["results"][0]["video_id"] == _engine_top1(server["ckpts"][1], server["videos"], caption)
+    log = server["log"].read_text()  # one summary line per checkpoint download, no progress bar
+    assert f"downloaded models:/{MODEL}/2" in log and "Downloading artifacts" not in log

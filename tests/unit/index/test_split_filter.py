@@ -39,7 +39,9 @@ def built(tmp_path_factory):
     store = tmp / "store"
     synth = load_config(REPO / "ray_jobs/configs/tiny.yaml").data.synth
     generate_dataset(tmp / "shapes", 40, 0, cfg=synth, workers=1, progress=False)  # what tiny_checkpoint uses
-    splits = {s: {r.video_id for r in load_records("msrvtt", tmp / "shapes", s, "1k-A")} for s in ("train", "test")}
+    splits = {
+        s: {r.video_id for r in load_records("msrvtt", tmp / "shapes", s, "1k-A")} for s in ("train", "test")
+    }
     ids = sorted(splits["train"] | splits["test"]) + STRAYS
     rng = np.random.default_rng(0)
     for expert, dim in DIMS.items():
@@ -95,7 +97,7 @@ def test_split_filter_returns_only_that_split(built, index):
 def test_service_answers_the_split_and_rejects_what_the_index_cannot_filter(built, index):
     svc = SearchService({"ckpt_dir": str(built["ckpt"]), "name": "etva-x", "version": "4",
                          "uri": "models:/etva-x@champion", "index_dir": str(index)})  # fmt: skip
-    got = svc.query({"q": "a green triangle", "k": "100", "split": "test"})
+    got = svc.answer([svc.parse({"q": "a green triangle", "k": "100", "split": "test"})])[0]
     assert len(got["results"]) == len(built["splits"]["test"])
     assert all(h["split"] == "test" and h["folder"] is None and h["clip"] is None for h in got["results"])
     for params, message in [
@@ -104,9 +106,9 @@ def test_service_answers_the_split_and_rejects_what_the_index_cannot_filter(buil
         ({"split": "test", "folder": "sub"}, "filter by one"),
     ]:
         with pytest.raises(HTTPException) as e:
-            svc.query({"q": "red", **params})
+            svc.parse({"q": "red", **params})
         assert e.value.status_code == 400 and message in e.value.detail
-    assert svc.query({"q": "red"})["results"]  # still answering
+    assert svc.answer([svc.parse({"q": "red"})])[0]["results"]  # still answering
 
 
 def test_mixed_index_filters_by_source_kind(built, index, tmp_path):
@@ -135,4 +137,6 @@ def test_search_command_split_option(built, index, capsys):
     shown = {line.split()[-1] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
     assert shown == built["splits"]["test"]
     assert main([*argv, "--split", "val"]) == 2
-    assert "split 'val': no indexed video in this split; splits present: test, train" in capsys.readouterr().err
+    assert (
+        "split 'val': no indexed video in this split; splits present: test, train" in capsys.readouterr().err
+    )
