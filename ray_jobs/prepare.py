@@ -24,6 +24,7 @@ from etva.config import Config, DataConfig, RayConfig
 from etva.data import load_records
 from etva.data.records import ClipRecord
 from etva.data.synth import generate_dataset
+from etva.data.synth.groups import video_groups
 from etva.data.tokenizer import build_tokenizer, load_tokenizer, tokenize
 from ray_jobs.data import CaptionTable, build_video_dataset, eval_shard_name
 from ray_jobs.driver import storage_path
@@ -120,13 +121,31 @@ def drop_unusable(
     return [r for r in records if r.video_id not in ids], sorted(ids)
 
 
-def carve_validation(records: list[ClipRecord], n: int) -> tuple[list[ClipRecord], list[ClipRecord]]:
+def carve_validation(
+    records: list[ClipRecord], n: int, groups: dict[str, int] | None = None
+) -> tuple[list[ClipRecord], list[ClipRecord]]:
     """Split ``n`` videos off the training records as a validation split: the ``n`` with the smallest
-    sha1 of their id, so the choice does not depend on file order. Returns (train, val)."""
+    sha1 of their id, so the choice does not depend on file order. Returns (train, val).
+
+    ``groups`` (``{video_id: group}``, the compositional benchmark's targets with their distractors): whole
+    groups are carved, in the order of their smallest member sha1, until at least ``n`` videos are taken."""
     if n >= len(records):
         raise DataError(f"data.val_from_train={n}: the training split has only {len(records)} videos")
     order = sorted(records, key=lambda r: hashlib.sha1(r.video_id.encode()).hexdigest())
-    val_ids = {r.video_id for r in order[:n]}
+    if groups is None:
+        val_ids = {r.video_id for r in order[:n]}
+    else:
+        group_order = list(dict.fromkeys(groups.get(r.video_id, r.video_id) for r in order))
+        members: dict[object, list[str]] = {}  # a video without a group is a group of its own
+        for r in records:
+            members.setdefault(groups.get(r.video_id, r.video_id), []).append(r.video_id)
+        val_ids = set()
+        for g in group_order:
+            if len(val_ids) >= n:
+                break
+            val_ids.update(members[g])
+        if len(val_ids) >= len(records):
+            raise DataError(f"data.val_from_train={n}: carving whole groups leaves no training video")
     return [r for r in records if r.video_id not in val_ids], [r for r in records if r.video_id in val_ids]
 
 
@@ -248,7 +267,8 @@ def load_splits(cfg: Config, splits: dict[str, str]) -> dict[str, tuple[list[Cli
         loaded[name] = (records, summary)
     if cfg.data.val_from_train > 0 and "train" in loaded and "val" not in loaded:
         train, summary = loaded["train"]
-        train, val = carve_validation(train, cfg.data.val_from_train)
+        groups = video_groups(cfg.data.root)  # compositional benchmark: groups stay whole (else None)
+        train, val = carve_validation(train, cfg.data.val_from_train, groups)
         loaded["train"], loaded["val"] = (train, summary), (val, None)
         dropped["val"] = []
     return {name: (records, summary, dropped.get(name, [])) for name, (records, summary) in loaded.items()}

@@ -4,8 +4,9 @@ Every rank encodes its shard (:func:`etva.train.engine.evaluate`) into an :class
 embedding chunks; :func:`score_streams` concatenates them (releasing each chunk as it is copied),
 gathers them to rank 0 only (:func:`etva.distributed.gather_to_rank0`: the other ranks never hold the
 whole split), and rank 0 scores all pairs in blocks (``etva.eval.similarity.score_all`` +
-``FusedScorer``) into one float32 ``(Q, V)`` matrix and ranks it with the chunked metrics. Rank 0's
-memory: the split's embeddings + the score matrix + one block's temporaries.
+``FusedScorer``) into one float32 ``(Q, V)`` matrix and ranks it with the chunked metrics (and, given the
+split's groups, the binding metric of ``etva.eval.binding``). Rank 0's memory: the split's embeddings +
+the score matrix + one block's temporaries.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import torch
 from torch import Tensor
 
 from etva.distributed import gather_objects, gather_to_rank0, get_rank, get_world_size
+from etva.eval.binding import GroupTable, group_counts, metrics_from_group_counts
 from etva.eval.metrics import check_inputs, count_ranks, metrics_from_counts
+from etva.eval.reweight import reweighted_metrics
 from etva.eval.similarity import FusedScorer, score_all
 from etva.model.etva import ETVA
 
@@ -146,6 +149,30 @@ def _score(core: ETVA, text, video, query_chunk, video_chunk, score_key) -> np.n
     return score_all(score_fn, len(text), len(video), query_chunk, video_chunk)
 
 
+def _metrics(
+    sim: np.ndarray,
+    q2v: np.ndarray,
+    ties: str,
+    query_chunk: int,
+    reweight: str,
+    reweight_scale: float,
+    groups: GroupTable | None,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Every metric of the score matrix (rank counts, re-weighted row, binding metric), and the per-caption
+    rows (``t2v_h``, ``t2v_e``; with groups ``group_h``, ``group_e``, ``group_size``)."""
+    counts = count_ranks(sim, check_inputs(sim.shape, q2v, (1, 5, 10), ties), query_chunk)
+    metrics = metrics_from_counts(counts, ties=ties)
+    rows = {"t2v_h": counts.t2v_h, "t2v_e": counts.t2v_e}
+    if reweight != "none":
+        rw = reweighted_metrics(sim, q2v, reweight, reweight_scale, ties=ties, query_chunk=query_chunk)
+        metrics.update({f"reweighted/{k}": v for k, v in rw.items()})
+    if groups is not None:
+        gc = group_counts(sim, q2v, groups, query_chunk)
+        metrics.update(metrics_from_group_counts(gc, ties))
+        rows.update(group_h=gc.h, group_e=gc.e, group_size=gc.size)
+    return metrics, rows
+
+
 def score_streams(
     core: ETVA,
     videos: EncodedStream,
@@ -160,6 +187,7 @@ def score_streams(
     reweight: str = "none",
     reweight_scale: float = 30.0,
     per_query: dict[str, np.ndarray] | None = None,
+    groups: GroupTable | None = None,
 ) -> dict[str, float]:
     """Gather every rank's encoded videos (cols: video_index) and captions (cols: caption_index,
     video_index) to rank 0, dedupe and order them by index, score all pairs in fp32 blocks and compute
@@ -168,6 +196,10 @@ def score_streams(
     ``reweight`` (``etva.eval.reweight``, not "none") adds ``reweighted/t2v_*`` keys computed over the same
     matrix in chunks. ``per_query`` (if given) receives rank 0's text->video rank counts per caption:
     ``caption_index``, its ``video_index``, ``t2v_h`` and ``t2v_e`` (``etva.eval.metrics.RankCounts``).
+    ``groups`` (the compositional benchmark's :class:`etva.eval.binding.GroupTable` of the split, one row
+    per ``video_index``) adds the binding metric (``group_R1``, ``group_R1_chance``, ``pair_acc``,
+    ``pair_acc_<kind>``) computed over the same matrix in query chunks, and ``group_h``, ``group_e``,
+    ``group_size`` to ``per_query`` (``etva.eval.binding.GroupCounts``).
     """
     t0 = time.perf_counter()
     video, vcols = _gather_stream(videos, device, "video")
@@ -189,19 +221,13 @@ def score_streams(
     with torch.no_grad():
         sim = _score(core, text, video, query_chunk, video_chunk, score_key)  # (Q, V) float32
         t2 = time.perf_counter()
-        counts = count_ranks(sim, check_inputs(sim.shape, q2v, (1, 5, 10), ties), query_chunk)
-        metrics = metrics_from_counts(counts, ties=ties)
-        if reweight != "none":
-            from etva.eval.reweight import reweighted_metrics
-
-            rw = reweighted_metrics(sim, q2v, reweight, reweight_scale, ties=ties, query_chunk=query_chunk)
-            metrics.update({f"reweighted/{k}": v for k, v in rw.items()})
+        column_groups = None if groups is None else groups.take(vid_idx.numpy())
+        metrics, rows = _metrics(sim, q2v, ties, query_chunk, reweight, reweight_scale, column_groups)
     if timings is not None:
         timings.update(gather_s=t1 - t0, score_s=t2 - t1, metrics_s=time.perf_counter() - t2)
     metrics.update(num_videos=float(len(video)), num_queries=float(len(text)))
     if per_query is not None:
-        per_query.update(caption_index=cap_idx.numpy(), video_index=vid_idx.numpy()[q2v],
-                         t2v_h=counts.t2v_h, t2v_e=counts.t2v_e)  # fmt: skip
+        per_query.update(caption_index=cap_idx.numpy(), video_index=vid_idx.numpy()[q2v], **rows)
     if get_world_size() > 1:
         gather_objects(metrics)
     return metrics

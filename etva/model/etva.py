@@ -18,7 +18,7 @@ from etva.config import ModelConfig
 from etva.model.alignment import GlobalAlignment
 from etva.model.expert_base import Expert
 from etva.model.experts import build_expert
-from etva.model.fusion import VideoFusion, sinusoidal_positions
+from etva.model.fusion import VideoFusion
 from etva.model.netvlad import LocalAlignment
 from etva.model.text import TextEncoder, build_text_encoder
 
@@ -136,7 +136,7 @@ class ETVA(nn.Module):
         for i, name in enumerate(self.expert_names):
             x, m = self.experts[name](batch)  # (B, N_e, D_e), (B, N_e)
             x = self.expert_proj[name](x)  # (B, N_e, d)
-            x = x + self.expert_type[i] + sinusoidal_positions(x.shape[1], x.shape[2], x.device)
+            x = x + self.expert_type[i] + self.fusion.positions(x.shape[1], x.shape[2], x.device)
             toks.append(x)
             masks.append(m.to(x.device))
         sizes = [t.shape[1] for t in toks]

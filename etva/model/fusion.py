@@ -1,4 +1,5 @@
-"""Video fusion: expert tokens -> d + expert-type and temporal embeddings -> small transformer."""
+"""Video fusion: expert tokens -> d + expert-type and temporal embeddings -> small transformer (``layers=0``:
+no transformer and no temporal embedding, the tokens pass through a LayerNorm)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ class VideoFusion(nn.Module):
             )
             self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
+
+    def positions(self, n: int, d: int, device: torch.device | None = None) -> Tensor:
+        """The temporal embedding added to an expert's n tokens: sinusoidal for a transformer, zeros with
+        ``layers == 0`` (no token mixing: the tokens pass through to the pooling, which then cannot tell
+        one order of the same tokens from another; the blind control of docs/study.md)."""
+        if self.layers == 0:
+            return torch.zeros(n, d, device=device)
+        return sinusoidal_positions(n, d, device)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, N, d), mask (B, N) bool (True = real) -> (B, N, d); masked positions zeroed."""

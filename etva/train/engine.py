@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from etva.config import OptimConfig
 from etva.distributed import gather_variable, get_world_size
+from etva.eval.binding import GroupTable
 from etva.eval.scoring import EncodedStream, score_streams
 from etva.model.etva import ETVA, TextEmbedding, VideoEmbedding
 from etva.model.text import TextEncoder
@@ -236,6 +237,7 @@ def evaluate(
     reweight: str = "none",
     reweight_scale: float = 30.0,
     per_query: dict | None = None,
+    groups: GroupTable | None = None,
 ) -> dict[str, float]:
     """Encode every video and caption once, gather them to rank 0, score all pairs, compute metrics.
 
@@ -245,6 +247,9 @@ def evaluate(
     its ``video_index``. Returns the ``etva.eval.metrics.retrieval_metrics`` keys (t2v_R1 ... v2t_MnR) plus
     ``num_videos`` and ``num_queries``; every rank returns rank 0's numbers. ``reweight``/``per_query``:
     the test-time re-weighted row and the per-caption rank counts (``etva.eval.scoring.score_streams``).
+    ``groups``: the split's :class:`etva.eval.binding.GroupTable` (one row per ``video_index``, e.g.
+    ``etva.data.synth.groups.read_group_table``) adds ``group_R1``, ``group_R1_chance``, ``pair_acc`` and
+    ``pair_acc_<kind>``.
     """
     core = _unwrap(model)
     was_training = core.training
@@ -256,7 +261,7 @@ def evaluate(
     return score_streams(
         core, videos, captions, device,
         query_chunk=query_chunk, video_chunk=video_chunk, ties=ties, score_key=score_key,
-        reweight=reweight, reweight_scale=reweight_scale, per_query=per_query,
+        reweight=reweight, reweight_scale=reweight_scale, per_query=per_query, groups=groups,
     )  # fmt: skip
 
 

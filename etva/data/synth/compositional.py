@@ -94,6 +94,18 @@ class CompositionalSpec:
             for k, ev in enumerate(self.events)
         ]
 
+    def segment_seeds(self, group_seed: int) -> tuple[int, ...]:
+        """A rendering seed per event from the group's seed and the event's shapes: the swaps keep it, so an
+        event is drawn at the same positions in every clip of its group and in either half."""
+        return tuple(
+            int(
+                np.random.SeedSequence(
+                    [group_seed, *(SHAPES.index(o.shape) for o in ev.objects)]
+                ).generate_state(1)[0]
+            )
+            for ev in self.events
+        )
+
     def attributes(self) -> dict:
         return {
             "events": [[vars(o).copy() for o in ev.objects] for ev in self.events],

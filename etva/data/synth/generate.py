@@ -26,6 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from etva.config import SynthConfig
+from etva.data.synth.compositional import GROUP_SIZE
 from etva.data.synth.content import vocabulary
 from etva.data.synth.layouts import LAYOUTS, Plan
 from etva.data.synth.render import AUDIO_RATE, ClipJob, write_clips
@@ -74,6 +75,17 @@ def _check_args(num_videos: int, seed: int, fmt: str, cfg: SynthConfig, workers:
         f"synth.mode={cfg.mode!r} is built for the msrvtt layout only, got format {fmt!r}",
         "use --format msrvtt (or synth.mode=shapes)",
     )
+    need(
+        cfg.mode != "compositional" or num_videos > 2 * GROUP_SIZE,
+        f"synth.mode=compositional needs at least {2 * GROUP_SIZE + 1} videos (three groups of a target and "
+        f"its distractors: train, validate and test each hold whole groups), got {num_videos}",
+    )
+    frames = cfg.fps * cfg.duration_s
+    need(
+        cfg.mode != "compositional" or (frames == round(frames) and round(frames) % 2 == 0),
+        f"synth.mode=compositional needs an even whole number of frames (fps x duration_s), so both events "
+        f"last as long; got {cfg.fps} x {cfg.duration_s} = {frames:g}",
+    )
 
 
 def _params(num_videos: int, seed: int, fmt: str, cfg: SynthConfig) -> dict:
@@ -89,6 +101,8 @@ def _params(num_videos: int, seed: int, fmt: str, cfg: SynthConfig) -> dict:
         "captions_per_video": cfg.captions_per_video,
         "audio_rate": AUDIO_RATE,
         **({"mode": cfg.mode} if cfg.mode != "shapes" else {}),  # shapes datasets keep their old params
+        # compositional groups never straddle a split (a dataset made before that is refused: regenerate)
+        **({"groups_within_splits": True} if cfg.mode == "compositional" else {}),
     }
 
 

@@ -85,8 +85,11 @@ def _negatives(ids: list[str], groups: list[int]) -> list[list[str]]:
     return [[o for o in by_group[g] if o != vid] for vid, g in zip(ids, groups)]
 
 
-def _pick_by_groups(candidates: list[int], groups: list[int], k: int, rng: np.random.Generator) -> list[int]:
-    """``k`` of ``candidates``, taking whole hard-negative groups in random order (the last may be cut)."""
+def _pick_by_groups(
+    candidates: list[int], groups: list[int], k: int, rng: np.random.Generator, whole: bool = False
+) -> list[int]:
+    """``k`` of ``candidates``, taking whole hard-negative groups in random order (the last may be cut;
+    ``whole``: it is not, so at least ``k`` are taken and no group straddles the pick)."""
     order: list[int] = []
     for c in candidates:
         if groups[c] not in order:
@@ -96,7 +99,15 @@ def _pick_by_groups(candidates: list[int], groups: list[int], k: int, rng: np.ra
         picked += [c for c in candidates if groups[c] == order[int(gi)]]
         if len(picked) >= k:
             break
-    return sorted(picked[:k])
+    return sorted(picked if whole else picked[:k])
+
+
+def _group_split_sizes(groups: list[int], fractions: list[float]) -> list[int]:
+    """Videos per split when every split holds whole groups (groups are contiguous runs of ``groups``):
+    :func:`split_sizes` over the groups, then counted in videos."""
+    first = [i for i, g in enumerate(groups) if i == 0 or g != groups[i - 1]] + [len(groups)]
+    bounds = np.cumsum([0, *split_sizes(len(first) - 1, fractions)])
+    return [first[b] - first[a] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _csv(header: list[str] | None, rows: list[list], delimiter: str = ",") -> str:
@@ -112,8 +123,10 @@ def _lines(ids: list[str]) -> str:
     return "".join(f"{v}\n" for v in ids)
 
 
-def _job(path: str, spec_segments: list, duration: float, cfg: SynthConfig, seed: int) -> ClipJob:
-    return ClipJob(path, tuple(spec_segments), duration, cfg.width, cfg.height, cfg.fps, seed)
+def _job(
+    path: str, spec_segments: list, duration: float, cfg: SynthConfig, seed: int, segment_seeds: tuple = ()
+) -> ClipJob:
+    return ClipJob(path, tuple(spec_segments), duration, cfg.width, cfg.height, cfg.fps, seed, segment_seeds)
 
 
 def _msrvtt_json(
@@ -140,8 +153,11 @@ def _single_clips(ids, paths, split, specs, groups, attrs, cfg: SynthConfig, see
     d, negs = float(cfg.duration_s), _negatives(ids, groups)
     jobs, videos = [], {}
     for i, (v, s) in enumerate(zip(ids, specs)):
-        segments = s.segments(d) if hasattr(s, "segments") else [(s, 0.0, d)]
-        jobs.append(_job(paths[i], segments, d, cfg, _clip_seed(seed, i)))
+        if isinstance(s, comp.CompositionalSpec):  # one seed per group: its clips differ only in the binding
+            group_seed = int(np.random.SeedSequence([seed, 98, groups[i]]).generate_state(1)[0])
+            jobs.append(_job(paths[i], s.segments(d), d, cfg, group_seed, s.segment_seeds(group_seed)))
+        else:
+            jobs.append(_job(paths[i], [(s, 0.0, d)], d, cfg, _clip_seed(seed, i)))
         videos[v] = {"path": paths[i], "split": split[i], "group": groups[i], "varied_attribute": attrs[groups[i]],
                      "hard_negatives": negs[i], "attributes": s.attributes()}  # fmt: skip
     return jobs, videos
@@ -157,12 +173,15 @@ def plan_msrvtt(num_videos: int, seed: int, cfg: SynthConfig) -> Plan:
         specs, groups, attrs = _grouped_specs(_rng(seed, 0), num_videos)
     cap_rng, split_rng = _rng(seed, 1), _rng(seed, 2)
     ids = [f"video{i}" for i in range(num_videos)]
-    n_train, n_val, n_test = split_sizes(num_videos, [0.6513, 0.0497, 0.2990])
+    fractions = [0.6513, 0.0497, 0.2990]
+    # compositional: a target and its distractors always share a split (train, validate, test, 1k-A/B test)
+    sizes = _group_split_sizes(groups, fractions) if compositional else split_sizes(num_videos, fractions)
+    n_train, n_val, n_test = sizes
     full = ["train"] * n_train + ["validate"] * n_val + ["test"] * n_test
     test_full = list(range(n_train + n_val, num_videos))
     n_1k = min(n_test, max(1, round(num_videos * 0.1))) if n_test else 0
-    test_a = _pick_by_groups(test_full, groups, n_1k, split_rng)
-    test_b = _pick_by_groups(test_full, groups, n_1k, split_rng)
+    test_a = _pick_by_groups(test_full, groups, n_1k, split_rng, whole=compositional)
+    test_b = _pick_by_groups(test_full, groups, n_1k, split_rng, whole=compositional)
     d = float(cfg.duration_s)
     captioner = comp.make_captions if compositional else make_captions
     captions = [captioner(s, cap_rng, cfg.captions_per_video) for s in specs]

@@ -36,6 +36,9 @@ class ClipJob:
     height: int
     fps: int
     seed: int  # positions and noise
+    # one seed per segment for its positions (the compositional mode: an event looks the same wherever it
+    # plays and in every clip of its group); empty: positions come from ``seed``
+    segment_seeds: tuple[int, ...] = ()
 
 
 @lru_cache(maxsize=64)
@@ -106,14 +109,15 @@ def render_frames(job: ClipJob, rng: np.random.Generator) -> np.ndarray:
     r = max(2, round(side / 6))
     frames = np.zeros((n, h, w, 3), np.uint8)  # (T, H, W, 3)
     times = np.arange(n) / job.fps
-    for spec, s, e in job.segments:
+    for k, (spec, s, e) in enumerate(job.segments):
         idx = np.nonzero((times >= s) & (times < e))[0]
         if len(idx) == 0:
             continue
         frames[idx] = np.array(BACKGROUNDS[spec.background], np.uint8)
-        paths = _trajectories(spec, side, r, rng)
-        for k, fi in enumerate(idx):
-            p = k / max(1, len(idx) - 1)  # progress through the segment, 0..1
+        seg_rng = np.random.default_rng(job.segment_seeds[k]) if job.segment_seeds else rng
+        paths = _trajectories(spec, side, r, seg_rng)
+        for j, fi in enumerate(idx):
+            p = j / max(1, len(idx) - 1)  # progress through the segment, 0..1
             for obj, ((xs, ys), (xe, ye)) in zip(spec.objects, paths):
                 cx = ox + round(xs + (xe - xs) * p)
                 cy = oy + round(ys + (ye - ys) * p)

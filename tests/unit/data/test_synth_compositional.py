@@ -1,4 +1,5 @@
-"""The compositional mode of the synthetic benchmark: bindings, captions, rendering, determinism."""
+"""The compositional mode of the synthetic benchmark: bindings, captions, rendering, determinism, groups kept
+within one split (generator and validation carve-out), the group table read back for evaluation."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from etva.config import SynthConfig
 from etva.data.synth import MANIFEST_NAME, SynthError, generate_dataset
 from etva.data.synth import compositional as comp
 from etva.data.synth.content import _COLOUR_WORDS, _MOTION_WORDS, _SHAPE_WORDS, COLOURS, ClipSpec, ObjectSpec
+from etva.data.synth.groups import read_group_table, video_groups
 from etva.data.synth.layouts import plan_msrvtt
-from etva.data.synth.render import AUDIO_RATE
+from etva.data.synth.render import AUDIO_RATE, render_audio, render_frames
 
 CFG = SynthConfig(width=96, height=64, fps=8, duration_s=2.0, captions_per_video=4, mode="compositional")
-N = 8
+N = 12  # three groups: train, validate and test each hold one
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,9 @@ def test_captions_name_each_object_with_its_bindings_in_event_order(dataset):
         assert min(first + second) >= 0, cap
         assert max(first) < min(second), cap  # the first event is told first
         assert any(w in cap for w in comp.MOMENT_WORDS[spec.sound_at]), cap
-        assert not any(w in cap for w in comp.MOMENT_WORDS[comp.MOMENTS[1 - comp.MOMENTS.index(spec.sound_at)]])
+        assert not any(
+            w in cap for w in comp.MOMENT_WORDS[comp.MOMENTS[1 - comp.MOMENTS.index(spec.sound_at)]]
+        )
 
 
 def test_manifest_groups_follow_the_declared_bindings(dataset):
@@ -121,7 +125,10 @@ def test_rendered_clip_shows_the_bindings_per_event_and_the_sound_at_its_moment(
         n = AUDIO_RATE  # one second per event
         loud = [float(np.abs(audio[i * n + 2000 : (i + 1) * n - 2000]).mean()) for i in range(2)]
         at = comp.MOMENTS.index(spec.sound_at)
-        assert loud[at] > 0.02 and loud[1 - at] < 0.05 * loud[at], (v["path"], loud)  # AAC delay: a small leak
+        assert loud[at] > 0.02 and loud[1 - at] < 0.05 * loud[at], (
+            v["path"],
+            loud,
+        )  # AAC delay: a small leak
 
 
 def test_same_seed_same_plan_other_seed_other_plan():
@@ -133,3 +140,108 @@ def test_same_seed_same_plan_other_seed_other_plan():
 def test_other_layouts_are_refused(tmp_path):
     with pytest.raises(SynthError, match="msrvtt layout only"):
         generate_dataset(tmp_path / "x", 4, 0, fmt="lsmdc", cfg=CFG, progress=False)
+
+
+def _full_split_files(plan) -> dict[str, set[str]]:
+    files = {name: set(plan.files[name].split()) for name in plan.files if name.endswith(".txt")}
+    for name in ("MSRVTT_train.9k.csv", "MSRVTT_train.7k.csv"):
+        files[name] = set(plan.files[name].split()[1:])
+    files["MSRVTT_JSFUSION_test.csv"] = {
+        row.split(",")[2] for row in plan.files["MSRVTT_JSFUSION_test.csv"].split("\n")[1:] if row
+    }
+    return files
+
+
+@pytest.mark.parametrize("n, seed", [(9, 0), (24, 3), (97, 1), (300, 0)])
+def test_no_group_straddles_a_split(n, seed):
+    plan = plan_msrvtt(n, seed, CFG)
+    groups: dict[int, set[str]] = {}
+    for vid, v in plan.videos.items():
+        groups.setdefault(v["group"], set()).add(vid)
+    assert len(groups) == -(-n // comp.GROUP_SIZE)
+    for name, ids in _full_split_files(plan).items():  # every split file: a union of whole groups
+        for members in groups.values():
+            assert members <= ids or not members & ids, (name, sorted(members))
+    for members in groups.values():  # the manifest agrees
+        assert len({plan.videos[v]["split"] for v in members}) == 1
+    assert plan.splits["full/train"] and plan.splits["full/validate"] and plan.splits["full/test"]
+
+
+def test_too_few_videos_or_unequal_halves_are_refused(tmp_path):
+    with pytest.raises(SynthError, match="at least 9 videos"):
+        generate_dataset(tmp_path / "x", 8, 0, cfg=CFG, progress=False)
+    odd = SynthConfig(width=96, height=64, fps=5, duration_s=3.0, mode="compositional")
+    with pytest.raises(SynthError, match="even whole number of frames"):
+        generate_dataset(tmp_path / "y", 12, 0, cfg=odd, progress=False)
+
+
+def _rendered(plan, vid: str) -> tuple[np.ndarray, np.ndarray]:
+    job = next(j for j in plan.jobs if j.path == plan.videos[vid]["path"])
+    rng = np.random.default_rng(job.seed)
+    return render_frames(job, rng), render_audio(job, rng)
+
+
+def test_target_and_distractors_have_equal_pooled_statistics():
+    """The order and sound-moment distractors are the target's own frames and audio with the two halves
+    exchanged, so every statistic pooled over time (any per-frame or per-sample feature, summed, averaged
+    or max-pooled) is equal; a colour or motion swap redraws only its own event, at the same positions."""
+    plan = plan_msrvtt(40, 2, CFG)
+    by_group: dict[int, list[str]] = {}
+    for vid, v in plan.videos.items():
+        by_group.setdefault(v["group"], []).append(vid)
+    seen = set()
+    for members in by_group.values():
+        frames, audio = _rendered(plan, members[0])
+        half_f, half_a = len(frames) // 2, len(audio) // 2
+        swap_f = np.concatenate([frames[half_f:], frames[:half_f]])
+        swap_a = np.concatenate([audio[half_a:], audio[:half_a]])
+        for vid in members[1:]:
+            changed = plan.videos[vid]["changed_binding"]
+            f, a = _rendered(plan, vid)
+            seen.add(changed.split(".")[-1])
+            if changed == "order":
+                assert np.array_equal(f, swap_f) and np.array_equal(a, audio)
+            elif changed == "sound_moment":
+                assert np.array_equal(f, frames) and np.array_equal(a, swap_a)
+            else:  # event k redrawn with two values exchanged; the other event and the sound unchanged
+                k = int(changed[5])
+                keep = slice(0, half_f) if k == 1 else slice(half_f, None)
+                assert np.array_equal(f[keep], frames[keep]) and np.array_equal(a, audio)
+                assert not np.array_equal(f, frames)
+            pooled = [
+                (x.mean(axis=(0, 1, 2)), x.max(axis=0), np.sort(x.sum(axis=(1, 2, 3)))) for x in (f, frames)
+            ]
+            if changed in ("order", "sound_moment"):  # the pooled views a blind model has are equal
+                assert all(np.array_equal(p, q) for p, q in zip(*pooled))
+                assert np.array_equal(np.sort(a), np.sort(audio))  # the same samples, moved
+    assert seen == {"colour_swap", "motion_swap", "order", "sound_moment"}
+
+
+def test_group_table_and_carve_out_keep_groups_whole(dataset):
+    from etva.data.records import ClipRecord
+    from ray_jobs.prepare import carve_validation  # lazy: imports ray
+
+    videos = json.loads((dataset / MANIFEST_NAME).read_text())["videos"]
+    ids = sorted(videos, key=lambda v: int(v.removeprefix("video")))
+    table = read_group_table(dataset, ids[::-1])
+    assert table.group.tolist() == [videos[v]["group"] for v in ids[::-1]]
+    assert table.kind.tolist() == [
+        videos[v]["changed_binding"].split(".")[-1].removesuffix("_swap") for v in ids[::-1]
+    ]
+    groups = video_groups(dataset)
+    assert groups == {v: videos[v]["group"] for v in ids}
+    records = [ClipRecord(v, f"videos/all/{v}.mp4", ["c"], "train") for v in ids[:8]]  # two whole groups
+    train, val = carve_validation(records, 1, groups)
+    assert len(val) == 4 and len({groups[r.video_id] for r in val}) == 1
+    assert not {groups[r.video_id] for r in val} & {groups[r.video_id] for r in train}
+    with pytest.raises(ValueError, match="not in the manifest"):
+        read_group_table(dataset, ["video999"])
+
+
+def test_group_table_is_none_for_shapes_and_an_old_layout_is_refused(tmp_path):
+    assert read_group_table(tmp_path, ["video0"]) is None and video_groups(tmp_path) is None  # no manifest
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"params": {"format": "msrvtt"}, "videos": {}}))
+    assert read_group_table(tmp_path, ["video0"]) is None  # the shapes mode: no binding metric
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"params": {"mode": "compositional"}, "videos": {}}))
+    with pytest.raises(ValueError, match="generate it again"):
+        read_group_table(tmp_path, ["video0"])
