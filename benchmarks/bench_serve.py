@@ -2,8 +2,8 @@
 IVF-PQ index (its memory and recall@10), index build clips/s with the `etva index` Ray Data job, and HTTP
 queries/s with p50/p99 latency at 1, 8 and 32 concurrent loopback clients against `etva serve`.
 
-    python -m benchmarks.bench_serve              # 10k/100k IVF64,Flat; 1M IVF64,PQ64x4fs; 40 clips
-    python -m benchmarks.bench_serve --quick      # 10k/50k; 200k for the IVF-PQ index; fewer requests
+    python -m benchmarks.bench_serve              # 10k/100k IVF64,Flat; 1M IVF64,PQ64x4fs; 400 clips
+    python -m benchmarks.bench_serve --quick      # 10k/50k; 200k for the IVF-PQ index; 40 clips, fewer requests
 
 Vectors are synthetic, of the shipped model's dimensions (ray_jobs/configs/shapes.yaml: E=3 experts, K=16
 clusters, d=128: 2,432 floats per video), around 256 topics plus noise drawn from two fixed banks (cheap
@@ -14,8 +14,10 @@ OpenMP threads only contend).
 
 The serving part starts its own private Ray head (``cluster.local`` on free ports, state under /tmp, like
 the integration fixtures; no MLflow: the model is a checkpoint directory), runs the real `etva index` and
-`etva serve` commands as subprocesses in their own process groups, and stops all of it (process groups,
-then the head) even after an error. The model is a tiny untrained checkpoint (tiny.yaml) and the videos
+`etva serve` commands as subprocesses in their own process groups (`etva serve` with a token in a 0600
+file), and stops all of it (process groups, then the head) even after an error. It prints the goal rows
+of docs/serving.md: how many requests without a token and with a wrong one are refused (401), and
+queries/s and p99 at 32 clients against the best of the client levels. The model is a tiny untrained checkpoint (tiny.yaml) and the videos
 the generated shapes clips.
 """
 
@@ -25,20 +27,19 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.serve_http import goal_rows, http_load, refused
 from etva.index.vectors import PatternIndex
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,40 +171,6 @@ def big_figures(n: int, spec: str, nq: int, nprobe: int = 8, chunk: int = 50_000
             "index_bytes": size, "rss_delta_bytes": rss_delta, "train_s": train_s, "add_s": add_s}  # fmt: skip
 
 
-def http_load(base: str, clients: int, requests: int, queries: list[str]) -> dict:
-    """``requests`` GET /search calls shared by ``clients`` threads: queries/s, p50/p99 latency, errors."""
-    lat: list[float] = []
-    errors: list[str] = []
-    todo = iter(range(requests))
-    lock = threading.Lock()
-
-    def client() -> None:
-        while True:
-            with lock:
-                j = next(todo, None)
-            if j is None:
-                return
-            url = f"{base}/search?" + urllib.parse.urlencode({"q": queries[j % len(queries)], "k": 10})
-            t0 = time.perf_counter()
-            try:
-                with urllib.request.urlopen(url, timeout=120) as r:
-                    r.read()
-                lat.append(time.perf_counter() - t0)
-            except OSError as e:
-                errors.append(str(e))
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else [lat[0] if lat else 0.0] * 99
-    return {"clients": clients, "requests": len(lat), "errors": len(errors), "qps": len(lat) / wall,
-            "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "first_error": errors[0] if errors else ""}  # fmt: skip
-
-
 def _stop_head(local, settings, cluster) -> None:
     import shutil
 
@@ -298,25 +265,37 @@ def serving_figures(num_videos: int, requests: dict[int, int], tmp: Path) -> dic
         print(f"etva index (Ray Data, 2 actors): {num_videos} clips in {build_s:.1f} s = "
               f"{num_videos / build_s:.2f} clips/s (whole command: connect, model load, encode, commit)", flush=True)  # fmt: skip
         (port,) = free_ports(1)
+        token = secrets.token_urlsafe(24)
+        (tmp / "token").write_text(token)
+        (tmp / "token").chmod(0o600)
         log = open(tmp / "serve.log", "w")
-        proc = subprocess.Popen([*etva, "serve", "--model", str(ckpt), "--videos", str(videos), "--index-root",
-                                 str(index_root), "--port", str(port), "--poll-s", "3600"], env=env, cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        cmd = [*etva, "serve", "--model", str(ckpt), "--videos", str(videos), "--index-root", str(index_root)]
+        cmd += ["--port", str(port), "--poll-s", "3600", "--token-file", str(tmp / "token")]
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             t0 = time.perf_counter()
             _wait_up(base, proc)
             up_s = time.perf_counter() - t0
+            wrong = {"Authorization": f"Bearer {secrets.token_urlsafe(24)}"}
+            auth = {"n": 20, "none": refused(base, 20, {}), "wrong": refused(base, 20, wrong)}
             queries = [c for r in records for c in r.captions][:200]
-            loads = [http_load(base, c, n, queries) for c, n in requests.items()]
+            loads = [
+                http_load(base, c, n, queries, {"Authorization": f"Bearer {token}"})
+                for c, n in requests.items()
+            ]
         finally:
             _stop_group(proc)
             log.close()
     for r in loads:
         print(f"{r['clients']:>2} clients: {r['qps']:.1f} queries/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
               f"({r['requests']} requests, {r['errors']} errors {r['first_error'][:80]})", flush=True)  # fmt: skip
+    for row in goal_rows(loads, auth):
+        print(row, flush=True)
     return {"videos": num_videos, "index_s": build_s, "index_clips_per_s": num_videos / build_s,
-            "serve_up_s": up_s, "http": loads}  # fmt: skip
+            "serve_up_s": up_s, "auth_401": auth, "http": loads}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -328,14 +307,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--big", type=int, default=1_000_000, help="vectors for the IVF-PQ index")
     p.add_argument("--big-spec", default="IVF64,PQ64x4fs", help="approximate index at --big (4-bit PQ codes)")
     p.add_argument("--queries", type=int, default=32)
-    p.add_argument("--videos", type=int, default=40, help="clips for the index build and the HTTP figures")
+    p.add_argument("--videos", type=int, default=400, help="clips for the index build and the HTTP figures")
     p.add_argument("--requests", default="1:40,8:120,32:240", help="clients:requests per level")
     p.add_argument("--no-serving", action="store_true", help="vector search figures only")
     p.add_argument("--no-vectors", action="store_true", help="index build and HTTP figures only")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
     if args.quick:
-        args.sizes, args.big, args.requests = "10000,50000", 200_000, "1:20,8:60,32:120"
+        args.sizes, args.big, args.requests, args.videos = "10000,50000", 200_000, "1:20,8:60,32:120", 40
     import faiss
 
     faiss.omp_set_num_threads(1)
