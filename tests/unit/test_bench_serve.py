@@ -1,5 +1,6 @@
 """benchmarks.bench_serve at toy sizes: the synthetic vectors, exact vs approximate search with recall@10,
-the chunked big index with its streamed exact top-10, and the HTTP load loop (against a local stub server).
+the chunked big index with its streamed exact top-10, the HTTP load loop and the 401 count (against a local
+stub server that wants a token), and the goal rows it prints.
 The Ray head, `etva index` and `etva serve` part runs only in the benchmark itself (tests/integration/
 test_serve.py covers those commands)."""
 
@@ -13,6 +14,9 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_serve as bs
+from benchmarks.serve_http import goal_rows, http_load, refused
+
+GOOD = {"Authorization": "Bearer good"}
 
 
 def test_synthetic_vectors_are_unit_blocks_with_a_missing_audio_pattern():
@@ -22,7 +26,9 @@ def test_synthetic_vectors_are_unit_blocks_with_a_missing_audio_pattern():
     assert vec.dtype == np.float32 and 0 < (~full).sum() < 100
     np.testing.assert_allclose(np.linalg.norm(blocks[full], axis=-1), 1.0, rtol=1e-5)
     assert not blocks[~full, 2].any()  # no audio: zero audio block
-    np.testing.assert_allclose(np.linalg.norm(blocks[~full][:, [0, 1, *range(3, bs.E + bs.K)]], axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(blocks[~full][:, [0, 1, *range(3, bs.E + bs.K)]], axis=-1), 1.0, rtol=1e-5
+    )
 
 
 def test_vector_figures_recall_is_one_when_every_list_is_probed():
@@ -43,7 +49,8 @@ def stub_server():
         def do_GET(self):  # noqa: N802
             ok = self.path.startswith("/search?")
             body = json.dumps({"results": []}).encode()
-            self.send_response(200 if ok else 404)
+            authorized = self.headers.get("Authorization") == GOOD["Authorization"]
+            self.send_response(404 if not ok else 200 if authorized else 401)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -61,8 +68,23 @@ def stub_server():
 
 def test_http_load_makes_exactly_the_requests_asked(stub_server):
     for clients, n in ((1, 5), (4, 21)):
-        got = bs.http_load(stub_server, clients, n, ["a red circle", "a blue square"])
+        got = http_load(stub_server, clients, n, ["a red circle", "a blue square"], GOOD)
         assert (got["requests"], got["errors"]) == (n, 0) and got["qps"] > 0
         assert 0 < got["p50_ms"] <= got["p99_ms"]
-    bad = bs.http_load(stub_server + "/nowhere", 2, 3, ["x"])
+    bad = http_load(stub_server + "/nowhere", 2, 3, ["x"], GOOD)
     assert (bad["requests"], bad["errors"]) == (0, 3) and "404" in bad["first_error"]
+    assert (refused(stub_server, 4, {}), refused(stub_server, 4, GOOD)) == (4, 0)
+
+
+def test_goal_rows_compare_32_clients_with_the_best_level():
+    loads = [
+        {"clients": 1, "qps": 40.0, "p99_ms": 30.0},
+        {"clients": 8, "qps": 50.0, "p99_ms": 200.0},
+        {"clients": 32, "qps": 45.0, "p99_ms": 900.0},
+    ]
+    rows = goal_rows(loads, {"n": 20, "none": 20, "wrong": 19})
+    assert (
+        rows[0] == "requests without / with a wrong token, token set: 401 20/20 / 401 19/20 (goal: all 401)"
+    )
+    assert "45.0 / 50.0 = 0.90x (goal >= 0.9x)" in rows[1] and "best of 1/8/32" in rows[1]
+    assert rows[2] == "p99 at 32 clients: 900 ms (goal <= 32 / 50.0 x 1.5 = 960 ms)"
