@@ -33,7 +33,7 @@ from etva.config.settings import is_loopback
 
 __all__ = [
     "COOKIE",
-    "TOKEN_ENV",
+    "ENV_VARIABLE",
     "TokenError",
     "token_digest",
     "read_token_file",
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 COOKIE = "etva_token"
-TOKEN_ENV = "ETVA_SERVE_TOKEN"  # the user's shell (etva serve) or the pods' Secret (RayService token_env)
+ENV_VARIABLE = "ETVA_SERVE_TOKEN"  # the user's shell (etva serve) or the pods' Secret (RayService token_env)
 MIN_TOKEN_CHARS = 16
 
 

@@ -25,7 +25,13 @@ from ray import serve
 
 from ray_jobs.index_job import ResolvedModel, resolve_model
 from ray_jobs.serve_app import APP_NAME, build_app
-from ray_jobs.serve_auth import TOKEN_ENV, check_token_value, read_token_file, require_token_for, token_digest
+from ray_jobs.serve_auth import (
+    ENV_VARIABLE,
+    check_token_value,
+    read_token_file,
+    require_token_for,
+    token_digest,
+)
 from ray_jobs.serve_cluster import deployed_at, running_apps, running_http
 
 __all__ = ["ServeConflict", "serve_conflict", "Deployer", "read_token", "main"]
@@ -125,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", default="")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token-file", default="", help=f"the bearer token (default: ${TOKEN_ENV})")
+    p.add_argument("--token-file", default="", help=f"the bearer token (default: ${ENV_VARIABLE})")
     p.add_argument("--replace", action="store_true", help="restart Serve / take the application over")
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8)
@@ -139,7 +145,7 @@ def read_token(token_file: str) -> str:
     """The token of this driver: ``token_file`` (owner-only), else ``$ETVA_SERVE_TOKEN``, else ''."""
     if token_file:
         return read_token_file(token_file)
-    return check_token_value(os.environ.get(TOKEN_ENV, ""), f"${TOKEN_ENV}")
+    return check_token_value(os.environ.get(ENV_VARIABLE, ""), f"${ENV_VARIABLE}")
 
 
 def main(argv: list[str] | None = None) -> int:
