@@ -82,9 +82,9 @@ def _check_args(num_videos: int, seed: int, fmt: str, cfg: SynthConfig, workers:
     )
     frames = cfg.fps * cfg.duration_s
     need(
-        cfg.mode != "compositional" or (frames == round(frames) and round(frames) % 2 == 0),
-        f"synth.mode=compositional needs an even whole number of frames (fps x duration_s), so both events "
-        f"last as long; got {cfg.fps} x {cfg.duration_s} = {frames:g}",
+        cfg.mode != "compositional" or abs(frames - round(frames)) < 1e-9,
+        f"synth.mode=compositional needs a whole number of frames (fps x duration_s), so both events last "
+        f"as long; got {cfg.fps} x {cfg.duration_s} = {frames:g}",
     )
 
 

@@ -37,7 +37,8 @@ class ClipJob:
     fps: int
     seed: int  # positions and noise
     # one seed per segment for its positions (the compositional mode: an event looks the same wherever it
-    # plays and in every clip of its group); empty: positions come from ``seed``
+    # plays and in every clip of its group, and two events last as many frames: with an odd frame count
+    # the middle frame shows the background alone); empty: positions come from ``seed``
     segment_seeds: tuple[int, ...] = ()
 
 
@@ -114,6 +115,8 @@ def render_frames(job: ClipJob, rng: np.random.Generator) -> np.ndarray:
         if len(idx) == 0:
             continue
         frames[idx] = np.array(BACKGROUNDS[spec.background], np.uint8)
+        if job.segment_seeds and n % 2:  # equal halves: the odd middle frame is a cut (no object)
+            idx = idx[idx != n // 2]
         seg_rng = np.random.default_rng(job.segment_seeds[k]) if job.segment_seeds else rng
         paths = _trajectories(spec, side, r, seg_rng)
         for j, fi in enumerate(idx):

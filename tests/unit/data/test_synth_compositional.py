@@ -3,6 +3,7 @@ within one split (generator and validation carve-out), the group table read back
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -167,12 +168,12 @@ def test_no_group_straddles_a_split(n, seed):
     assert plan.splits["full/train"] and plan.splits["full/validate"] and plan.splits["full/test"]
 
 
-def test_too_few_videos_or_unequal_halves_are_refused(tmp_path):
+def test_too_few_videos_or_a_fraction_of_a_frame_are_refused(tmp_path):
     with pytest.raises(SynthError, match="at least 9 videos"):
         generate_dataset(tmp_path / "x", 8, 0, cfg=CFG, progress=False)
-    odd = SynthConfig(width=96, height=64, fps=5, duration_s=3.0, mode="compositional")
-    with pytest.raises(SynthError, match="even whole number of frames"):
-        generate_dataset(tmp_path / "y", 12, 0, cfg=odd, progress=False)
+    uneven = SynthConfig(width=96, height=64, fps=5, duration_s=3.1, mode="compositional")
+    with pytest.raises(SynthError, match="whole number of frames"):
+        generate_dataset(tmp_path / "y", 12, 0, cfg=uneven, progress=False)
 
 
 def _rendered(plan, vid: str) -> tuple[np.ndarray, np.ndarray]:
@@ -181,20 +182,28 @@ def _rendered(plan, vid: str) -> tuple[np.ndarray, np.ndarray]:
     return render_frames(job, rng), render_audio(job, rng)
 
 
-def test_target_and_distractors_have_equal_pooled_statistics():
+def _halves_swapped(x: np.ndarray) -> np.ndarray:
+    """The two halves exchanged around an odd middle item (the cut frame of an odd frame count)."""
+    mid, rest = len(x) // 2, len(x) - len(x) // 2
+    return np.concatenate([x[rest:], x[mid:rest], x[:mid]])
+
+
+@pytest.mark.parametrize("fps, duration", [(8, 2.0), (5, 3.0)])  # 16 frames; 15 frames (a middle cut)
+def test_target_and_distractors_have_equal_pooled_statistics(fps, duration):
     """The order and sound-moment distractors are the target's own frames and audio with the two halves
     exchanged, so every statistic pooled over time (any per-frame or per-sample feature, summed, averaged
     or max-pooled) is equal; a colour or motion swap redraws only its own event, at the same positions."""
-    plan = plan_msrvtt(40, 2, CFG)
+    cfg = dataclasses.replace(CFG, fps=fps, duration_s=duration, width=48, height=32)
+    plan = plan_msrvtt(40, 2, cfg)
     by_group: dict[int, list[str]] = {}
     for vid, v in plan.videos.items():
         by_group.setdefault(v["group"], []).append(vid)
     seen = set()
     for members in by_group.values():
         frames, audio = _rendered(plan, members[0])
-        half_f, half_a = len(frames) // 2, len(audio) // 2
-        swap_f = np.concatenate([frames[half_f:], frames[:half_f]])
-        swap_a = np.concatenate([audio[half_a:], audio[:half_a]])
+        n = len(frames)
+        assert n == round(fps * duration) and (n % 2 == 0 or (frames[n // 2] == frames[n // 2, 0, 0]).all())
+        swap_f, swap_a = _halves_swapped(frames), _halves_swapped(audio)
         for vid in members[1:]:
             changed = plan.videos[vid]["changed_binding"]
             f, a = _rendered(plan, vid)
@@ -205,7 +214,7 @@ def test_target_and_distractors_have_equal_pooled_statistics():
                 assert np.array_equal(f, frames) and np.array_equal(a, swap_a)
             else:  # event k redrawn with two values exchanged; the other event and the sound unchanged
                 k = int(changed[5])
-                keep = slice(0, half_f) if k == 1 else slice(half_f, None)
+                keep = slice(0, n // 2) if k == 1 else slice(n - n // 2, None)
                 assert np.array_equal(f[keep], frames[keep]) and np.array_equal(a, audio)
                 assert not np.array_equal(f, frames)
             pooled = [
