@@ -17,9 +17,10 @@ from dataclasses import asdict
 import numpy as np
 import ray.data
 from ray.data import TaskPoolStrategy
+from ray.data.block import BlockAccessor
 
 from etva.config import DataConfig, RayConfig
-from etva.data.example import decode_batch
+from etva.data.example import decode_batch, feature_stores_for_path
 from etva.data.records import ClipRecord
 from ray_jobs.cache import cached
 
@@ -168,8 +169,6 @@ def _store_groups(rows: list[dict], feature_store: str, shuffle: bool, seed: int
     shards (a shard holds neighbouring clips: one movie, one source), and its rows are mixed, so a batch
     is not a run of neighbours. Evaluation: chunks in file order. Videos that store lacks form blocks of
     their own (other experts may have them)."""
-    from etva.data.example import feature_stores_for_path
-
     stores = feature_stores_for_path(feature_store)
     where = stores[sorted(stores)[0]].chunk_map()
     chunks: dict[tuple, list[dict]] = {}
@@ -193,8 +192,6 @@ def _store_groups(rows: list[dict], feature_store: str, shuffle: bool, seed: int
 
 def _blocks(groups: list[list[dict]]) -> list:
     """One Arrow block per group of index rows (the unit a read task and the shuffle work on)."""
-    from ray.data.block import BlockAccessor
-
     return [
         BlockAccessor.batch_to_block({k: np.stack([np.asarray(r[k]) for r in g]) for k in g[0]})
         for g in groups

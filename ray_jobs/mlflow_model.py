@@ -25,12 +25,15 @@ Output: a DataFrame with one row per input row:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
+
+from etva.data.records import ClipRecord
 
 TEXT_COL, VIDEO_COL, ID_COL = "text", "video_path", "video_id"
 STORE_PARAM = "feature_store"  # predict(params=...): the store root for ``video_id`` rows
@@ -75,8 +78,6 @@ class ETVAModel(PythonModel):
 
     def _data_cfg(self, params: dict):
         """The model's data settings, its feature store replaced by ``params['feature_store']`` if given."""
-        from dataclasses import replace
-
         store = str(params.get(STORE_PARAM) or "")
         return replace(self.cfg.data, feature_store=store) if store else self.cfg.data
 
@@ -96,9 +97,6 @@ class ETVAModel(PythonModel):
 
 def _records(df: pd.DataFrame) -> list:
     """One ClipRecord per row: ``video_id`` (the store key) and/or ``video_path`` (a file to decode)."""
-
-    from etva.data.records import ClipRecord
-
     paths = [str(p) for p in df[VIDEO_COL]] if VIDEO_COL in df.columns else [""] * len(df)
     ids = [str(v) for v in df[ID_COL]] if ID_COL in df.columns else [Path(p).stem for p in paths]
     return [ClipRecord(v, p, [], "") for v, p in zip(ids, paths, strict=True)]

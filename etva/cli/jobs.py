@@ -262,8 +262,6 @@ def _train_args(args: argparse.Namespace, working_dir: Path, mode: str) -> tuple
 
 def _study_args(args: argparse.Namespace, cfg) -> list[str]:
     """The study's own options, after checking the space file and the config (a user mistake is one line)."""
-    from etva.config import ConfigError
-
     space = args.space if Path(args.space).is_file() else str(REPO / args.space)
     if not Path(space).is_file():
         raise _usage_error(f"--space {args.space}: no such file", f"the paper's study is {STUDY_SPACE}")
