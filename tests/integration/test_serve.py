@@ -5,7 +5,8 @@ Two tiny checkpoints (untrained, different seeds: two digests) are logged as run
 the real `etva serve` command (a subprocess, free port, 127.0.0.1, a token in a 0600 file) serves it: no
 token / a wrong token is a 401 and the right one a 200 on /search (GET and POST), /clip and /thumb; the
 top-1 of a caption equals the engine's own top-1 (``model.similarity`` over every clip), bad input is a
-4xx naming the problem while the server keeps serving, clip links serve indexed files only; a second
+4xx naming the problem while the server keeps serving, clip links serve indexed files only, requests sent
+together (batched on the replica) get what each gets alone; a second
 `etva serve` asking for another host is refused and the first keeps serving. A headless Chromium signs in
 on the search page once and finds a clip whose file name is markup shown as text (no script runs). Then
 the alias moves to v2: a client keeps querying during the switch, every answer succeeds and comes from
@@ -28,6 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -239,6 +241,17 @@ def test_top1_is_the_engines_top1_and_bad_input_is_a_4xx(server):
     for bad in ("/clip/0/../serve.log", "/clip/0/%2e%2e/serve.log", "/clip/0/missing.mp4", "/clip/7/x.mp4"):
         assert _get(base + bad)[0] == 404, bad
     assert _get(f"{base}/health")[0] == 200  # still serving
+
+
+def test_concurrent_requests_are_answered_each_as_alone(server):
+    """Requests that arrive together are batched on the replica (one encoder pass, one product per
+    pattern); each still gets the answer it gets alone, with its own k."""
+    base, records = server["base"], server["records"]
+    params = [(records[i % len(records)].captions[0], k) for i, k in enumerate(range(1, 9))]
+    alone = [[h["video_id"] for h in _search(base, q, k)["results"]] for q, k in params]
+    with ThreadPoolExecutor(len(params)) as pool:
+        together = list(pool.map(lambda p: [h["video_id"] for h in _search(base, *p)["results"]], params))
+    assert together == alone and [len(r) for r in together] == list(range(1, 9))
 
 
 @pytest.fixture
