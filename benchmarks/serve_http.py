@@ -1,16 +1,18 @@
 """The HTTP side of ``bench_serve``: a bounded load of GET /search calls from N client threads (queries/s,
-p50/p99), the count of requests refused with a 401, and the goal rows of docs/serving.md (issue 30)."""
+p50/p99), the count of requests refused with a 401, the goal rows of docs/serving.md (issue 30), and the
+wait for a server's /health."""
 
 from __future__ import annotations
 
 import statistics
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-__all__ = ["http_load", "refused", "goal_rows"]
+__all__ = ["http_load", "refused", "goal_rows", "wait_up"]
 
 
 def http_load(
@@ -85,3 +87,19 @@ def goal_rows(loads: list[dict], auth: dict) -> list[str]:
             f"{32 / best * 1.5e3:.0f} ms)"
         )
     return rows
+
+
+def wait_up(base: str, proc: subprocess.Popen, timeout: float = 900.0) -> None:
+    """Poll ``base``/health until it answers 200; RuntimeError when ``proc`` exits or ``timeout`` passes."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"etva serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"etva serve: {base}/health not up after {timeout:.0f} s")

@@ -34,6 +34,7 @@ def test_synthetic_vectors_are_unit_blocks_with_a_missing_audio_pattern():
 def test_vector_figures_recall_is_one_when_every_list_is_probed():
     got = bs.vector_figures([1500], "IVF8,Flat", nq=4, nprobe=8)[1500]  # every list probed: exact
     assert got["recall@10"] == 1.0 and got["exact_ms_per_query"] > 0 and got["approx_MiB"] > 0
+    assert got["exact_ms_1_query"] > 0 and got["approx_ms_1_query"] > 0 and got["exact_GFLOPs"] > 0
 
 
 def test_big_index_streamed_exact_top10_matches_a_flat_ivf_probing_everything():
@@ -41,6 +42,7 @@ def test_big_index_streamed_exact_top10_matches_a_flat_ivf_probing_everything():
     assert got["recall@10"] == 1.0 and got["index_bytes"] > 1200 * (bs.E + bs.K) * bs.D * 4
     pq = bs.big_figures(1200, "IVF4,PQ16x4fs", nq=4, nprobe=4, chunk=500)
     assert 0.0 <= pq["recall@10"] <= 1.0 and pq["index_bytes"] < got["index_bytes"] / 20
+    assert pq["recall@10"] >= pq["recall@10_codes_only"]  # re-ranked from the float16 copy on disk
 
 
 @pytest.fixture
