@@ -48,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="", help="only feature-store videos of this split of the model's dataset "
                    "(e.g. test)")  # fmt: skip
     p.add_argument("--approximate", default="", metavar="FAISS_SPEC",
-                   help="approximate search with this faiss index (e.g. IVF256,Flat); default exact")  # fmt: skip
+                   help="approximate search with this faiss index (e.g. IVF1024,PQ64x4fs), its candidates "
+                   "re-ranked with the exact score; default exact")  # fmt: skip
     p.add_argument("--html", default="", help="write an HTML contact sheet here")
     p.add_argument("--thumbnails", choices=("inline", "files"), default="inline",
                    help="contact sheet images as data URIs (default) or PNG files next to the page")  # fmt: skip
