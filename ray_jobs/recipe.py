@@ -25,6 +25,7 @@ import ray.train
 import torch
 
 from etva.config import Config
+from etva.data.synth.groups import read_group_table
 from etva.inference import build_trained_model
 from etva.train import engine
 from etva.train.checkpoint import save_checkpoint
@@ -177,6 +178,8 @@ class TrainRecipe:
             self._resumed(ts)
         self.ddp_model = self.session.wrap_model(self.model)
         self.val_shard = self.session.dataset(eval_shard_name("val", self.rank))
+        # a compositional benchmark's groups: the binding metric (group R@1, pairwise accuracy) per epoch
+        self.val_groups = read_group_table(cfg.data.root, self.inputs.val_video_ids)
 
     def _read_ahead(self, epoch: int) -> None:
         """Start reading ``epoch``'s training rows now (:class:`EpochPrefetch`), if the run has it."""
@@ -231,8 +234,9 @@ class TrainRecipe:
     def evaluate(self) -> tuple[dict[str, float], list[int]]:
         """Score the whole validation split. Returns (metrics, skipped video indices)."""
         i = self.inputs
+        shard, ids = self.val_shard, i.val_video_ids
         return evaluate_split(
-            self.model, self.val_shard, i.val_captions, i.val_video_ids, "val", self.cfg, self.device, self.session
+            self.model, shard, i.val_captions, ids, "val", self.cfg, self.device, self.session, groups=self.val_groups
         )
 
     def report(self, epoch: int, metrics: dict[str, float], skipped: tuple[list[int], list[int]]) -> None:
@@ -380,9 +384,10 @@ def run_eval(inputs: EvalInputs, session) -> dict:
     model = build_trained_model(cfg, inputs.vocab_size, ray.get(inputs.weights_ref)).to(device)
     shard = session.dataset(eval_shard_name("eval", session.rank))
     per_query = {} if inputs.per_query else None  # rank counts per caption (study trials)
+    groups = read_group_table(cfg.data.root, inputs.video_ids)  # None unless a compositional benchmark
     metrics, skipped = evaluate_split(
         model, shard, inputs.captions, inputs.video_ids, "eval", cfg, device, session,
-        reweight=cfg.eval.reweight, reweight_scale=cfg.eval.reweight_scale, per_query=per_query,
+        reweight=cfg.eval.reweight, reweight_scale=cfg.eval.reweight_scale, per_query=per_query, groups=groups,
     )  # fmt: skip
     out = {f"{inputs.split}/{k}": float(v) for k, v in metrics.items()}
     out["data/skipped_eval"] = len(skipped)

@@ -30,6 +30,7 @@ __all__ = ["Dimension", "SearchSpace", "load_space", "apply_params", "to_tune_sp
 
 SPEC_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "fixed")
 FORBIDDEN_PREFIXES = ("ray.", "tune.", "mlflow.")
+VARIANT_KEY = "study.variant"  # a study's sampled value naming a trial's variant (tag etva.sampled, params)
 
 
 @dataclass(frozen=True)

@@ -50,15 +50,13 @@ from ray_jobs.driver import (
 )
 from ray_jobs.prepare import ensure_dataset
 from ray_jobs.run_record import captured_log, upload_log
-from ray_jobs.train import RANKS_ARTIFACT  # noqa: F401  (re-exported: tuning.study_report reads it)
 from tuning.mlflow_sweep import close_unfinished
-from tuning.space import Dimension, SearchSpace, apply_params
+from tuning.space import VARIANT_KEY, Dimension, SearchSpace, apply_params
 from tuning.study_report import report_study
 from tuning.sweep import _prepare_once, _tracking, build_tuner
 
 logger = logging.getLogger("etva.study")
 
-VARIANT_KEY = "study.variant"  # the sampled value naming a trial's variant (tag etva.sampled, params)
 STUDY_TAG = "etva.study"  # on the parent run: the study's name
 DEFAULT_SPACE = "tuning/spaces/ablations.yaml"
 DEFAULT_CONFIG = "ray_jobs/configs/study.yaml"

@@ -25,6 +25,11 @@ import numpy as np
 
 from etva.eval.binding import KINDS
 from etva.eval.stats import HierarchicalTest, Interval, hierarchical_bootstrap, hits_at_k, t_interval
+from ray_jobs.run_record import NOTE
+from ray_jobs.tracking import log_metrics, log_text
+from ray_jobs.train import RANKS_ARTIFACT
+from tuning.mlflow_sweep import child_runs
+from tuning.space import VARIANT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +51,6 @@ class Trial:
 
 def collect(client, exp_id: str, parent_id: str, split: str) -> list[Trial]:
     """Every trial (child run) of the study with its variant, seed and test metrics."""
-    from tuning.mlflow_sweep import child_runs
-    from tuning.study import VARIANT_KEY
-
     keys = (*METRICS, *BINDING, *EXTRA)
     out = []
     for run in child_runs(client, exp_id, parent_id):
@@ -91,8 +93,6 @@ def chance_levels(trials: list[Trial]) -> dict[str, float]:
 def _outcomes(client, run_id: str) -> dict[str, np.ndarray]:
     """Per test query of one trial: caption and video index, and the outcome (percent) of each metric in
     :data:`PAIRED` it logged (``group_R1``: NaN where the caption's group has one scored video)."""
-    from tuning.study import RANKS_ARTIFACT
-
     with tempfile.TemporaryDirectory() as d:
         data = json.loads(Path(client.download_artifacts(run_id, RANKS_ARTIFACT, d)).read_text())
     out = {
@@ -357,9 +357,6 @@ def _parent_metrics(table, tests: dict) -> dict[str, float]:
 
 def report_study(client, exp_id: str, parent_id: str, space, split: str, name: str, seconds: float) -> str:
     """Compute the study's answer and log it to the parent run; returns the markdown."""
-    from ray_jobs.run_record import NOTE  # lazy: the job layer (Ray, MLflow) only when a study reports
-    from ray_jobs.tracking import log_metrics, log_text
-
     variants = list(space.variants)
     trials = collect(client, exp_id, parent_id, split)
     table = variant_table(trials, variants)

@@ -24,7 +24,7 @@ def study_cfg():
     return study_config(load_config(REPO / "ray_jobs/configs/study.yaml"))
 
 
-def test_shipped_space_is_the_five_configurations_of_tables_4_and_5(study_cfg):
+def test_shipped_space_is_the_five_configurations_of_tables_4_and_5_and_a_blind_control(study_cfg):
     space = load_study(SPACE, study_cfg)
     assert space.reference == "shared_centres" and space.seeds == [0, 1, 2, 3, 4]
     want = {"global_only": ("global", "shared"), "local_only": ("local", "shared"), "text_vlad": ("both", "text"),
@@ -32,9 +32,12 @@ def test_shipped_space_is_the_five_configurations_of_tables_4_and_5(study_cfg):
     for name, (alignment, vlad) in want.items():
         cfg = apply_params(study_cfg, space.resolve({"study.variant": name, "train.seed": 3}))
         assert (cfg.model.alignment, cfg.model.vlad_mode, cfg.train.seed) == (alignment, vlad, 3)
+    blind = apply_params(study_cfg, space.resolve({"study.variant": "global_blind", "train.seed": 0}))
+    assert (blind.model.alignment, blind.model.fusion_layers) == ("global", 0)
     assert space.paper["shared_centres"] == 51.3 and space.paper["global_only"] == 44.3
+    assert "global_blind" not in space.paper  # the control is ours, not the paper's
     grid = to_tune_space(space, "grid")  # every variant x every seed
-    assert [len(grid[k]["grid_search"]) for k in ("study.variant", "train.seed")] == [5, 5]
+    assert [len(grid[k]["grid_search"]) for k in ("study.variant", "train.seed")] == [6, 5]
     assert (study_cfg.tune.search, study_cfg.tune.scheduler) == ("grid", "fifo")
     assert study_cfg.data.val_from_train > 0 and study_cfg.data.test_split == "test"
     small = load_study(SPACE, study_cfg, seeds=2, only=["global_only", "shared_centres"])
