@@ -6,6 +6,8 @@ checks that those tests are still there:
   - annotation paths cannot leave the dataset root, per source:  tests/unit/data/
   - tampered / pickled checkpoints are refused:                  tests/unit/test_checkpoint.py
   - a job submitted without the token is refused (401/403):      tests/integration/test_local_cluster.py
+  - etva serve: no / a wrong token is a 401, a file name is text:  tests/integration/test_serve.py
+  - etva serve: header or cookie only, constant-time, token files: tests/unit/jobs/test_serve_app.py
 """
 
 from __future__ import annotations
@@ -241,6 +243,24 @@ def test_local_settings_default_to_loopback():
             ],
         ),
         ("tests/integration/test_local_cluster.py", ["test_job_api_refuses_without_token"]),
+        (
+            "tests/integration/test_serve.py",
+            [
+                "test_every_data_route_needs_the_token",
+                "test_search_page_in_a_headless_browser",
+                "test_a_second_serve_with_another_host_is_refused",
+            ],
+        ),
+        (
+            "tests/unit/jobs/test_serve_app.py",
+            [
+                "test_a_request_proves_the_token_by_header_or_cookie_never_by_url",
+                "test_login_sets_an_httponly_strict_cookie_for_the_right_token_only",
+                "test_token_file_must_be_private_and_long_enough",
+                "test_build_app_rejects_unknown_args_and_a_token_in_its_args",
+                "test_rayservice_serve_config_is_valid_and_takes_the_token_from_the_secret",
+            ],
+        ),
     ],
 )
 def test_security_defaults_have_tests(test_file, names):
