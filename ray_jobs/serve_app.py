@@ -159,7 +159,8 @@ async def _json_body(request: Request) -> dict:
 
 # max_surge_percent=100: on an update the new replicas start first; the old ones answer until they are ready.
 # max_ongoing_requests above the batch size: the router hands a replica every waiting request at once (at
-# Serve's default of 5 it backed off and retried, and 32 clients got a quarter of the throughput of 8).
+# Serve's default of 5 it backs off and retries a full replica: the likely cause of the collapse at 32
+# clients, docs/serving.md).
 @serve.deployment(
     name="search",
     graceful_shutdown_timeout_s=30,
