@@ -1,8 +1,9 @@
 """Serving figures in one run: vector search at 10k/100k (exact vs approximate with its candidates re-ranked
 exactly: recall@10, speed-up of a 1-query call), 1M with an IVF-PQ index re-ranked from memory-mapped
 float16 vectors (its memory and recall@10; --big 0 skips it), index build clips/s with the `etva index`
-Ray Data job, and HTTP queries/s with p50/p99 latency at 1, 8 and 32 concurrent loopback clients against
-`etva serve`.
+Ray Data job, HTTP queries/s with p50/p99 latency at 1, 8 and 32 concurrent loopback clients against
+`etva serve` (400 clips), and queries/s at 32 clients once the served index holds 100k videos (synthetic
+vectors added beside the clips; --big-videos 0 skips it).
 
     python -m benchmarks.bench_serve              # 10k/100k IVF64,Flat; 1M IVF64,PQ64x4fs; 400 clips
     python -m benchmarks.bench_serve --quick      # 10k/50k; 200k for the IVF-PQ index; 40 clips, fewer requests
@@ -26,11 +27,9 @@ the generated shapes clips.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.serve_http import goal_rows, http_load, refused, wait_up
+from benchmarks.serve_http import big_row, goal_rows, http_load, refused, wait_up
+from benchmarks.serve_setup import private_head, stop_group
 from etva.index.vectors import RERANK, PatternIndex
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,66 +239,62 @@ def big_figures(
     }
 
 
-def _stop_head(local, settings, cluster) -> None:
-    import shutil
+def add_synthetic_rows(index: Path, extra: int, empty: Path, chunk: int = 20_000) -> None:
+    """Append ``extra`` synthetic video vectors (the shipped width, 10% without audio) to the index at
+    ``index`` under a second folder source, the empty folder ``empty``: `etva serve` brings only its
+    ``--videos`` source up to date, so these rows stay and are searched with the real ones."""
+    from etva.index.store import IndexStore, rows_table
 
-    left = local.stop_all(settings, ray=True, mlflow=False)
-    survivors = local.leftover_processes(cluster)
-    for p in survivors:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pgid, signal.SIGKILL)
-    shutil.rmtree(settings.state_dir, ignore_errors=True)
-    if any(left.values()) or survivors:
-        print(f"warning: killed processes left by the head: {left} {[p.pid for p in survivors]}")
+    store = IndexStore.read(index)
+    if store.manifest.dim != (E + K) * D:
+        raise ValueError(
+            f"{index}: vectors of {store.manifest.dim} floats, the synthetic ones have {(E + K) * D}"
+        )
+    source = store.source_id("folder", empty)
+    synth = Synth(11, bank=min(8192, extra))
+    for start in range(0, extra, chunk):
+        vec, pats = synth.chunk(min(chunk, extra - start), seed=500 + start)
+        n = len(vec)
+        keys = [f"synthetic-{i:07d}" for i in range(start, start + n)]
+        store.append(rows_table(keys, source, [""] * n, [""] * n, pats, vec, [(0, 0)] * n), source)
 
 
-@contextlib.contextmanager
-def private_head(num_cpus: int = 4, attempts: int = 3):
-    """A private local Ray head on free ports (no MLflow); stopped and checked for survivors on exit.
-
-    A start that fails (on a loaded machine `ray start` can miss its GCS deadline) is cleaned up and
-    retried on new ports, ``attempts`` times in all."""
-    sys.path.insert(0, str(REPO))
-    from cluster import local
-    from cluster.local_state import private_settings as make_settings
-
-    for attempt in range(1, attempts + 1):
-        settings = make_settings(num_cpus)
-        settings.start_timeout_s = 600.0  # a loaded machine
-        cluster = local.LocalCluster(settings.state_dir, settings=settings)
-        try:
-            cluster = local.start_all(settings, ray=True, mlflow=False)
-            break
-        except RuntimeError as e:
-            _stop_head(local, settings, cluster)
-            print(f"head start {attempt}/{attempts} failed: {str(e).splitlines()[0]}", flush=True)
-            if attempt == attempts:
-                raise
+def _serve_and_load(cmd: list[str], env: dict, tmp: Path, port: int, levels: dict[int, int], queries) -> dict:
+    """Start `etva serve` (``cmd``), count the 401s, load it at each of ``levels``; always stop it."""
+    log = open(tmp / f"serve-{len(list(tmp.glob('serve-*.log')))}.log", "w")
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    base, token = f"http://127.0.0.1:{port}", (tmp / "token").read_text()
     try:
-        yield cluster
+        t0 = time.perf_counter()
+        wait_up(base, proc)
+        up_s = time.perf_counter() - t0
+        wrong = {"Authorization": f"Bearer {secrets.token_urlsafe(24)}"}
+        auth = {"n": 20, "none": refused(base, 20, {}), "wrong": refused(base, 20, wrong)}
+        auth_header = {"Authorization": f"Bearer {token}"}
+        loads = [http_load(base, c, n, queries, auth_header) for c, n in levels.items()]
     finally:
-        _stop_head(local, settings, cluster)
+        stop_group(proc)
+        log.close()
+    for r in loads:
+        print(f"{r['clients']:>2} clients: {r['qps']:.1f} queries/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
+              f"({r['requests']} requests, {r['errors']} errors {r['first_error'][:80]})", flush=True)  # fmt: skip
+    return {"serve_up_s": up_s, "auth_401": auth, "http": loads}
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-
-
-def serving_figures(num_videos: int, requests: dict[int, int], tmp: Path) -> dict:
-    """`etva index` clips/s (Ray Data job, 2 actors) and HTTP load on `etva serve`, on a private head."""
+def serving_figures(num_videos: int, requests: dict[int, int], tmp: Path, big_videos: int = 0) -> dict:
+    """`etva index` clips/s (Ray Data job, 2 actors) and HTTP load on `etva serve`, on a private head, with
+    an untrained checkpoint of the shipped model's width (2,432 floats per video); then, with
+    ``big_videos``, the same index grown to that many videos with synthetic vectors, served again and
+    loaded by 32 clients."""
     import shutil
 
     from cluster.local_state import free_ports
     from etva.index.build import default_index_dir, digest_of
     from tests.integration.tiny_checkpoint import tiny_checkpoint
 
-    ckpt, records = tiny_checkpoint(tmp)  # 40 generated shapes clips; copied under new names up to num_videos
+    ckpt, records = tiny_checkpoint(tmp, f"model.d={D}", f"model.num_clusters={K}")  # 40 clips, copied below
     clips = sorted(Path(records[0].video_path).parent.glob("*.mp4"))
     videos = tmp / "videos"
     videos.mkdir()
@@ -306,6 +302,9 @@ def serving_figures(num_videos: int, requests: dict[int, int], tmp: Path) -> dic
         shutil.copy(clips[i % len(clips)], videos / f"c{i:05d}.mp4")
     index_root = tmp / "index"
     index = default_index_dir(videos, digest_of(ckpt), index_root)  # where `etva serve` looks: reused there
+    (tmp / "token").write_text(secrets.token_urlsafe(24))
+    (tmp / "token").chmod(0o600)
+    queries = [c for r in records for c in r.captions][:200]
     with private_head() as cluster:
         env = {**cluster.subprocess_env(), "PYTHONPATH": str(REPO)}
         etva = [sys.executable, "-m", "etva"]
@@ -317,38 +316,19 @@ def serving_figures(num_videos: int, requests: dict[int, int], tmp: Path) -> dic
             raise RuntimeError(f"etva index failed: {built.stderr[-2000:]}")
         print(f"etva index (Ray Data, 2 actors): {num_videos} clips in {build_s:.1f} s = "
               f"{num_videos / build_s:.2f} clips/s (whole command: connect, model load, encode, commit)", flush=True)  # fmt: skip
-        (port,) = free_ports(1)
-        token = secrets.token_urlsafe(24)
-        (tmp / "token").write_text(token)
-        (tmp / "token").chmod(0o600)
-        log = open(tmp / "serve.log", "w")
         cmd = [*etva, "serve", "--model", str(ckpt), "--videos", str(videos), "--index-root", str(index_root)]
-        cmd += ["--port", str(port), "--poll-s", "3600", "--token-file", str(tmp / "token")]
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            t0 = time.perf_counter()
-            wait_up(base, proc)
-            up_s = time.perf_counter() - t0
-            wrong = {"Authorization": f"Bearer {secrets.token_urlsafe(24)}"}
-            auth = {"n": 20, "none": refused(base, 20, {}), "wrong": refused(base, 20, wrong)}
-            queries = [c for r in records for c in r.captions][:200]
-            loads = [
-                http_load(base, c, n, queries, {"Authorization": f"Bearer {token}"})
-                for c, n in requests.items()
-            ]
-        finally:
-            _stop_group(proc)
-            log.close()
-    for r in loads:
-        print(f"{r['clients']:>2} clients: {r['qps']:.1f} queries/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
-              f"({r['requests']} requests, {r['errors']} errors {r['first_error'][:80]})", flush=True)  # fmt: skip
-    for row in goal_rows(loads, auth):
-        print(row, flush=True)
-    return {"videos": num_videos, "index_s": build_s, "index_clips_per_s": num_videos / build_s,
-            "serve_up_s": up_s, "auth_401": auth, "http": loads}  # fmt: skip
+        cmd += ["--poll-s", "3600", "--token-file", str(tmp / "token"), "--port"]
+        port = free_ports(1)[0]
+        out = _serve_and_load([*cmd, str(port)], env, tmp, port, requests, queries)
+        for row in goal_rows(out["http"], out["auth_401"]):
+            print(row, flush=True)
+        if big_videos > num_videos:
+            (tmp / "synthetic").mkdir()
+            add_synthetic_rows(index, big_videos - num_videos, tmp / "synthetic")
+            big = [*cmd, str(port), "--replace"]  # Serve keeps its port; --replace: the app if it was left
+            out["big"] = _serve_and_load(big, env, tmp, port, {32: requests.get(32, 240)}, queries)
+            print(big_row(big_videos, (E + K) * D, out["big"]["http"][0], out["http"]), flush=True)
+    return {"videos": num_videos, "index_s": build_s, "index_clips_per_s": num_videos / build_s, **out}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -362,6 +342,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--big-spec", default="IVF64,PQ64x4fs", help="approximate index at --big (4-bit PQ codes)")
     p.add_argument("--queries", type=int, default=32)
     p.add_argument("--videos", type=int, default=400, help="clips for the index build and the HTTP figures")
+    p.add_argument(
+        "--big-videos",
+        type=int,
+        default=100_000,
+        help="then the index grown to this many videos "
+        "(synthetic vectors) and loaded by 32 clients; 0 skips it",
+    )
     p.add_argument("--requests", default="1:40,8:120,32:240", help="clients:requests per level")
     p.add_argument("--no-serving", action="store_true", help="vector search figures only")
     p.add_argument("--no-vectors", action="store_true", help="index build and HTTP figures only")
@@ -369,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.big, args.requests, args.videos = "10000,50000", 200_000, "1:20,8:60,32:120", 40
+        args.big_videos = 10_000
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -384,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_serving:
         levels = {int(c): int(n) for c, n in (x.split(":") for x in args.requests.split(","))}
         with tempfile.TemporaryDirectory(prefix="etva-bench-serve-") as tmp:
-            figures["serving"] = serving_figures(args.videos, levels, Path(tmp))
+            figures["serving"] = serving_figures(args.videos, levels, Path(tmp), args.big_videos)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
     return figures

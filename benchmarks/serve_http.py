@@ -12,7 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-__all__ = ["http_load", "refused", "goal_rows", "wait_up"]
+__all__ = ["http_load", "refused", "goal_rows", "big_row", "wait_up"]
 
 
 def http_load(
@@ -87,6 +87,18 @@ def goal_rows(loads: list[dict], auth: dict) -> list[str]:
             f"{32 / best * 1.5e3:.0f} ms)"
         )
     return rows
+
+
+def big_row(videos: int, dim: int, at32: dict, small: list[dict]) -> str:
+    """The goal row of the big index: queries/s at 32 clients against the best at the small index, and the
+    exact product's rate that throughput implies (2 x videos x dim flops per query)."""
+    best = max(r["qps"] for r in small)
+    gflops = 2 * videos * dim * at32["qps"] / 1e9
+    return (
+        f"exact, {videos:,} videos, 32 clients: {at32['qps']:.1f} queries/s = {at32['qps'] / best:.2f}x the "
+        f"best at the small index ({best:.1f}; goal >= 0.6x); p99 {at32['p99_ms']:.0f} ms; search "
+        f"{gflops:.1f} GFLOP/s ({at32['errors']} errors)"
+    )
 
 
 def wait_up(base: str, proc: subprocess.Popen, timeout: float = 900.0) -> None:

@@ -90,3 +90,28 @@ def test_goal_rows_compare_32_clients_with_the_best_level():
     )
     assert "45.0 / 50.0 = 0.90x (goal >= 0.9x)" in rows[1] and "best of 1/8/32" in rows[1]
     assert rows[2] == "p99 at 32 clients: 900 ms (goal <= 32 / 50.0 x 1.5 = 960 ms)"
+
+
+def test_synthetic_rows_join_the_index_and_outlive_an_update_of_the_real_folder(tmp_path):
+    """bench_serve grows a served index with synthetic vectors under a second (empty) folder source; the
+    update `etva serve` runs for its --videos folder plans that folder's rows only, so they stay."""
+    from etva.index.build import plan
+    from etva.index.store import IndexStore, ModelId, rows_table
+
+    dim = (bs.E + bs.K) * bs.D
+    store = IndexStore.open(
+        tmp_path / "index", ModelId("0" * 64), 0.5, ["appearance", "motion", "audio"], dim
+    )
+    videos = store.source_id("folder", tmp_path)
+    store.append(
+        rows_table(["real.mp4"], videos, ["real.mp4"], [""], ["111"], np.ones((1, dim)), [(1, 2)]), videos
+    )
+    (tmp_path / "synthetic").mkdir()
+    bs.add_synthetic_rows(tmp_path / "index", 45, tmp_path / "synthetic", chunk=20)  # three parts
+    store = IndexStore.read(tmp_path / "index")
+    t = store.table(["key", "source", "pattern"]).to_pydict()
+    assert len(t["key"]) == 46 and t["source"].count(1) == 45 and set(t["pattern"]) == {"111", "110"}
+    assert plan(store, videos, [])[1] == {"real.mp4"}  # the folder emptied: only its own row is stale
+    with pytest.raises(ValueError, match="floats"):
+        other = IndexStore.open(tmp_path / "small", ModelId("1" * 64), 0.5, ["a"], 8)
+        bs.add_synthetic_rows(other.root, 5, tmp_path / "synthetic")
