@@ -41,6 +41,7 @@ def load_space(path: str | Path, cfg: Any) -> Any:
         UsageError: the ``tuning`` package cannot be imported.
         etva.config.ConfigError: a key of the space is not a config key (from ``tuning.space``).
     """
+    # lazy: the job layer loads only when this command needs it (module docstring)
     try:
         from tuning.space import load_space as _load_space
     except ModuleNotFoundError as e:
@@ -56,6 +57,7 @@ def load_study(path: str | Path, cfg: Any, seeds: int | None = None, only: list[
         UsageError: the ``tuning`` package cannot be imported.
         etva.config.ConfigError: a bad space file or config (from ``tuning.study``).
     """
+    # lazy: the job layer loads only when this command needs it (module docstring)
     try:
         from tuning.study import check_config
         from tuning.study import load_study as _load_study
@@ -71,6 +73,7 @@ def best_error_type() -> type[Exception]:
     Raises:
         UsageError: the ``tuning`` package cannot be imported.
     """
+    # lazy: the job layer loads only when this command needs it (module docstring)
     try:
         from tuning.best import BestError
     except ModuleNotFoundError as e:
@@ -94,6 +97,7 @@ def best_main(
     Returns the exit code. Raises :func:`best_error_type` errors for user mistakes, and
     UsageError when the ``tuning`` package cannot be imported.
     """
+    # lazy: the job layer loads only when this command needs it (module docstring)
     try:
         from tuning.best import main
     except ModuleNotFoundError as e:
@@ -108,6 +112,7 @@ def fetch_checkpoint(uri: str, dst: Path) -> Path:
     ``MLFLOW_TRACKING_URI``). MLflow's own errors pass through; UsageError when ``ray_jobs`` cannot be
     imported.
     """
+    # lazy: the job layer loads only when this command needs it (module docstring)
     try:
         from ray_jobs.driver import QUIET_ENV
         from ray_jobs.evaluate import fetch_checkpoint as _fetch
@@ -126,6 +131,7 @@ def check_mlflow_login(uri: str) -> dict[str, str]:
     Raises:
         UsageError: no login, a rejected one, an unsafe credentials file, or no ``ray_jobs`` package.
     """
+    # lazy: the job layer loads only when this command needs it (module docstring)
     try:
         from ray_jobs.credentials import CREDENTIALS_ENV, LoginError, check_login
     except ModuleNotFoundError as e:
@@ -141,6 +147,7 @@ def check_mlflow_login(uri: str) -> dict[str, str]:
 def index_main(argv: list[str]) -> int:
     """``ray_jobs.index_job.main(argv)``: build/update an index with a Ray Data actor pool on the Ray head
     named by ``--address`` or ``$RAY_ADDRESS``. Raises UsageError when ``ray_jobs`` cannot be imported."""
+    # lazy: the job layer loads only when this command needs it (module docstring)
     try:
         from ray_jobs.index_job import main
     except ModuleNotFoundError as e:
@@ -152,6 +159,7 @@ def serve_main(argv: list[str]) -> int:
     """``ray_jobs.serve_driver.main(argv)``: serve the model's index with Ray Serve until interrupted.
     Raises UsageError when ``ray_jobs`` cannot be imported, for a bad token (file) and when Serve on the
     head belongs to somebody else (other HTTP options, or the application already runs)."""
+    # lazy: the job layer loads only when this command needs it (module docstring)
     try:
         from ray_jobs.serve_auth import TokenError
         from ray_jobs.serve_driver import ServeConflict, main
