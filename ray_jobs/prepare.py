@@ -22,6 +22,8 @@ from ray.train import ScalingConfig
 
 from etva.config import Config, DataConfig, RayConfig
 from etva.data import load_records
+from etva.data.example import feature_stores_for
+from etva.data.feature_store import check_stores
 from etva.data.records import ClipRecord
 from etva.data.synth import generate_dataset
 from etva.data.synth.groups import video_groups
@@ -237,8 +239,6 @@ def tokenizer_files(out_dir: Path) -> dict[str, bytes]:
 def check_feature_store(cfg: Config) -> None:
     """Before any Ray work: every enabled features expert has a store in ``data.feature_store`` of the
     config's dim; the mismatch is named otherwise."""
-    from etva.data.example import feature_stores_for
-
     wanted = {n: e.dim for n, e in cfg.model.experts.items() if e.enabled and e.kind == "features"}
     if not cfg.data.feature_store:
         if wanted:
@@ -247,8 +247,6 @@ def check_feature_store(cfg: Config) -> None:
                 "store that holds them (etva extract, or etva data import-features)"
             )
         return
-    from etva.data.feature_store import check_stores
-
     try:
         check_stores(feature_stores_for(cfg.data), wanted, f"data.feature_store={cfg.data.feature_store}")
     except ValueError as e:
