@@ -131,11 +131,10 @@ class EpochPrefetch:
         except BaseException as e:  # re-raised in the training thread
             self._put(e)
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop reading ahead; the thread ends within about one batch's read (a warm process trains the
-        next trial next, so no reader of this one may linger)."""
+    def close(self) -> None:
+        """Stop reading ahead: the thread ends once its current read returns (it puts nothing more). Not
+        waited for: a warm Tune trial process must end its trial's thread within seconds (Tune's reset)."""
         self._closed.set()
-        self._thread.join(timeout=timeout_s)
 
     def __iter__(self) -> Iterator[dict]:
         while (item := self._queue.get()) is not self._END:

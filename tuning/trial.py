@@ -18,6 +18,7 @@ its process died) resumes from its last good checkpoint there.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,9 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     own trainer (``ray.max_failures``), from the trial's last checkpoint.
     """
     entered = time.time()
+    # a reused trial process waits this long for the previous trial's thread to end (Tune's default, 2 s,
+    # is short on a loaded machine: a late end fails the next trial); read by Tune in this process
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
 
     marks = {"trial_process_start": process_started_at(), "trial_start": entered, "imports_done": time.time()}
     setup_logging()
