@@ -46,3 +46,29 @@ def test_note_first_passes_items_and_times_only_the_first_arrival():
     assert list(note_first(iter("de"), timings, "first_batch")) == ["d", "e"]
     assert timings == {"first_batch": first}  # a later epoch does not move it
     assert list(note_first(iter(()), {}, "first_batch")) == []
+
+
+def test_a_closed_read_ahead_stops_reading_without_being_waited_for():
+    """A stopped warm trial closes its read-ahead: close() returns at once, and the thread ends after the
+    read in progress instead of reading the whole epoch (the next trial runs in this process)."""
+    import threading
+
+    from ray_jobs.batches import EpochPrefetch
+
+    release, reads = threading.Event(), []
+
+    def rows():
+        for i in range(1000):
+            if i == 3:
+                release.wait(30)  # a slow read in progress when the trial stops
+            reads.append(i)
+            yield {"i": i}
+
+    pre = EpochPrefetch(rows(), epoch=1, depth=2)
+    first = next(iter(pre))
+    assert first == {"i": 0}
+    pre.close()  # returns while the reader is still blocked in its read
+    assert pre._thread.is_alive()
+    release.set()
+    pre._thread.join(timeout=30)
+    assert not pre._thread.is_alive() and len(reads) <= 5, reads
