@@ -41,6 +41,7 @@ import torch
 
 from benchmarks.serve_http import big_row, goal_rows, http_load, refused, wait_up
 from benchmarks.serve_setup import private_head, stop_group
+from etva.index.store import IndexStore, rows_table
 from etva.index.vectors import RERANK, PatternIndex
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,8 +244,6 @@ def add_synthetic_rows(index: Path, extra: int, empty: Path, chunk: int = 20_000
     """Append ``extra`` synthetic video vectors (the shipped width, 10% without audio) to the index at
     ``index`` under a second folder source, the empty folder ``empty``: `etva serve` brings only its
     ``--videos`` source up to date, so these rows stay and are searched with the real ones."""
-    from etva.index.store import IndexStore, rows_table
-
     store = IndexStore.read(index)
     if store.manifest.dim != (E + K) * D:
         raise ValueError(
