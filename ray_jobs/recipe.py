@@ -295,6 +295,10 @@ class TrainRecipe:
         self.setup()
         self.timings["setup_done"] = time.time()
         starts = self.timings.setdefault("epoch_starts", [])
+        if self.start_epoch >= self.cfg.train.epochs and self.history:
+            # resumed with every epoch done (killed between its last report and its end): the run's last
+            # report again, so whoever waits for one (a Tune trial) gets the metrics it ended with
+            self.session.replay(self.history[max(self.history, key=int)])
         try:  # also left by SystemExit: Tune stops a warm trial inside its report (the process lives on)
             for epoch in range(self.start_epoch, self.cfg.train.epochs):
                 t0 = time.time()

@@ -88,6 +88,10 @@ class TrainSession:
     def epoch_done(self, metrics: dict) -> None:
         """Tune hears of the epoch from the trainer's own callback (``TuneReportCallback``)."""
 
+    def replay(self, metrics: dict) -> None:
+        """Report a committed epoch's metrics again (no checkpoint): a run resumed with nothing left."""
+        ray.train.report(metrics, checkpoint=None)
+
 
 class LocalSession:
     """The calling process as the one worker of a run whose folder is ``run_dir``.
@@ -164,6 +168,10 @@ class LocalSession:
     def epoch_done(self, metrics: dict) -> None:
         if self.on_epoch is not None:
             self.on_epoch(metrics)
+
+    def replay(self, metrics: dict) -> None:
+        """Pass a committed epoch's metrics on again (a run resumed with nothing left to train)."""
+        self.epoch_done(metrics)
 
     def best(self) -> tuple[dict, str | None]:
         """(metrics, path) of the run's best committed checkpoint (the selection rule)."""
