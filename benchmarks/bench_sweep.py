@@ -133,12 +133,18 @@ def collect(uri: str, experiment: str, name: str) -> tuple[dict, list[dict]]:
 
 
 def reused(trials: list[dict]) -> list[bool]:
-    """Per trial (in start order): did an earlier trial run in the same process?"""
-    seen, out = set(), []
-    for t in trials:
-        pid_start = t["marks"].get("trial_process_start")
-        out.append(pid_start in seen)
-        seen.add(pid_start)
+    """Per trial (in start order): did an earlier trial run in the same process? (Same process start
+    time, and that trial had ended before this one started: two processes Ray starts together can share
+    a start time at /proc's 10 ms resolution, but they run side by side.)"""
+    out = []
+    for i, t in enumerate(trials):
+        start, began = t["marks"].get("trial_process_start"), t["marks"].get("trial_start", 0.0)
+        out.append(
+            any(
+                e["marks"].get("trial_process_start") == start and e["epochs"] and e["epochs"][-1][1] <= began
+                for e in trials[:i]
+            )
+        )
     return out
 
 

@@ -49,8 +49,10 @@ def test_a_warm_trial_has_no_negative_parts_and_is_marked_reused():
     second = {"trial_process_start": 50.0, "trial_start": 90.0, "imports_done": 90.0, "child_run_ready": 90.5,
               "data_ready": 90.6, "fit_start": 90.7, "process_start": 50.0, "loop_start": 90.8,
               "setup_done": 91.5, "first_batch": 92.0}  # fmt: skip
-    trials = [{"marks": first, "epochs": []}, {"marks": second, "epochs": [(92.0, 94.0)]}]
+    trials = [{"marks": first, "epochs": [(80.0, 85.0)]}, {"marks": second, "epochs": [(92.0, 94.0)]}]
     assert reused(trials) == [False, True]
+    side_by_side = {**second, "trial_start": 61.0}  # started before the first one's epochs ended
+    assert reused([trials[0], {"marks": side_by_side, "epochs": []}]) == [False, False]
     split = startup_split(trials[1], sweep_start=40.0)
     assert all(v >= 0 for v in split.values()), split
     assert not {"fit_to_worker", "worker_to_loop", "fit_to_first_batch"} & set(split)
