@@ -84,8 +84,10 @@ def run_evaluation(
     _, prepared = prepare_splits(cfg, trained.tokenizer_dir, {"eval": split})
     ev = prepared["eval"]
     in_process = len(ev.records) <= cfg.eval.in_process_max_videos
+    cfg = copy.deepcopy(cfg)
+    if cfg.data.cache == "memory":  # one pass: decode straight into the encoder, not into the object store first
+        cfg.data.cache = "none"
     if in_process:  # one exact shard: the whole split
-        cfg = copy.deepcopy(cfg)
         cfg.ray.num_workers = 1
     inputs = EvalInputs(
         cfg=cfg,
