@@ -154,9 +154,10 @@ def test_run_page_shows_run_and_metrics(browser, logged_run, tmp_path):
 @pytest.mark.parametrize("name", PICTURES)
 def test_artifact_view_shows_the_picture(browser, logged_run, tmp_path, name):
     url = f"{logged_run['uri']}/#/experiments/{logged_run['exp']}/runs/{logged_run['run']}/artifacts/pictures/{name}"
-    text = _open(browser, url, lambda t: f"pictures/{name}" in t, f"artifact view of {name}")
-    for other in PICTURES:  # the artifact tree lists every picture
-        assert other in text
+    # the artifact tree lists every picture (it fills in after the page's first render: wait for all)
+    text = _open(browser, url, lambda t: f"pictures/{name}" in t and all(p in t for p in PICTURES),
+                 f"artifact view of {name} with every picture in the tree")  # fmt: skip
+    assert all(other in text for other in PICTURES)
     want_w, want_h = _png_size(
         Path(logged_run["client"].download_artifacts(logged_run["run"], f"pictures/{name}")).read_bytes()
     )
