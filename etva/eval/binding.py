@@ -37,11 +37,10 @@ __all__ = [
     "GroupCounts",
     "group_counts",
     "metrics_from_group_counts",
-    "binding_metrics",
 ]
 
 KINDS = ("colour", "motion", "order", "sound_moment")
-# every key binding_metrics can return (a kind without pairs in the split is left out)
+# every key metrics_from_group_counts can return (a kind without pairs in the split is left out)
 BINDING_METRIC_NAMES: tuple[str, ...] = (
     "group_R1",
     "group_R1_chance",
@@ -205,25 +204,3 @@ def metrics_from_group_counts(counts: GroupCounts, ties: str = "average") -> dic
         if counts.pairs[i] > 0:
             out[f"pair_acc_{kind}"] = float(100.0 * credit[i] / counts.pairs[i])
     return out
-
-
-def binding_metrics(
-    sim: Any,
-    query_to_video: Any,
-    groups: GroupTable,
-    ties: str = "average",
-    query_chunk: int | None = None,
-) -> dict[str, float]:
-    """Group R@1 and pairwise binding accuracy per kind (module docstring) of a similarity matrix.
-
-    Args:
-        sim: (Q, V) scores; row = caption, column = video.
-        query_to_video: (Q,) int, the column of every caption's video.
-        groups: group id and changed-binding kind of every column (:class:`GroupTable`).
-        ties: "average" | "optimistic" | "pessimistic" (``etva.eval.metrics``).
-        query_chunk: caption rows per chunk (None: all at once).
-    Returns:
-        the keys of :data:`BINDING_METRIC_NAMES` that the split has pairs for, in percent.
-    """
-    _check(tuple(sim.shape), query_to_video, groups, ties)
-    return metrics_from_group_counts(group_counts(sim, query_to_video, groups, query_chunk), ties)

@@ -1,13 +1,9 @@
-"""Statistics of a study (variants x seeds): intervals over seeds and a paired bootstrap over queries.
+"""Statistics of a study (variants x seeds): intervals over seeds and a paired bootstrap over seeds and videos.
 
 Pure functions of numbers (numpy only), used by the ablation study (``tuning.study``):
 
 - :func:`t_interval`: mean, sample std and the Student-t confidence interval of one variant's metric over
   its seeds (``mean +- t_{(1+level)/2, n-1} * std / sqrt(n)``); with 5 seeds the 95% factor is 2.776.
-- :func:`paired_bootstrap`: a variant against the reference on the SAME seeds and the SAME test queries.
-  The per-query outcome (e.g. hit@1) is paired query by query; each query's difference is averaged over
-  the seeds (pooled), and the queries are resampled with replacement. With ~1,000 queries this detects
-  differences a sign test over 5 seeds never can (its smallest two-sided p is 2/2^5 = 0.0625).
 - :func:`hierarchical_bootstrap`: the same paired difference with BOTH sources of variance, between
   training seeds and between test videos. Its replicates resample the seeds, then the test videos (every
   seed scored the same videos, so one draw of videos serves all drawn seeds: the design is crossed, and
@@ -34,11 +30,9 @@ from etva.eval.metrics import rank_outcomes
 
 __all__ = [
     "Interval",
-    "PairedTest",
     "HierarchicalTest",
     "t_quantile",
     "t_interval",
-    "paired_bootstrap",
     "hierarchical_bootstrap",
     "hits_at_k",
 ]
@@ -57,19 +51,6 @@ class Interval:
 
     def overlaps(self, other: Interval) -> bool:
         return self.low <= other.high and other.low <= self.high
-
-
-@dataclass(frozen=True)
-class PairedTest:
-    """``a - b`` averaged over queries (and seeds), its bootstrap interval and two-sided p-value."""
-
-    diff: float
-    low: float
-    high: float
-    p_value: float
-    num_queries: int
-    num_seeds: int
-    n_boot: int
 
 
 @dataclass(frozen=True)
@@ -169,58 +150,6 @@ def t_interval(
     if bounds is not None:
         low, high = max(low, bounds[0]), min(high, bounds[1])
     return Interval(mean, std, low, high, int(x.size), level)
-
-
-def paired_bootstrap(
-    a: np.ndarray,
-    b: np.ndarray,
-    n_boot: int = 10000,
-    seed: int = 0,
-    level: float = 0.95,
-    clusters: np.ndarray | None = None,
-) -> PairedTest:
-    """Paired bootstrap of ``mean(a - b)`` over queries pooled across seeds.
-
-    Args:
-        a, b: (S, Q) per-query outcomes (e.g. hit@1 in percent) of two variants on the same S seeds
-            (rows) and the same Q queries (columns); a 1-D (Q,) array is one seed.
-        n_boot: bootstrap resamples of the Q queries.
-        clusters: (Q,) optional cluster of every query (e.g. its video, when a video has several
-            captions): whole clusters are resampled, so correlated queries are not counted as independent.
-    Returns:
-        the observed difference, its percentile interval and the two-sided p-value
-        ``min(1, 2 * (1 + #{boot <= 0 or >= 0, the smaller side}) / (n_boot + 1))``.
-    """
-    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError(
-            f"paired_bootstrap: a and b must have the same non-empty shape, got {a.shape}, {b.shape}"
-        )
-    if n_boot < 1:
-        raise ValueError(f"paired_bootstrap: n_boot must be >= 1, got {n_boot}")
-    d = (a - b).mean(axis=0)  # (Q,) each query's difference, averaged over the seeds
-    if clusters is None:
-        sums, counts = d, np.ones_like(d)
-    else:
-        _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
-        if inverse.shape != d.shape:
-            raise ValueError(
-                f"paired_bootstrap: clusters must have shape {d.shape}, got {np.shape(clusters)}"
-            )
-        sums, counts = np.bincount(inverse, weights=d), np.bincount(inverse).astype(np.float64)
-    c = sums.size
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    step = max(1, 2_000_000 // c)  # resamples per block: bounded memory
-    for s in range(0, n_boot, step):
-        k = min(step, n_boot - s)
-        idx = rng.integers(0, c, size=(k, c))
-        boots[s : s + k] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(boots, [alpha, 1.0 - alpha])
-    side = min(int((boots <= 0).sum()), int((boots >= 0).sum()))
-    p = min(1.0, 2.0 * (side + 1) / (n_boot + 1))
-    return PairedTest(float(d.mean()), float(low), float(high), p, d.size, a.shape[0], n_boot)
 
 
 def _cluster_sums(d: np.ndarray, clusters: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from etva.eval.binding import KINDS, GroupTable, binding_kind, binding_metrics, group_counts
+from etva.eval.binding import KINDS, GroupTable, binding_kind, group_counts, metrics_from_group_counts
 
 
 def naive(
@@ -119,3 +119,8 @@ def test_kinds_bad_tables_and_inputs():
         binding_metrics(np.zeros((3, 3)), np.arange(3), table.take([0, 1]))
     with pytest.raises(ValueError, match="query_to_video"):
         binding_metrics(np.zeros((3, 3)), np.array([0, 1, 3]), table)
+
+
+def binding_metrics(sim, query_to_video, groups, ties="average", query_chunk=None) -> dict:
+    """What evaluation computes (etva.eval.scoring): the within-group counts, then the metrics."""
+    return metrics_from_group_counts(group_counts(sim, query_to_video, groups, query_chunk), ties)

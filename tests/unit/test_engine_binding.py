@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from etva.eval.binding import GroupTable, binding_metrics, group_counts
+from etva.eval.binding import GroupTable, group_counts, metrics_from_group_counts
 from etva.train.engine import evaluate, move_batch
 from tests.unit.test_engine import CAPTION_KEYS, VIDEO_KEYS, _setup, batches, make_split
 
@@ -35,3 +35,8 @@ def test_evaluate_adds_the_binding_metric_of_the_scored_videos():
     np.testing.assert_array_equal(per_query["group_size"], [4] * 4 + [3] * 3 + [4] * 4)
     plain = evaluate(model, videos, batches(split, 5, keys=CAPTION_KEYS), "cpu")
     assert "group_R1" not in plain and plain["t2v_R1"] == got["t2v_R1"]
+
+
+def binding_metrics(sim, query_to_video, groups, ties="average", query_chunk=None) -> dict:
+    """What evaluation computes (etva.eval.scoring): the within-group counts, then the metrics."""
+    return metrics_from_group_counts(group_counts(sim, query_to_video, groups, query_chunk), ties)

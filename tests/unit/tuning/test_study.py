@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from etva.config import ConfigError, load_config
-from etva.eval.stats import paired_bootstrap, t_interval
+from etva.eval.stats import hierarchical_bootstrap, t_interval
 from tuning.best import is_study_trial
 from tuning.space import apply_params, to_tune_space
 from tuning.study import load_study, study_config
@@ -79,7 +79,7 @@ def test_report_table_has_intervals_paper_numbers_and_the_paired_rows():
     trials.append(Trial("a", 3, "x", "FAILED", {}))  # unfinished: not counted
     table = variant_table(trials, ["a", "b"])
     assert table["a"]["t2v_R1"] == t_interval([10.0, 12.0, 14.0]) and table["a"]["t2v_R1"].n == 3
-    tests = {"a": paired_bootstrap([[0.0, 100.0]] * 3, [[100.0, 100.0]] * 3, n_boot=100)}
+    tests = {"a": hierarchical_bootstrap([[0.0, 100.0]] * 3, [[100.0, 100.0]] * 3, n_boot=100)}
     md = to_markdown(table, tests, "b", ["a", "b"], {"b": 51.3})
     assert "| a | 3 | 12.0 ± 2.0 [7.0, 17.0]" in md and "| 51.3 |" in md
     assert "**paired vs b**" in md and "| a | 3 | 2 | -50.00 |" in md and "| no |" in md
