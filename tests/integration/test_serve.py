@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.serve_setup import stop_group
 from etva.index.build import digest_of
 from etva.index.store import IndexStore
 from etva.inference import encode_records, encode_texts, load_trained
@@ -164,12 +164,7 @@ def server(local_cluster, models):
             **models,
         }
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
         log.close()
         stop = "import ray; from ray import serve; ray.init(log_to_driver=False); serve.shutdown()"
         subprocess.run([sys.executable, "-c", stop], env=env, cwd=REPO, timeout=300, check=True)
