@@ -110,6 +110,7 @@ def build_video_dataset(
     shard: tuple[int, int] | None = None,
     storage: str = "",
     name: str = "",
+    groups: list[int] | None = None,
 ):
     """A Ray Dataset of decoded clips, one row per video.
 
@@ -123,6 +124,9 @@ def build_video_dataset(
         shard: ``(rank, world)``: only the videos with ``video_index % world == rank`` (evaluation
             shards: every video in exactly one shard, none dropped).
         storage, name: where ``data.cache=disk`` keeps decoded shards, and the dataset's name in logs.
+        groups: for training with ``train.group_batches``: each record's group id (a target and its
+            distractors). Blocks then hold whole groups in a random order (:func:`group_blocks`) and the
+            worker batches them without a shuffle buffer, so every batch holds whole groups.
     """
     rows = index_rows(records, captions)
     if shard is not None:
@@ -130,14 +134,7 @@ def build_video_dataset(
         rows = rows[rank::world]
     if shuffle:  # each block a random set of videos, not a run of neighbours (one movie, one source)
         rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
-    if data_cfg.feature_store and not data_cfg.decode_clips:
-        # store only: blocks of whole row groups (random ones from many shards when training), so each
-        # task reads each row group it needs once per epoch and holds one block, never the store
-        ds = ray.data.from_arrow(_blocks(_store_groups(rows, data_cfg.feature_store, shuffle, seed)))
-        batch_size = None
-    else:
-        ds = ray.data.from_items(rows, override_num_blocks=_num_blocks(len(rows), ray_cfg.decode_concurrency))
-        batch_size = 8
+    ds, batch_size = _index_dataset(rows, data_cfg, ray_cfg, shuffle, seed, groups)
     streaming = data_cfg.cache == "none"
     if shuffle and streaming:
         # a new block order every epoch (re-executed); rows mix in the worker's local shuffle buffer
@@ -156,6 +153,20 @@ def build_video_dataset(
         return decoded
     decoded = cached(decoded, rows, data_cfg, storage, name)
     return decoded.randomize_block_order() if shuffle else decoded
+
+
+def _index_dataset(rows, data_cfg: DataConfig, ray_cfg: RayConfig, shuffle: bool, seed: int, groups):
+    """The index rows as a Ray Dataset cut into blocks, and the decode stage's batch size (None: a block)."""
+    if groups is not None:
+        if not shuffle or (data_cfg.feature_store and not data_cfg.decode_clips):
+            raise ValueError("train.group_batches: whole-group blocks are for a decoded training split only")
+        return ray.data.from_arrow(_blocks(group_blocks(rows, groups, seed))), None
+    if data_cfg.feature_store and not data_cfg.decode_clips:
+        # store only: blocks of whole row groups (random ones from many shards when training), so each
+        # task reads each row group it needs once per epoch and holds one block, never the store
+        return ray.data.from_arrow(_blocks(_store_groups(rows, data_cfg.feature_store, shuffle, seed))), None
+    blocks = _num_blocks(len(rows), ray_cfg.decode_concurrency)
+    return ray.data.from_items(rows, override_num_blocks=blocks), 8
 
 
 STORE_BLOCK_ROWS = 256  # rows per block on the store path (one read task; 19 MB of float16 at MSRVTT size)
@@ -188,6 +199,30 @@ def _store_groups(rows: list[dict], feature_store: str, shuffle: bool, seed: int
     if shuffle:  # rows mixed within a block, so that each batch spans its chunks (reads are per shard anyway)
         out = [[block[i] for i in rng.permutation(len(block))] for block in out]
     return out + [lacking[s : s + 64] for s in range(0, len(lacking), 64)]
+
+
+GROUP_BLOCK_ROWS = 16  # rows per whole-group block (four groups of four; two blocks make a batch of 32)
+
+
+def group_blocks(rows: list[dict], groups: list[int], seed: int) -> list[list[dict]]:
+    """The rows in blocks of whole groups (``groups[i]`` is row ``i``'s group), the groups in a random
+    order (``seed``). A block closes before a group that would take it past :data:`GROUP_BLOCK_ROWS`, so
+    with blocks read in any order and batched without a shuffle buffer, a batch holds whole groups: a
+    target meets its distractors as negatives in the contrastive loss (hard negatives; a random batch of
+    32 out of 200 videos holds a given distractor one time in seven)."""
+    if len(groups) != len(rows):
+        raise ValueError(f"group_blocks: {len(groups)} group ids for {len(rows)} rows")
+    members: dict[int, list[dict]] = {}
+    for row, g in zip(rows, groups):
+        members.setdefault(int(g), []).append(row)
+    order = sorted(members)
+    out: list[list[dict]] = []
+    for i in np.random.default_rng(seed).permutation(len(order)):
+        group = members[order[int(i)]]
+        if not out or len(out[-1]) + len(group) > GROUP_BLOCK_ROWS:
+            out.append([])
+        out[-1].extend(group)
+    return out
 
 
 def _blocks(groups: list[list[dict]]) -> list:

@@ -327,6 +327,7 @@ def build_datasets(cfg: Config, prepared: dict[str, PreparedSplit]) -> dict:
                 seed=cfg.train.seed,
                 storage=storage,
                 name=name,
+                groups=train_groups(cfg, split.records) if cfg.train.group_batches else None,
             )
             continue
         for rank in range(world):  # evaluation splits: one exact shard per rank, nothing dropped
@@ -335,6 +336,23 @@ def build_datasets(cfg: Config, prepared: dict[str, PreparedSplit]) -> dict:
                 split.records, cfg.data, cfg.ray, shard=(rank, world), storage=storage, name=shard
             )
     return out
+
+
+def train_groups(cfg: Config, records) -> list[int]:
+    """Each training record's group id (``train.group_batches``), from the benchmark's manifest."""
+    groups = video_groups(cfg.data.root)
+    if groups is None:
+        raise ValueError(
+            f"train.group_batches: {cfg.data.root} holds no grouped benchmark (a compositional "
+            "shapes_manifest.json); set train.group_batches=false"
+        )
+    missing = [r.video_id for r in records if r.video_id not in groups]
+    if missing:
+        raise ValueError(
+            f"train.group_batches: {len(missing)} training videos have no group in {cfg.data.root}'s "
+            f"manifest (first: {missing[0]!r})"
+        )
+    return [groups[r.video_id] for r in records]
 
 
 def dataset_config():

@@ -14,10 +14,28 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
+from etva.config.choices import (  # re-exported: etva.config.Precision, ...
+    CHOICE_ALIASES,
+    Alignment,
+    Dataset,
+    DecodeCache,
+    Encoder,
+    ExpertKind,
+    FeatureDtype,
+    LossKind,
+    MsrvttSubset,
+    Precision,
+    Reweight,
+    SynthMode,
+    TextPreset,
+    TuneScheduler,
+    TuneSearch,
+    VladMode,
+)
 from etva.config.schema import (
     AT_LEAST_1,
     FRACTION,
@@ -55,30 +73,6 @@ __all__ = [
     "RANGES",
     "CHOICE_ALIASES",
 ]
-
-
-# choice fields: a value outside the Literal is refused at load time, naming key, value and choices
-Dataset = Literal["msrvtt", "activitynet", "lsmdc"]
-MsrvttSubset = Literal["1k-A", "1k-B", "full", "7k"]
-TextPreset = Literal["tiny", "albert-base-v2"]
-ExpertKind = Literal["appearance", "motion", "audio", "features", "pretrained"]
-VladMode = Literal["shared", "separate", "text"]
-Alignment = Literal["global", "local", "both"]
-LossKind = Literal["infonce", "margin"]
-TuneSearch = Literal["random", "grid", "optuna"]
-TuneScheduler = Literal["asha", "fifo"]
-DecodeCache = Literal["none", "memory", "disk"]
-Encoder = Literal["", "clip", "videomae", "ast"]
-FeatureDtype = Literal["float32", "float16"]
-Precision = Literal["fp32", "bf16", "fp16"]  # train.precision: autocast dtype (etva.train.precision)
-Reweight = Literal["none", "inverted_softmax", "dsl"]  # eval.reweight (etva.eval.reweight)
-SynthMode = Literal["shapes", "compositional"]  # data.synth.mode (docs/study.md)
-
-# other accepted spellings (matched case-insensitively), stored as the canonical choice; the MSRVTT
-# ones are those of ``etva.data.sources.msrvtt`` (a unit test keeps the two in step)
-CHOICE_ALIASES: dict[Any, dict[str, str]] = {
-    MsrvttSubset: {"1ka": "1k-A", "jsfusion": "1k-A", "9k": "1k-A", "1kb": "1k-B", "miech": "1k-B"},
-}
 
 
 @dataclass
@@ -142,6 +136,7 @@ class ExpertConfig:
     enabled: bool = True
     dim: int = 0  # input feature dim (features experts); 0 = the built-in encoder's own width
     width: int = 64  # internal channel width of built-in encoders
+    grid: int = 1  # appearance/motion: tokens per frame = grid x grid regions (1 = the whole frame)
     prior: float = 1.0  # prior mixture weight (multiplies the text-predicted weight)
     # frozen pretrained encoder: run inline (kind=pretrained) or offline by ray_jobs.extract
     encoder: Encoder = ""  # "" (none) | clip | videomae | ast
@@ -203,6 +198,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     precision: Precision = "fp32"  # bf16/fp16: encoders under autocast; scores and loss in fp32
+    group_batches: bool = False  # batches of whole groups (a grouped benchmark's hard negatives together)
 
 
 @dataclass
@@ -311,7 +307,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "hidden_size": AT_LEAST_1, "embedding_size": AT_LEAST_1, "num_layers": AT_LEAST_1,
         "num_heads": AT_LEAST_1, "intermediate_size": AT_LEAST_1, "max_position": AT_LEAST_1,
     },
-    ExpertConfig: {"dim": NON_NEGATIVE, "width": AT_LEAST_1, "prior": POSITIVE},
+    ExpertConfig: {"dim": NON_NEGATIVE, "width": AT_LEAST_1, "prior": POSITIVE, "grid": AT_LEAST_1},
     ModelConfig: {
         "d": AT_LEAST_1, "fusion_layers": NON_NEGATIVE, "fusion_heads": AT_LEAST_1,
         "dropout": Range(0, 1), "num_clusters": AT_LEAST_1, "ghost_clusters": NON_NEGATIVE,

@@ -48,52 +48,67 @@ def _frames_to_float(frames: Tensor) -> Tensor:
 
 
 class _MeanMaxHead(nn.Module):
-    """(N, C, h, w) -> (N, C): spatial mean and max, concatenated, mixed back to C."""
+    """(N, C, h, w) -> (N, g*g, C): mean and max over each cell of a ``grid`` x ``grid`` split of the
+    map, concatenated and mixed back to C, plus a learnt embedding of the cell (``grid=1``: one token for
+    the whole frame, no cell embedding).
 
-    def __init__(self, width: int) -> None:
+    Region tokens (``grid > 1``) keep what is where: one pooled vector per frame holds "red" and
+    "circle" but not which object is red (a channel's maximum over the frame forgets its place), while a
+    cell's features are those of what it shows, so the fine-grained alignment can match "the red
+    circle" to the cell that shows it (docs/study.md)."""
+
+    def __init__(self, width: int, grid: int = 1) -> None:
         super().__init__()
+        if grid < 1:
+            raise ValueError(f"grid: expected >= 1 cells per side, got {grid}")
+        self.grid = grid
         self.mix = nn.Linear(2 * width, width)
+        self.cell = nn.Parameter(torch.zeros(grid * grid, width)) if grid > 1 else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.mix(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
+        g = self.grid
+        pooled = [F.adaptive_avg_pool2d(x, g), F.adaptive_max_pool2d(x, g)]  # 2 x (N, C, g, g)
+        y = self.mix(torch.cat(pooled, dim=1).flatten(2).transpose(1, 2))  # (N, g*g, C)
+        return y if self.cell is None else y + self.cell
 
 
 class AppearanceExpert(Expert):
-    """Per-frame 2D CNN: frames (B, T, H, W, 3) uint8 -> (B, T, width)."""
+    """Per-frame 2D CNN: frames (B, T, H, W, 3) uint8 -> (B, T * grid^2, width), frame-major (a frame's
+    region tokens together, frames in time order)."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, grid: int = 1) -> None:
         super().__init__()
         self.out_dim = width
         self.cnn = _conv_stack(3, width)
-        self.head = _MeanMaxHead(width)
+        self.head = _MeanMaxHead(width, grid)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         x = _frames_to_float(batch["frames"])  # (B, T, 3, H, W)
-        b, t = x.shape[:2]
-        y = self.head(self.cnn(x.flatten(0, 1))).view(b, t, -1)  # (B, T, C)
-        return y, torch.ones(b, t, dtype=torch.bool, device=y.device)
+        b = x.shape[0]
+        y = self.head(self.cnn(x.flatten(0, 1))).reshape(b, -1, self.out_dim)  # (B, T * g^2, C)
+        return y, torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
 
 
 class MotionExpert(Expert):
-    """2D CNN over consecutive frame pairs [frame_t, frame_{t+1} - frame_t]: -> (B, T-1, width).
+    """2D CNN over consecutive frame pairs [frame_t, frame_{t+1} - frame_t]: -> (B, (T-1) * grid^2, width).
 
     A clip with a single frame yields one token computed on a zero difference.
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, grid: int = 1) -> None:
         super().__init__()
         self.out_dim = width
         self.cnn = _conv_stack(6, width)
-        self.head = _MeanMaxHead(width)
+        self.head = _MeanMaxHead(width, grid)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         x = _frames_to_float(batch["frames"])  # (B, T, 3, H, W)
         if x.shape[1] == 1:
             x = torch.cat([x, x], dim=1)
-        b, t1 = x.shape[0], x.shape[1] - 1
+        b = x.shape[0]
         pairs = torch.cat([x[:, :-1], x[:, 1:] - x[:, :-1]], dim=2)  # (B, T-1, 6, H, W)
-        y = self.head(self.cnn(pairs.flatten(0, 1))).view(b, t1, -1)  # (B, T-1, C)
-        return y, torch.ones(b, t1, dtype=torch.bool, device=y.device)
+        y = self.head(self.cnn(pairs.flatten(0, 1))).reshape(b, -1, self.out_dim)  # (B, (T-1) * g^2, C)
+        return y, torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
 
 
 class AudioExpert(Expert):
@@ -162,8 +177,8 @@ class FeatureExpert(Expert):
 
 
 EXPERT_BUILDERS: dict[str, Callable[[str, ExpertConfig], Expert]] = {
-    "appearance": lambda name, cfg: AppearanceExpert(cfg.width),
-    "motion": lambda name, cfg: MotionExpert(cfg.width),
+    "appearance": lambda name, cfg: AppearanceExpert(cfg.width, cfg.grid),
+    "motion": lambda name, cfg: MotionExpert(cfg.width, cfg.grid),
     "audio": lambda name, cfg: AudioExpert(cfg.width),
     "features": lambda name, cfg: FeatureExpert(name, cfg.dim),
     "pretrained": build_pretrained_expert,

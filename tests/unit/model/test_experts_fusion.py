@@ -63,3 +63,32 @@ def test_fusion_fully_masked_rows_no_nan_and_padding_ignored():
     x2[1, 2:] = 123.0  # padded tokens must not change real outputs
     torch.testing.assert_close(fusion(x2, mask)[1], out[1])
     out.sum().backward()
+
+
+@pytest.mark.parametrize("kind", ["appearance", "motion"])
+def test_region_tokens_per_frame_and_their_place(make_batch, kind):
+    """model.experts.<e>.grid: grid x grid tokens per frame (frame-major); grid 1 is the whole frame. A cell's
+    token pools its own quarter of the CNN map (plus the cell's embedding): what the fine-grained alignment
+    needs to tell which object is red."""
+    torch.manual_seed(0)
+    batch = make_batch(b=2, t=4, size=32, a=24)
+    steps = 4 if kind == "appearance" else 3
+    whole = build_expert(kind, ExpertConfig(kind=kind, width=8))
+    assert whole(batch)[0].shape == (2, steps, 8)
+    expert = build_expert(kind, ExpertConfig(kind=kind, width=8, grid=2)).eval()
+    torch.nn.init.normal_(expert.head.cell)
+    x, m = expert(batch)
+    assert x.shape == (2, steps * 4, 8) and m.shape == (2, steps * 4) and m.all()
+    frames = (batch["frames"].permute(0, 1, 4, 2, 3).float() / 255.0 - 0.45) / 0.25
+    if kind == "motion":
+        frames = torch.cat([frames[:, :-1], frames[:, 1:] - frames[:, :-1]], dim=2)
+    fmap = expert.cnn(frames.flatten(0, 1)).view(2, steps, 8, 4, 4)  # 32 px -> a 4 x 4 map
+    for cell, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        part = fmap[..., 2 * r : 2 * r + 2, 2 * c : 2 * c + 2]
+        want = expert.head.mix(torch.cat([part.mean(dim=(-2, -1)), part.amax(dim=(-2, -1))], dim=-1))
+        torch.testing.assert_close(x.view(2, steps, 4, 8)[:, :, cell], want + expert.head.cell[cell])
+
+
+def test_region_grid_must_be_positive():
+    with pytest.raises(ValueError, match="grid"):
+        build_expert("appearance", ExpertConfig(kind="appearance", width=8, grid=0))
