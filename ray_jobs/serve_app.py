@@ -11,14 +11,14 @@ version (digest checked on load), so an answer never mixes a model and another m
     GET  /thumb/<source>/<path>, /clip/<source>/<path>   only files of the indexed folders
 
 With a token every route but ``/``, ``/health`` and ``/login`` needs it. Concurrent queries are batched on
-the replica (``@serve.batch``): one text-encoder pass and one matrix product per availability pattern for
-the whole batch (:func:`etva.search.search_batch`). The driver lives in :mod:`ray_jobs.serve_driver`.
+the replica (:mod:`ray_jobs.serve_batching`): one text-encoder pass and one matrix product per
+availability pattern for the whole batch (:func:`etva.search.search_batch`). The driver lives in
+:mod:`ray_jobs.serve_driver`.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the real `Request` type of the routes under
 # Serve's ingress (string annotations made it a required query parameter)
 
-import asyncio
 import logging
 import os
 import urllib.parse
@@ -32,6 +32,7 @@ from etva.index.build import default_index_dir, digest_of, load_index_model
 from etva.search import Query, SearchError, load_index, search_batch
 from ray_jobs.index_job import ResolvedModel, build_index, resolve_model
 from ray_jobs.serve_auth import check_request, login_response, require_token_for, token_digest
+from ray_jobs.serve_batching import MicroBatcher
 from ray_jobs.serve_cluster import (
     BATCH_WAIT_S,
     MAX_BATCH,
@@ -172,6 +173,7 @@ async def _json_body(request: Request) -> dict:
 class SearchDeployment:
     def __init__(self, settings: dict) -> None:
         self.svc = SearchService(settings)
+        self.batcher = MicroBatcher(self.svc.answer, MAX_BATCH, BATCH_WAIT_S)
         self.digest = str(settings.get("token_sha256", ""))  # the token's SHA-256, never the token
 
     @api.get("/health")
@@ -196,10 +198,10 @@ class SearchDeployment:
         check_request(request, self.digest)
         return await self.answer(self.svc.parse(await _json_body(request)))
 
-    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def answer(self, queries: list[Query]) -> list[dict]:
-        # off the event loop: requests keep arriving (and form the next batch) while this one computes
-        return await asyncio.to_thread(self.svc.answer, queries)
+    async def answer(self, query: Query) -> dict:
+        # batched with the requests that queued while the previous batch computed (not @serve.batch:
+        # ray_jobs/serve_batching.py says why); the batch computes in a thread, off the event loop
+        return await self.batcher.submit(query)
 
     @api.get("/clip/{source}/{path:path}")
     def clip(self, source: int, path: str, request: Request) -> FileResponse:
