@@ -31,9 +31,22 @@ def test_synthetic_vectors_are_unit_blocks_with_a_missing_audio_pattern():
     )
 
 
+def test_queries_near_the_topics_are_unit_blocks_that_score_their_topic_highest():
+    synth = bs.Synth(0, topics=8, bank=64)
+    q = bs.Queries(16, seed=3, topics=synth.topics)
+    assert q.experts.shape == (16, bs.E, bs.D) and q.local.shape == (16, bs.K, bs.D)
+    np.testing.assert_allclose(np.linalg.norm(q.local.numpy(), axis=-1), 1.0, rtol=1e-5)
+    blocks = np.concatenate([q.experts.numpy(), q.local.numpy()], axis=1)  # (16, E+K, D)
+    scores = np.einsum("qbd,tbd->qt", blocks, synth.topics)  # each query against each topic
+    rng = np.random.default_rng(3)
+    rng.standard_normal((16, bs.E + bs.K, bs.D), dtype=np.float32)  # the noise, drawn first
+    assert (scores.argmax(1) == rng.integers(0, 8, 16)).all()  # the topic it was drawn from
+
+
 def test_vector_figures_recall_is_one_when_every_list_is_probed():
     got = bs.vector_figures([1500], "IVF8,Flat", nq=4, nprobe=8)[1500]  # every list probed: exact
-    assert got["recall@10"] == 1.0 and got["exact_ms_per_query"] > 0 and got["approx_MiB"] > 0
+    assert got["recall@10"] == 1.0 and got["recall@10_random_queries"] == 1.0
+    assert got["exact_ms_per_query"] > 0 and got["approx_MiB"] > 0
     assert got["exact_ms_1_query"] > 0 and got["approx_ms_1_query"] > 0 and got["exact_GFLOPs"] > 0
 
 
