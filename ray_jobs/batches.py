@@ -80,17 +80,18 @@ def _video_columns(batch: dict) -> dict:
 def train_rows(shard, cfg: Config, epoch: int, rank: int) -> Iterator[dict]:
     """The shard's rows for one epoch, in batches (numpy, straight from Ray Data)."""
     # blocks arrive in a new random order each epoch (ray_jobs.data); rows mix within a local buffer,
-    # except with train.group_batches, whose blocks of whole groups must reach a batch whole
+    # except with train.group_batches, where each block is one batch of whole groups
+    if cfg.train.group_batches:
+        return iter(shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
     seed = int(np.random.SeedSequence([cfg.train.seed, epoch, rank]).generate_state(1)[0])
-    buffer = None if cfg.train.group_batches else SHUFFLE_BUFFER_BATCHES * cfg.train.batch_size
     return iter(
         shard.iter_batches(
             batch_size=cfg.train.batch_size,
             batch_format="numpy",
             drop_last=True,
             prefetch_batches=2,
-            local_shuffle_buffer_size=buffer,
-            local_shuffle_seed=seed if buffer else None,
+            local_shuffle_buffer_size=SHUFFLE_BUFFER_BATCHES * cfg.train.batch_size,
+            local_shuffle_seed=seed,
         )
     )
 

@@ -111,6 +111,7 @@ def build_video_dataset(
     storage: str = "",
     name: str = "",
     groups: list[int] | None = None,
+    group_batch: int = 32,
 ):
     """A Ray Dataset of decoded clips, one row per video.
 
@@ -124,17 +125,17 @@ def build_video_dataset(
         shard: ``(rank, world)``: only the videos with ``video_index % world == rank`` (evaluation
             shards: every video in exactly one shard, none dropped).
         storage, name: where ``data.cache=disk`` keeps decoded shards, and the dataset's name in logs.
-        groups: for training with ``train.group_batches``: each record's group id (a target and its
-            distractors). Blocks then hold whole groups in a random order (:func:`group_blocks`) and the
-            worker batches them without a shuffle buffer, so every batch holds whole groups.
+        groups, group_batch: for training with ``train.group_batches``: each record's group id (a target
+            and its distractors), and the batch size. Each block is then one batch of whole groups, at most
+            ``group_batch`` rows (:func:`group_blocks`), and the worker takes one block per batch.
     """
     rows = index_rows(records, captions)
     if shard is not None:
         rank, world = shard
         rows = rows[rank::world]
-    if shuffle:  # each block a random set of videos, not a run of neighbours (one movie, one source)
+    if shuffle and groups is None:  # each block a random set of videos, not a run of neighbours
         rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
-    ds, batch_size = _index_dataset(rows, data_cfg, ray_cfg, shuffle, seed, groups)
+    ds, batch_size = _index_dataset(rows, data_cfg, ray_cfg, shuffle, seed, groups, group_batch)
     streaming = data_cfg.cache == "none"
     if shuffle and streaming:
         # a new block order every epoch (re-executed); rows mix in the worker's local shuffle buffer
@@ -155,12 +156,12 @@ def build_video_dataset(
     return decoded.randomize_block_order() if shuffle else decoded
 
 
-def _index_dataset(rows, data_cfg: DataConfig, ray_cfg: RayConfig, shuffle: bool, seed: int, groups):
+def _index_dataset(rows, data_cfg: DataConfig, ray_cfg: RayConfig, shuffle, seed, groups, group_batch):
     """The index rows as a Ray Dataset cut into blocks, and the decode stage's batch size (None: a block)."""
     if groups is not None:
         if not shuffle or (data_cfg.feature_store and not data_cfg.decode_clips):
             raise ValueError("train.group_batches: whole-group blocks are for a decoded training split only")
-        return ray.data.from_arrow(_blocks(group_blocks(rows, groups, seed))), None
+        return ray.data.from_arrow(_blocks(group_blocks(rows, groups, seed, group_batch))), None
     if data_cfg.feature_store and not data_cfg.decode_clips:
         # store only: blocks of whole row groups (random ones from many shards when training), so each
         # task reads each row group it needs once per epoch and holds one block, never the store
@@ -201,15 +202,12 @@ def _store_groups(rows: list[dict], feature_store: str, shuffle: bool, seed: int
     return out + [lacking[s : s + 64] for s in range(0, len(lacking), 64)]
 
 
-GROUP_BLOCK_ROWS = 16  # rows per whole-group block (four groups of four; two blocks make a batch of 32)
-
-
-def group_blocks(rows: list[dict], groups: list[int], seed: int) -> list[list[dict]]:
-    """The rows in blocks of whole groups (``groups[i]`` is row ``i``'s group), the groups in a random
-    order (``seed``). A block closes before a group that would take it past :data:`GROUP_BLOCK_ROWS`, so
-    with blocks read in any order and batched without a shuffle buffer, a batch holds whole groups: a
-    target meets its distractors as negatives in the contrastive loss (hard negatives; a random batch of
-    32 out of 200 videos holds a given distractor one time in seven)."""
+def group_blocks(rows: list[dict], groups: list[int], seed: int, max_rows: int) -> list[list[dict]]:
+    """The rows in blocks of whole groups (``groups[i]`` is row ``i``'s group), at most ``max_rows`` each
+    (a larger group is a block of its own), the groups in a random order (``seed``). With one block per
+    batch (``train.group_batches``, :func:`ray_jobs.batches.train_rows`), a target meets its distractors as
+    negatives in the contrastive loss (hard negatives; a random batch of 32 out of 800 videos holds a given
+    distractor one time in 25)."""
     if len(groups) != len(rows):
         raise ValueError(f"group_blocks: {len(groups)} group ids for {len(rows)} rows")
     members: dict[int, list[dict]] = {}
@@ -219,7 +217,7 @@ def group_blocks(rows: list[dict], groups: list[int], seed: int) -> list[list[di
     out: list[list[dict]] = []
     for i in np.random.default_rng(seed).permutation(len(order)):
         group = members[order[int(i)]]
-        if not out or len(out[-1]) + len(group) > GROUP_BLOCK_ROWS:
+        if not out or len(out[-1]) + len(group) > max_rows:
             out.append([])
         out[-1].extend(group)
     return out

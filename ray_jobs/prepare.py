@@ -328,6 +328,7 @@ def build_datasets(cfg: Config, prepared: dict[str, PreparedSplit]) -> dict:
                 storage=storage,
                 name=name,
                 groups=train_groups(cfg, split.records) if cfg.train.group_batches else None,
+                group_batch=cfg.train.batch_size,
             )
             continue
         for rank in range(world):  # evaluation splits: one exact shard per rank, nothing dropped

@@ -198,7 +198,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     precision: Precision = "fp32"  # bf16/fp16: encoders under autocast; scores and loss in fp32
-    group_batches: bool = False  # batches of whole groups (a grouped benchmark's hard negatives together)
+    group_batches: bool = False  # each batch whole groups (a grouped benchmark's hard negatives together)
 
 
 @dataclass

@@ -89,3 +89,34 @@ def test_cache_that_does_not_fit_is_refused_before_decoding(prepared, ray_local,
     with pytest.raises(ValueError, match=r"data\.cache=disk would write about .* GiB .* free\."):
         _build(cfg, split, tmp_path / "ray", "disk", **huge)
     assert not (tmp_path / "ray" / "decoded-cache").exists()
+
+
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_group_batches_reach_the_worker_as_whole_groups(prepared, ray_local, tmp_path, cache):
+    """train.group_batches: each block is one batch of whole groups (a target with its distractors), the
+    blocks read in a random order; a short last group does not shift the others."""
+    import dataclasses
+
+    from ray_jobs.batches import train_rows
+    from ray_jobs.data import build_video_dataset
+
+    cfg, split = prepared
+    groups = [i // 4 for i in range(len(split.records))]  # groups of four consecutive videos (one short)
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, cache=cache),
+        train=dataclasses.replace(cfg.train, group_batches=True, batch_size=8),
+    )
+    ds = build_video_dataset(
+        split.records, cfg.data, cfg.ray, captions=split.captions, shuffle=True, storage=str(tmp_path),
+        name="train", groups=groups, group_batch=8,
+    )  # fmt: skip
+    orders = []
+    for epoch in range(2):
+        batches = [np.asarray(b["video_index"]).tolist() for b in train_rows(ds, cfg, epoch, 0)]
+        assert all(len(b) <= 8 for b in batches) and sum(map(len, batches)) == len(split.records)
+        for batch in batches:
+            members = {groups[v] for v in batch}
+            assert sorted(batch) == sorted(v for v in range(len(groups)) if groups[v] in members), batch
+        orders.append(batches)
+    assert sorted(map(sorted, orders[0])) == sorted(map(sorted, orders[1]))  # the same batches each epoch
