@@ -1,5 +1,6 @@
 """Evaluation scores every clip, and says what it scored: identical metrics and counts in the calling
-process (a small split's default) and with 1, 2 and 3 Train workers on a 41-video test split (real Ray
+process (a small split's default) and with 2 and 3 Train workers on a 41-video test split (41 shards
+unevenly either way) (real Ray
 Train, real decode), with a missing and a corrupt clip named.
 """
 
@@ -59,12 +60,12 @@ def ray_local(tmp_path_factory):
     ray.shutdown()
 
 
-def test_every_clip_scored_identically_in_process_and_with_1_2_3_workers(checkpoint, ray_local, tmp_path):
+def test_every_clip_scored_identically_in_process_and_with_2_3_workers(checkpoint, ray_local, tmp_path):
     from ray_jobs.evaluate import run_evaluation
 
     ckpt, test_ids = checkpoint
     results = {}
-    for workers in (0, 1, 2, 3):  # 0: the default for a split this small, scored in this process
+    for workers in (0, 2, 3):  # 0: the default for a split this small, scored in this process
         overrides = [f"ray.storage_path={tmp_path / 'ray'}"]
         if workers:  # Train workers, however small the split
             overrides += [f"ray.num_workers={workers}", "eval.in_process_max_videos=0"]
@@ -75,7 +76,7 @@ def test_every_clip_scored_identically_in_process_and_with_1_2_3_workers(checkpo
     assert metrics["test/num_videos"] == N_TEST - 2  # counts are what was scored, not the file's
     assert metrics["test/num_queries"] == 3 * (N_TEST - 2)
     assert metrics["test/num_unscored_videos"] == 2
-    for workers in (1, 2, 3):
+    for workers in (2, 3):
         assert results[workers] == results[0], f"{workers} workers differ from the in-process score"
-    # the in-process score started no Train run; the other three did, one folder each
-    assert len(list((tmp_path / "ray").glob("eval-test-*"))) == 3
+    # the in-process score started no Train run; the other two did, one folder each
+    assert len(list((tmp_path / "ray").glob("eval-test-*"))) == 2
