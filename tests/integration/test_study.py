@@ -45,6 +45,7 @@ def study(local_cluster, tmp_path_factory):
         "train.epochs=1", "optim.warmup_steps=0", f"ray.storage_path={tmp / 'runs'}",
         f"ray.address={local_cluster.ray_address}", "ray.num_workers=1", f"mlflow.experiment={EXPERIMENT}",
         "tune.max_concurrent_trials=2",  # two at a time, as the README's sweep step runs
+        "model.experts.appearance.grid=3", "model.experts.motion.grid=3",  # region tokens, as study.yaml
     ]  # fmt: skip
     env = {**local_cluster.subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     log = tmp / "study.log"
