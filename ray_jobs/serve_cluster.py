@@ -29,7 +29,7 @@ __all__ = [
 
 MAX_BATCH = 32  # queries per batch: texts encoded together, the vectors read once per batch
 MAX_ONGOING = 2 * MAX_BATCH  # requests a replica accepts at once (Serve's default, 5, capped any batch)
-BATCH_WAIT_S = 0.002  # how long a lone request waits for company (the next batch forms while one computes)
+BATCH_WAIT_S = 0.002  # how long a lone request waits for company (ray_jobs.serve_batching)
 
 
 def _client():
