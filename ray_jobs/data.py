@@ -192,11 +192,7 @@ def _store_groups(rows: list[dict], feature_store: str, shuffle: bool, seed: int
     rng = np.random.default_rng(seed)
     if shuffle:
         order = [order[i] for i in rng.permutation(len(order))]
-    out: list[list[dict]] = []
-    for key in order:
-        if not out or (out[-1] and len(out[-1]) + len(chunks[key]) > STORE_BLOCK_ROWS):
-            out.append([])
-        out[-1].extend(chunks[key])
+    out = _pack([chunks[key] for key in order], STORE_BLOCK_ROWS)
     if shuffle:  # rows mixed within a block, so that each batch spans its chunks (reads are per shard anyway)
         out = [[block[i] for i in rng.permutation(len(block))] for block in out]
     return out + [lacking[s : s + 64] for s in range(0, len(lacking), 64)]
@@ -214,12 +210,18 @@ def group_blocks(rows: list[dict], groups: list[int], seed: int, max_rows: int) 
     for row, g in zip(rows, groups):
         members.setdefault(int(g), []).append(row)
     order = sorted(members)
+    return _pack(
+        [members[order[int(i)]] for i in np.random.default_rng(seed).permutation(len(order))], max_rows
+    )
+
+
+def _pack(parts: list[list[dict]], max_rows: int) -> list[list[dict]]:
+    """``parts`` in order, packed whole into blocks of at most ``max_rows`` rows (a larger part alone)."""
     out: list[list[dict]] = []
-    for i in np.random.default_rng(seed).permutation(len(order)):
-        group = members[order[int(i)]]
-        if not out or len(out[-1]) + len(group) > max_rows:
+    for part in parts:
+        if not out or (out[-1] and len(out[-1]) + len(part) > max_rows):
             out.append([])
-        out[-1].extend(group)
+        out[-1].extend(part)
     return out
 
 
