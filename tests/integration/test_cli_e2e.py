@@ -82,7 +82,7 @@ def test_train_against_a_stopped_cluster_is_one_line(local_cluster, tmp_path):
     env_cluster = type("C", (), {"subprocess_env": lambda self: {**local_cluster.subprocess_env(),
                                  "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9"}})()  # fmt: skip
     proc = etva(
-        env_cluster, "train", "--config", "ray_jobs/configs/tiny.yaml", f"data.root={tmp_path}", timeout=120
+        env_cluster, "train", "--config", "ray_jobs/configs/tiny.yaml", f"data.root={tmp_path}", timeout=600
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "not reachable" in lines[-2] and "start_local.sh" in lines[-1], (

@@ -51,7 +51,7 @@ def _submit(dashboard_url: str, entrypoint: str, env: dict[str, str], wait: bool
         env=env,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=600,
     )
     lines = proc.stdout.strip().splitlines()
     assert lines, f"no output; stderr:\n{proc.stderr[-2000:]}"
@@ -236,7 +236,7 @@ def _submit_then_stop(cluster: local.LocalCluster, pid_file: Path, t_start: floa
             "RAY_gcs_rpc_server_reconnect_timeout_s": "2",
         },
         capture_output=True,
-        timeout=60,
+        timeout=600,
     )
     assert status.returncode != 0
     print(f"[timing] stop {stop_s:.2f} s; ray status done {time.monotonic() - t_start:.2f} s")

@@ -64,7 +64,7 @@ def server(local_cluster_factory, tmp_path_factory):
 def _etva(server, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": server["uri"], "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "etva", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=180
+        [sys.executable, "-m", "etva", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=600
     )
 
 

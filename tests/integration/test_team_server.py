@@ -129,7 +129,7 @@ def test_jobs_log_in_from_a_credentials_file_only(local_cluster, team_server, ti
     # token once per process: this test process may have loaded "none" before)
     shown = subprocess.run(
         [sys.executable, "-c", JOB_INFO, local_cluster.dashboard_url, job_id],
-        env=local_cluster.subprocess_env(), capture_output=True, text=True, timeout=120,
+        env=local_cluster.subprocess_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert shown.returncode == 0 and "entrypoint" in shown.stdout, shown.stderr[-3000:]
     assert password not in shown.stdout and str(creds) in shown.stdout  # the file's path travels, not the login

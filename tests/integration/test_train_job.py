@@ -105,7 +105,7 @@ def test_job_submit_trains_logs_everything_and_survives_a_killed_worker(local_cl
 
 def _job_cli(cluster, *args) -> str:
     cmd = [str(VENV_BIN / "ray"), "job", *args, "--address", cluster.dashboard_url]
-    proc = subprocess.run(cmd, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=600)
     return proc.stdout + proc.stderr
 
 
@@ -116,7 +116,7 @@ def test_stopped_job_resubmitted_resumes_same_run(local_cluster, tiny_data, tmp_
     # under a second once reports are quick (controller poll 0.1 s on the local head)
     epochs = 20
     overrides = (f"train.epochs={epochs}", "train.batch_size=4")
-    proc = _submit(local_cluster, tiny_data, storage, run_name, *overrides, wait=False, timeout=120)
+    proc = _submit(local_cluster, tiny_data, storage, run_name, *overrides, wait=False, timeout=600)
     assert proc.returncode == 0, proc.stderr
     job_id = next(w.strip("'\"") for w in proc.stdout.split() if "raysubmit_" in w)
     deadline = time.time() + 300

@@ -125,7 +125,7 @@ ALIVE_ACTORS = (  # a job's own actors; detached ones (Ray Data's stats actor) o
 def _alive_actors(cluster, env) -> set[str]:
     out = subprocess.run(
         [sys.executable, "-c", ALIVE_ACTORS, cluster.dashboard_url],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     return set(out.stdout.split())
@@ -315,7 +315,7 @@ def test_best_pick_registers_and_loads_the_champion(sweep, tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     # a registered version is an MLflow model: the checkpoint folder sits inside its artifacts
@@ -341,7 +341,7 @@ def test_etva_best_command(sweep):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
@@ -353,7 +353,7 @@ def test_etva_best_command(sweep):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert bad.returncode == 2 and "no-such-experiment" in bad.stderr
 
@@ -362,7 +362,7 @@ def test_bad_space_key_fails_fast_naming_the_file(sweep, tmp_path):
     space = tmp_path / "bad.yaml"
     space.write_text("model.num_clustrs: {grid: [8, 16]}\n")
     cmd = _sweep_cmd(sweep["tmp"], type("C", (), {"ray_address": "127.0.0.1:1"})(), space, name="bad")
-    out = subprocess.run(cmd, cwd=REPO, env=sweep["env"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(cmd, cwd=REPO, env=sweep["env"], capture_output=True, text=True, timeout=600)
     assert out.returncode != 0
     assert "unknown key 'model.num_clustrs'" in out.stderr and str(space) in out.stderr
     assert not (sweep["tmp"] / "runs" / "bad").exists()

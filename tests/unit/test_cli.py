@@ -92,7 +92,7 @@ def test_cli_start_imports_no_ray_mlflow_or_torch():
         "import sys; from etva.cli import build_parser; build_parser();"
         "print([m for m in ('ray', 'mlflow', 'torch', 'av') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.stdout.strip() == "[]", out.stderr
 
 
@@ -228,7 +228,7 @@ def test_unreachable_mlflow_server_is_a_user_error(env, monkeypatch, capsys):
 def test_etva_entry_point_runs_as_a_program(env):
     out = subprocess.run(
         [sys.executable, "-m", "etva", "train", "--local", "--config", str(TINY), "oops"],
-        capture_output=True, text=True, cwd=REPO, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert out.returncode == 2 and "expected the form key.path=value" in out.stderr
     assert "Traceback" not in out.stderr

@@ -45,7 +45,7 @@ def test_run_all_writes_an_entry_with_machine_and_load(tmp_path):
         "--results",
         str(results),
     ]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     text = results.read_text()
     assert text.startswith("# Results\n\nhand-written table\n")

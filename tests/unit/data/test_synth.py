@@ -381,7 +381,7 @@ def test_python_m_etva_data_synth_runs(tmp_path):
         "1",
         "--no-progress",
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["num_videos"] == 3 and summary["splits"]["full/test"] == 1

@@ -25,7 +25,7 @@ def test_etva_best_command_is_registered_and_lazy():
         "a = p.parse_args(['best', '--experiment', 'x', '--top', '3']);"
         "print(a.experiment, a.top, 'mlflow' in sys.modules, 'ray' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.stdout.split() == ["x", "3", "False", "False"], out.stderr
 
 
