@@ -148,7 +148,8 @@ def _request(headers: dict[str, str] | None = None, query: str = "") -> Request:
         ({}, f"token={TOKEN}", False),  # a token in a URL lands in logs: refused even when right
         ({"Authorization": f"Bearer {TOKEN}"}, f"token={TOKEN}", False),
     ],
-)
+    ids=["none", "wrong-bearer", "basic", "bearer", "cookie", "wrong-cookie", "url", "bearer-and-url"],
+)  # ids without the random token: every pytest process must collect the same names
 def test_a_request_proves_the_token_by_header_or_cookie_never_by_url(headers, query, ok):
     digest = token_digest(TOKEN)
     if ok:
