@@ -12,7 +12,7 @@ descriptors):
   sound moment, which bind, are the reference);
 - ``text acc``: over the captions of a target, how often a caption is closer to a paraphrase of its own
   video than to a caption of the distractor (chance 50: the text side does not see the change beyond
-  the paraphrasing);
+  the paraphrasing; a tie counts 0.5);
 - ``pair acc``: the binding metric of the branch's score alone (target scored above the distractor,
   chance 50).
 
@@ -81,11 +81,16 @@ def _text_acc(txt: torch.Tensor, caps: dict[int, list[int]], groups: list[dict[s
             d_own = torch.cdist(txt[own], txt[own])  # (n, n), the diagonal excluded below
             d_other = torch.cdist(txt[own], txt[other])  # (n, m)
             mask = ~torch.eye(len(own), dtype=torch.bool)
-            closer = d_own[mask].reshape(len(own), -1)[:, :, None] < d_other[:, None, :]
-            wins.append(closer.float().mean().item())
+            near, far = d_own[mask].reshape(len(own), -1)[:, :, None], d_other[:, None, :]
+            wins.append(((near < far).float() + 0.5 * (near == far).float()).mean().item())  # a tie: 0.5
         if wins:
             out[kind] = 100.0 * float(np.mean(wins))
     return out
+
+
+def _above(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of ``a > b``, a tie counting 0.5 (the binding metric's ``average`` policy)."""
+    return ((a > b).float() + 0.5 * (a == b).float()).mean().item()
 
 
 def _pair_acc(sim: torch.Tensor, caps: dict[int, list[int]], groups: list[dict[str, int]]) -> dict[str, float]:
@@ -93,7 +98,7 @@ def _pair_acc(sim: torch.Tensor, caps: dict[int, list[int]], groups: list[dict[s
     out = {}
     for kind in KINDS:
         acc = [
-            (sim[caps[g[""]], g[""]] > sim[caps[g[""]], g[kind]]).float().mean().item()
+            _above(sim[caps[g[""]], g[""]], sim[caps[g[""]], g[kind]])
             for g in groups
             if kind in g
         ]
