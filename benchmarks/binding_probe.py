@@ -107,9 +107,9 @@ def _pair_acc(sim: torch.Tensor, caps: dict[int, list[int]], groups: list[dict[s
     return out
 
 
+@torch.no_grad()
 def probe(checkpoint: str, root: str, split: str, limit: int) -> dict[str, dict[str, dict[str, float]]]:
     model, cfg, tok = load_trained(checkpoint)
-    torch.set_grad_enabled(False)
     records = load_records(cfg.data.dataset, root, split, cfg.data.subset)
     groups = _groups(Path(root), records, limit)
     used = sorted({i for g in groups for i in g.values()})

@@ -246,6 +246,7 @@ class TrainRecipe:
         logs the epoch to MLflow, and only then does the session pass the epoch on (a warm Tune trial's
         ``tune.report``, after which Tune may stop the trial)."""
         self.history[str(epoch)] = metrics
+        name = checkpoint_name(epoch, self.taken)
         with tempfile.TemporaryDirectory() as tmp:
             out = None
             if self.rank == 0:
@@ -253,8 +254,8 @@ class TrainRecipe:
                     "train": [self.inputs.train_video_ids[i] for i in skipped[0]],
                     "val": [self.inputs.val_video_ids[i] for i in skipped[1]],
                 }
-                out = self._save(Path(tmp) / "ckpt", epoch, metrics, names)
-            reported = self.session.report(metrics, out, checkpoint_name(epoch, self.taken))
+                out = self._save(Path(tmp) / name, epoch, metrics, names)  # named as it will be stored
+            reported = self.session.report(metrics, out, name)
         if self.rank == 0:  # an epoch committed but not yet logged is back-filled from it on resume
             prune(reported, self.cfg.ray.keep_recent)
             if epoch in self.mlflow.logged_before:  # redone after a fallback to an older checkpoint

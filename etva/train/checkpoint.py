@@ -35,6 +35,7 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_chec
 
 MANIFEST = "MANIFEST.json"
 FULL_DISK_FAULT_ENV = "ETVA_FAULT_FULL_DISK"
+FULL_DISK_FAULT_AT_ENV = "ETVA_FAULT_FULL_DISK_AT"
 
 
 class CheckpointError(RuntimeError):
@@ -66,11 +67,12 @@ def _write(path: Path, write: Callable[[Any], Any]) -> None:
 
     Fault injection for tests (never set by users): with ``$ETVA_FAULT_FULL_DISK`` naming a marker file
     that does not exist yet, the first file is written to ``/dev/full`` (a real ENOSPC from the kernel)
-    and the marker is created, so the fault fires once.
+    and the marker is created, so the fault fires once; with ``$ETVA_FAULT_FULL_DISK_AT`` also set, only
+    a file whose path contains that text counts (e.g. ``epoch_0001``: the second epoch's checkpoint).
     """
     marker = os.environ.get(FULL_DISK_FAULT_ENV, "")
     target: str | Path = path
-    if marker and not os.path.exists(marker):
+    if marker and os.environ.get(FULL_DISK_FAULT_AT_ENV, "") in str(path) and not os.path.exists(marker):
         Path(marker).write_text(f"full disk injected while writing {path} (pid {os.getpid()})\n")
         target = "/dev/full"
     with open(target, "wb") as f:

@@ -1,8 +1,8 @@
 """Checkpoint faults through the main job (`ray job submit` to a real head, real MLflow server):
 
-1. a run of one epoch, resubmitted for a second: a full disk while rank 0 writes the epoch-1 checkpoint
-   (a real ENOSPC: the writer's first file goes to /dev/full, once) fails that attempt with a clear
-   message; Ray Train restarts the workers, which resume from the intact epoch-0 checkpoint;
+1. a run of two epochs: a full disk while rank 0 writes the epoch-1 checkpoint (a real ENOSPC: the
+   first file of epoch_0001 goes to /dev/full, once) fails that attempt with a clear message; Ray Train
+   restarts the workers, which resume from the intact epoch-0 checkpoint;
 2. the same run, its latest checkpoint then truncated on disk, resubmitted under its run name for one more
    epoch: the resume warns naming the bad checkpoint, falls back to the newest good one, sets the bad one
    aside, redoes the lost epoch without logging it twice; retention keeps the best + ray.keep_recent.
@@ -18,7 +18,7 @@ import pytest
 
 from etva.config import load_config
 from etva.data.synth import generate_dataset
-from etva.train.checkpoint import FULL_DISK_FAULT_ENV
+from etva.train.checkpoint import FULL_DISK_FAULT_AT_ENV, FULL_DISK_FAULT_ENV
 from ray_jobs.checkpoints import RETIRED
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,15 +66,15 @@ def _live(run_dir: Path) -> list[str]:
 def test_full_disk_then_corrupt_latest_checkpoint(local_cluster, tiny_data, tmp_path):
     storage, marker = tmp_path / "ray", tmp_path / "disk-full-fired"
     run_dir = storage / RUN
-    _submit(local_cluster, tiny_data, storage, "train.epochs=1")  # epoch_0000: the last good checkpoint
-    out = _submit(  # resumed for a second epoch, whose checkpoint write hits a full disk once
+    out = _submit(  # epoch_0000 is written; the epoch_0001 checkpoint write hits a full disk once
         local_cluster, tiny_data, storage, "train.epochs=2", "ray.max_failures=1",
-        env={FULL_DISK_FAULT_ENV: str(marker)},
+        env={FULL_DISK_FAULT_ENV: str(marker), FULL_DISK_FAULT_AT_ENV: "epoch_0001"},
     )  # fmt: skip
     assert marker.exists(), "the full disk was not injected"
+    assert "epoch_0001" in marker.read_text(), marker.read_text()
     assert "no space left on the device" in out and "earlier checkpoints are intact" in out, out[-5000:]
-    # resumed from epoch 0 by the resubmission, then again by Ray Train after the failed write
-    assert _history(local_cluster, "train/resumed_from_epoch") == [(1, 0.0), (1, 0.0)]
+    # Ray Train restarted the workers after the failed write: they resumed from epoch 0
+    assert _history(local_cluster, "train/resumed_from_epoch") == [(1, 0.0)]
     assert [s for s, _ in _history(local_cluster, "val/t2v_R1")] == [0, 1]
     assert _live(run_dir) == ["epoch_0000", "epoch_0001"]
 

@@ -74,6 +74,7 @@ def test_the_script_on_a_compositional_benchmark(tmp_path, capsys):
         tokenizer_files=tokenizer_files(tmp_path / "tok"),
     )
     assert bp.main(["--checkpoint", str(ckpt), "--root", str(root), "--groups", "5"]) == 0
+    assert torch.is_grad_enabled(), "the probe must not switch gradients off for the rest of the process"
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["branch", "measure", "colour", "motion", "order", "sound_moment"]
     rows = {tuple(line.split()[:3]): line.split()[3:] for line in lines[1:]}

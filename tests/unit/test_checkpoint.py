@@ -100,12 +100,14 @@ def test_refuses_to_overwrite(tmp_path):
 
 
 def test_full_disk_fails_clearly_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
-    from etva.train.checkpoint import FULL_DISK_FAULT_ENV
+    from etva.train.checkpoint import FULL_DISK_FAULT_AT_ENV, FULL_DISK_FAULT_ENV
 
     m, opt = _state()
-    prev = save_checkpoint(tmp_path / "epoch_0000", m.state_dict(), {"epoch": 0}, optimizer_state=opt.state_dict())
     marker = tmp_path / "fired"
-    monkeypatch.setenv(FULL_DISK_FAULT_ENV, str(marker))  # the writer's first file goes to /dev/full
+    monkeypatch.setenv(FULL_DISK_FAULT_ENV, str(marker))  # the first file of epoch_0001 goes to /dev/full
+    monkeypatch.setenv(FULL_DISK_FAULT_AT_ENV, "epoch_0001")
+    prev = save_checkpoint(tmp_path / "epoch_0000", m.state_dict(), {"epoch": 0}, optimizer_state=opt.state_dict())
+    assert not marker.exists(), "the fault fired on a path it was not aimed at"
     with pytest.raises(CheckpointError, match="no space left on the device.*earlier checkpoints are intact"):
         save_checkpoint(tmp_path / "epoch_0001", m.state_dict(), {"epoch": 1}, optimizer_state=opt.state_dict())
     assert marker.exists(), "the fault was not injected"
