@@ -31,7 +31,24 @@ def test_every_benchmark_module_exists_and_has_a_quick_mode():
         assert '"--quick"' in src, name
 
 
+GPU_CHECKS = [
+    "train step fp32",
+    "train step bf16 autocast",
+    "bf16 / fp32 speed",
+    "GEMM peak fp32",
+    "GEMM peak bf16",
+    "eval end to end (engine.evaluate)",
+    "encode captions + videos",
+    "FusedScorer GEMMs",
+    "score_all (+ copy to host)",
+    "retrieval_metrics (chunked)",
+    "resume: etva.train.state.build_training",
+    "resume: load, then to(device) (contrast)",
+]
+
+
 def test_run_all_writes_an_entry_with_machine_and_load(tmp_path):
+    """run_all with gpu_check's quick CPU mode: the entry, and gpu_check's one full table in it."""
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n\nhand-written table\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -51,7 +68,11 @@ def test_run_all_writes_an_entry_with_machine_and_load(tmp_path):
     assert text.startswith("# Results\n\nhand-written table\n")
     assert "### gpu_check" in text and "`python -m benchmarks.gpu_check --quick --device cpu`" in text
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC; \d+ CPUs .*GiB RAM; load average", text)
-    assert "| train step fp32" in text and text.rstrip().endswith(END)
+    assert text.rstrip().endswith(END)
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert [line.split("|")[1].strip() for line in table[2:]] == GPU_CHECKS
+    assert "metrics equal to the engine's" in text
+    assert "steps/s" in text and "TFLOP/s" in text
 
 
 def test_a_partial_run_keeps_the_other_entries():
