@@ -14,7 +14,10 @@ descriptors):
   video than to a caption of the distractor (chance 50: the text side does not see the change beyond
   the paraphrasing; a tie counts 0.5);
 - ``pair acc``: the binding metric of the branch's score alone (target scored above the distractor,
-  chance 50).
+  chance 50);
+
+and the binding metric of the whole split for a scorer that binds order and sound perfectly and is blind
+to colour and motion (:func:`ceiling`): what a model that has learnt only those two bindings can reach.
 
     python -m benchmarks.binding_probe --checkpoint runs/ray/<study>/train/<trial>/epoch_0039 \
         --root data/compositional-1200 [--groups 90]
@@ -34,8 +37,9 @@ import torch
 
 from etva.data.sources import load_records
 from etva.data.synth.generate import MANIFEST_NAME
-from etva.eval.binding import KINDS, binding_kind
-from etva.inference import encode_records, encode_texts, load_trained
+from etva.data.synth.groups import read_group_table
+from etva.eval.binding import KINDS, GroupTable, binding_kind, group_counts, metrics_from_group_counts
+from etva.inference import encode_records, encode_texts, load_trained, read_trained
 
 
 def _flat(emb, part: str) -> torch.Tensor:
@@ -69,7 +73,9 @@ def _video_sep(vid: torch.Tensor, groups: list[dict[str, int]]) -> dict[str, flo
     return out
 
 
-def _text_acc(txt: torch.Tensor, caps: dict[int, list[int]], groups: list[dict[str, int]]) -> dict[str, float]:
+def _text_acc(
+    txt: torch.Tensor, caps: dict[int, list[int]], groups: list[dict[str, int]]
+) -> dict[str, float]:
     """Share of (caption, paraphrase, distractor caption) triples where the paraphrase is nearer."""
     out = {}
     for kind in KINDS:
@@ -93,18 +99,28 @@ def _above(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a > b).float() + 0.5 * (a == b).float()).mean().item()
 
 
-def _pair_acc(sim: torch.Tensor, caps: dict[int, list[int]], groups: list[dict[str, int]]) -> dict[str, float]:
+def _pair_acc(
+    sim: torch.Tensor, caps: dict[int, list[int]], groups: list[dict[str, int]]
+) -> dict[str, float]:
     """sim (captions, videos): share of a target's captions scoring it above the distractor of a kind."""
     out = {}
     for kind in KINDS:
-        acc = [
-            _above(sim[caps[g[""]], g[""]], sim[caps[g[""]], g[kind]])
-            for g in groups
-            if kind in g
-        ]
+        acc = [_above(sim[caps[g[""]], g[""]], sim[caps[g[""]], g[kind]]) for g in groups if kind in g]
         if acc:
             out[kind] = 100.0 * float(np.mean(acc))
     return out
+
+
+def ceiling(groups: GroupTable, visible: tuple[str, ...] = ("order", "sound_moment")) -> dict[str, float]:
+    """The binding metric of a scorer that tells apart exactly the changes of the ``visible`` kinds.
+
+    One caption per video. A member of the group differs from the caption's video by its own change and
+    the video's (two distractors: both changes); it is scored below the video when one of those is
+    visible and tied with it otherwise (a coin flip: ties count their expectation)."""
+    vis = np.isin(groups.kind, visible)
+    sim = -(vis[None, :] | vis[:, None]).astype(np.float64)  # (captions' videos, videos)
+    np.fill_diagonal(sim, 0.0)
+    return metrics_from_group_counts(group_counts(sim, np.arange(len(vis)), groups))
 
 
 @torch.no_grad()
@@ -149,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     for part, measures in result.items():
         for name, row in measures.items():
             print(f"{part:7} {name:10} " + " ".join(f"{row.get(k, float('nan')):12.3f}" for k in KINDS))
+    data = read_trained(args.checkpoint).cfg.data
+    ids = [r.video_id for r in load_records(data.dataset, args.root, args.split, data.subset)]
+    best = ceiling(read_group_table(args.root, ids))
+    print(
+        f"{args.split} split, a scorer that binds order and sound perfectly and is blind to colour and motion: "
+        f"group R@1 {best['group_R1']:.1f} (chance {best['group_R1_chance']:.1f}), pairwise "
+        + ", ".join(f"{k} {best[f'pair_acc_{k}']:.1f}" for k in KINDS if f"pair_acc_{k}" in best)
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -12,6 +13,7 @@ import yaml
 from benchmarks import binding_probe as bp
 from etva.config import config_to_dict, load_config
 from etva.data.synth import generate_dataset
+from etva.eval.binding import GroupTable
 from etva.model import build_model
 from etva.train.checkpoint import save_checkpoint
 from ray_jobs.prepare import prepare_splits, tokenizer_files
@@ -60,7 +62,12 @@ def test_the_script_on_a_compositional_benchmark(tmp_path, capsys):
     root = tmp_path / "comp"
     cfg = load_config(
         REPO / "ray_jobs/configs/tiny.yaml",
-        [f"data.root={root}", "data.synth.mode=compositional", "data.synth.fps=4", "data.synth.duration_s=2.0"],
+        [
+            f"data.root={root}",
+            "data.synth.mode=compositional",
+            "data.synth.fps=4",
+            "data.synth.duration_s=2.0",
+        ],
     )
     generate_dataset(root, 24, 0, cfg=cfg.data.synth, workers=1, progress=False)
     tok, _ = prepare_splits(cfg, tmp_path / "tok", {"train": "train"})
@@ -77,8 +84,35 @@ def test_the_script_on_a_compositional_benchmark(tmp_path, capsys):
     assert torch.is_grad_enabled(), "the probe must not switch gradients off for the rest of the process"
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["branch", "measure", "colour", "motion", "order", "sound_moment"]
-    rows = {tuple(line.split()[:3]): line.split()[3:] for line in lines[1:]}
+    rows = {tuple(line.split()[:3]): line.split()[3:] for line in lines[1:-1]}
     names = {(b, *m.split()) for b in ("global", "local") for m in ("video sep", "text acc", "pair acc")}
     assert names | {("fused", "pair", "acc")} == set(rows)
+    assert "a scorer that binds order and sound perfectly" in lines[-1]
     values = [float(v) for row in rows.values() for v in row if v != "nan"]
     assert values and all(0.0 <= v <= 100.0 for v in values)
+
+
+def test_ceiling_of_order_and_sound_alone_is_half_of_the_groups_first():
+    """One group of each composition (1, 2 or 3 colour/motion distractors): captions of an order or sound
+    distractor always win; the others share their first place by coin flips: 50 % in all."""
+    kinds = [
+        "",
+        "colour",
+        "order",
+        "sound_moment",
+        "",
+        "colour",
+        "motion",
+        "order",
+        "",
+        "colour",
+        "motion",
+        "colour",
+    ]
+    groups = GroupTable(np.repeat(np.arange(3), 4), np.array(kinds))
+    got = bp.ceiling(groups)
+    assert got["group_R1"] == pytest.approx(100 * (0.5 + 0.5 + 1 + 1 + 3 * (1 / 3) + 1 + 4 * 0.25) / 12)
+    assert got["group_R1"] == pytest.approx(50.0)
+    assert got["pair_acc_order"] == 100.0 and got["pair_acc_sound_moment"] == 100.0
+    assert got["pair_acc_colour"] == 50.0 and got["pair_acc_motion"] == 50.0
+    assert bp.ceiling(groups, visible=("order", "sound_moment", "colour", "motion"))["group_R1"] == 100.0
