@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from benchmarks import binding_probe as bp
+from benchmarks import text_binding as tb
 from etva.config import config_to_dict, load_config
 from etva.data.synth import generate_dataset
 from etva.eval.binding import GroupTable
@@ -58,28 +59,34 @@ def test_pair_accuracy_counts_a_tie_as_half():
     assert acc == {"colour": 50.0, "order": 100.0}
 
 
-def test_the_script_on_a_compositional_benchmark(tmp_path, capsys):
-    root = tmp_path / "comp"
-    cfg = load_config(
-        REPO / "ray_jobs/configs/tiny.yaml",
-        [
-            f"data.root={root}",
-            "data.synth.mode=compositional",
-            "data.synth.fps=4",
-            "data.synth.duration_s=2.0",
-        ],
-    )
+@pytest.fixture(scope="module")
+def compositional_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    """(an untrained tiny checkpoint, its generated compositional benchmark of 24 videos)."""
+    tmp = tmp_path_factory.mktemp("binding")
+    root = tmp / "comp"
+    overrides = [
+        f"data.root={root}",
+        "data.synth.mode=compositional",
+        "data.synth.fps=4",
+        "data.synth.duration_s=2.0",
+    ]
+    cfg = load_config(REPO / "ray_jobs/configs/tiny.yaml", overrides)
     generate_dataset(root, 24, 0, cfg=cfg.data.synth, workers=1, progress=False)
-    tok, _ = prepare_splits(cfg, tmp_path / "tok", {"train": "train"})
+    tok, _ = prepare_splits(cfg, tmp / "tok", {"train": "train"})
     torch.manual_seed(0)
-    ckpt = tmp_path / "ckpt"
+    ckpt = tmp / "ckpt"
     save_checkpoint(
         ckpt,
         {"model": build_model(cfg.model, len(tok)).state_dict()},
         {"epoch": 0, "vocab_size": len(tok)},
         config_yaml=yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
-        tokenizer_files=tokenizer_files(tmp_path / "tok"),
+        tokenizer_files=tokenizer_files(tmp / "tok"),
     )
+    return ckpt, root
+
+
+def test_the_script_on_a_compositional_benchmark(compositional_checkpoint, capsys):
+    ckpt, root = compositional_checkpoint
     assert bp.main(["--checkpoint", str(ckpt), "--root", str(root), "--groups", "5"]) == 0
     assert torch.is_grad_enabled(), "the probe must not switch gradients off for the rest of the process"
     lines = capsys.readouterr().out.splitlines()
@@ -116,3 +123,44 @@ def test_ceiling_of_order_and_sound_alone_is_half_of_the_groups_first():
     assert got["pair_acc_order"] == 100.0 and got["pair_acc_sound_moment"] == 100.0
     assert got["pair_acc_colour"] == 50.0 and got["pair_acc_motion"] == 50.0
     assert bp.ceiling(groups, visible=("order", "sound_moment", "colour", "motion"))["group_R1"] == 100.0
+
+
+def test_text_targets_and_margins_score_a_binding_right_wrong_or_at_chance():
+    events = [
+        [
+            {"colour": "red", "shape": "square", "motion": "up"},
+            {"colour": "blue", "shape": "circle", "motion": "left"},
+        ],
+        [
+            {"colour": "green", "shape": "cross", "motion": "static"},
+            {"colour": "yellow", "shape": "triangle", "motion": "down"},
+        ],
+    ]
+    y = torch.tensor([tb.targets(events)])  # (1, 2 events, 2 objects, 5)
+    assert y[0, 0, 0].tolist() == [1, 0, 2, 6 + 2, 6 + 0]  # square: red (other blue), up (other left)
+    right = torch.zeros(1, 2, 4, 11)
+    for e, objects in enumerate(events):
+        for o in objects:  # the head knows which shape has which colour and motion
+            right[0, e, tb.SHAPES.index(o["shape"]), tb._COLOURS.index(o["colour"])] = 1.0
+            right[0, e, tb.SHAPES.index(o["shape"]), 6 + tb.MOTIONS.index(o["motion"])] = 1.0
+    assert set(tb._accuracy(right.flatten(1), y).values()) == {100.0}
+    swapped = [[{**events[0][0], "colour": "blue"}, {**events[0][1], "colour": "red"}], events[1]]
+    got = tb._accuracy(right.flatten(1), torch.tensor([tb.targets(swapped)]))
+    assert got == {
+        "event0 colour": 0.0,
+        "event0 motion": 100.0,
+        "event1 colour": 100.0,
+        "event1 motion": 100.0,
+    }
+    bag = right.sum(dim=2, keepdim=True).expand_as(right)  # every shape gets every colour of its event
+    assert set(tb._accuracy(bag.flatten(1), y).values()) == {50.0}
+
+
+def test_text_binding_script_runs_every_reading(compositional_checkpoint, capsys):
+    ckpt, root = compositional_checkpoint
+    assert tb.main(["--checkpoint", str(ckpt), "--root", str(root), "--steps", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["text", "encoder"]
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[1:]}
+    assert set(rows) == {"scratch", "trained", "bigram"}
+    assert all(len(v) == 4 and all(0.0 <= x <= 100.0 for x in v) for v in rows.values())
