@@ -28,18 +28,15 @@ Library and PyTorch only (no Ray, no MLflow); CPU, about a minute for 90 groups.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from etva.data.sources import load_records
-from etva.data.synth.generate import MANIFEST_NAME
 from etva.data.synth.groups import read_group_table
-from etva.eval.binding import KINDS, GroupTable, binding_kind, group_counts, metrics_from_group_counts
-from etva.inference import encode_records, encode_texts, load_trained, read_trained
+from etva.eval.binding import KINDS, GroupTable, group_counts, metrics_from_group_counts
+from etva.inference import encode_records, encode_texts, load_trained
 
 
 def _flat(emb, part: str) -> torch.Tensor:
@@ -48,14 +45,12 @@ def _flat(emb, part: str) -> torch.Tensor:
     return x.flatten(1).float()
 
 
-def _groups(root: Path, records: list, limit: int) -> list[dict[str, int]]:
-    """Test groups as {"": target index, kind: distractor index}, at most ``limit`` of them."""
-    videos = json.loads((root / MANIFEST_NAME).read_text())["videos"]
+def _groups(table: GroupTable, limit: int) -> list[dict[str, int]]:
+    """Groups as {"": target row, kind: distractor row} (one distractor per kind: a group with two colour
+    swaps keeps the later), at most ``limit`` of them, from the split's group table."""
     by_group: dict[int, dict[str, int]] = defaultdict(dict)
-    for i, r in enumerate(records):
-        v = videos[r.video_id]
-        changed = str(v["changed_binding"])
-        by_group[int(v["group"])][binding_kind(changed) if changed else ""] = i
+    for i, (group, kind) in enumerate(zip(table.group, table.kind)):
+        by_group[int(group)][str(kind)] = i
     whole = [g for g in by_group.values() if "" in g and len(g) > 1]
     return whole[:limit]
 
@@ -124,10 +119,15 @@ def ceiling(groups: GroupTable, visible: tuple[str, ...] = ("order", "sound_mome
 
 
 @torch.no_grad()
-def probe(checkpoint: str, root: str, split: str, limit: int) -> dict[str, dict[str, dict[str, float]]]:
+def probe(checkpoint: str, root: str, split: str, limit: int) -> tuple[dict, dict[str, float]]:
+    """(the three measures per branch and kind on ``limit`` groups, the order-and-sound ceiling of the
+    whole split)."""
     model, cfg, tok = load_trained(checkpoint)
     records = load_records(cfg.data.dataset, root, split, cfg.data.subset)
-    groups = _groups(Path(root), records, limit)
+    table = read_group_table(root, [r.video_id for r in records])
+    if table is None:
+        raise ValueError(f"{root}: not a compositional benchmark (no compositional shapes_manifest.json)")
+    groups = _groups(table, limit)
     used = sorted({i for g in groups for i in g.values()})
     pos = {i: k for k, i in enumerate(used)}
     groups = [{kind: pos[i] for kind, i in g.items()} for g in groups]
@@ -150,7 +150,7 @@ def probe(checkpoint: str, root: str, split: str, limit: int) -> dict[str, dict[
             "pair acc": _pair_acc(sims[part], caps, groups),
         }
     out["fused"] = {"pair acc": _pair_acc(sims["fused"], caps, groups)}
-    return out
+    return out, ceiling(table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,14 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--groups", type=int, default=90, help="test groups to probe")
     args = ap.parse_args(argv)
-    result = probe(args.checkpoint, args.root, args.split, args.groups)
+    result, best = probe(args.checkpoint, args.root, args.split, args.groups)
     print(f"{'branch':7} {'measure':10} " + " ".join(f"{k:>12}" for k in KINDS))
     for part, measures in result.items():
         for name, row in measures.items():
             print(f"{part:7} {name:10} " + " ".join(f"{row.get(k, float('nan')):12.3f}" for k in KINDS))
-    data = read_trained(args.checkpoint).cfg.data
-    ids = [r.video_id for r in load_records(data.dataset, args.root, args.split, data.subset)]
-    best = ceiling(read_group_table(args.root, ids))
     print(
         f"{args.split} split, a scorer that binds order and sound perfectly and is blind to colour and motion: "
         f"group R@1 {best['group_R1']:.1f} (chance {best['group_R1_chance']:.1f}), pairwise "
