@@ -56,6 +56,18 @@ def add_synth_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=_int_at_least(1), default=None, help="frames per second (default 15)")
     p.add_argument("--duration", type=float, default=None, help="clip length in seconds (default 4)")
     p.add_argument("--captions-per-video", type=_int_at_least(1), default=None, help="default 10")
+    p.add_argument(
+        "--mode",
+        choices=("shapes", "compositional"),
+        default=None,
+        help="shapes (default) or compositional: bound attributes in groups of distractors (docs/study.md)",
+    )
+    p.add_argument(
+        "--object-words",
+        choices=("phrase", "fused"),
+        default=None,
+        help="compositional captions: 'a golden disc' (phrase, default) or 'a yellowcircle' (fused)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_synth)
 
@@ -72,6 +84,8 @@ def run_synth(args: argparse.Namespace) -> int:
         ("fps", "fps"),
         ("duration", "duration_s"),
         ("captions_per_video", "captions_per_video"),
+        ("mode", "mode"),
+        ("object_words", "object_words"),
     ):
         value = getattr(args, arg)
         if value is not None:

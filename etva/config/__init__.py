@@ -28,6 +28,7 @@ from etva.config.choices import (  # re-exported: etva.config.Precision, ...
     FeatureDtype,
     LossKind,
     MsrvttSubset,
+    ObjectWords,
     Precision,
     Reweight,
     SynthMode,
@@ -87,6 +88,9 @@ class SynthConfig:
     duration_s: float = 4.0
     captions_per_video: int = 10
     mode: SynthMode = "shapes"  # compositional: bound attributes, ordered events, a timed sound
+    # compositional captions: "phrase" = "a golden disc" (synonyms), "fused" = "a yellowcircle" (colour and
+    # shape as one word: a text encoder trained from scratch can express the binding; docs/study.md)
+    object_words: ObjectWords = "phrase"
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-__all__ = ["Dataset", "MsrvttSubset", "TextPreset", "ExpertKind", "VladMode", "Alignment", "LossKind", "TuneSearch", "TuneScheduler", "DecodeCache", "Encoder", "FeatureDtype", "Precision", "Reweight", "SynthMode", "CHOICE_ALIASES"]
+__all__ = ["Dataset", "MsrvttSubset", "TextPreset", "ExpertKind", "VladMode", "Alignment", "LossKind", "TuneSearch", "TuneScheduler", "DecodeCache", "Encoder", "FeatureDtype", "Precision", "Reweight", "SynthMode", "ObjectWords", "CHOICE_ALIASES"]
 
 # choice fields: a value outside the Literal is refused at load time, naming key, value and choices
 Dataset = Literal["msrvtt", "activitynet", "lsmdc"]
@@ -26,6 +26,8 @@ FeatureDtype = Literal["float32", "float16"]
 Precision = Literal["fp32", "bf16", "fp16"]  # train.precision: autocast dtype (etva.train.precision)
 Reweight = Literal["none", "inverted_softmax", "dsl"]  # eval.reweight (etva.eval.reweight)
 SynthMode = Literal["shapes", "compositional"]  # data.synth.mode (docs/study.md)
+# data.synth.object_words: how compositional captions name an object (docs/study.md, "Object words")
+ObjectWords = Literal["phrase", "fused"]
 
 # other accepted spellings (matched case-insensitively), stored as the canonical choice; the MSRVTT
 # ones are those of ``etva.data.sources.msrvtt`` (a unit test keeps the two in step)

@@ -16,6 +16,13 @@ clip (the global alignment alone) sees a target and its distractors as identical
 needs word-to-moment/region matching (the fine-grained alignment). Captions name both events in order,
 each object with its bound attributes, and when the sound plays, in paraphrased forms (synonyms, object
 order, templates of order and of the moment).
+
+Object words (``data.synth.object_words``): ``phrase`` names an object as "a golden disc" (colour and shape
+words, with synonyms, side by side); ``fused`` names it as one word of its colour and shape ("a
+yellowcircle", no synonyms), which the caption tokenizer keeps as one piece. With phrases, a text encoder
+must learn from the word order which colour goes with which shape, and an ALBERT trained from scratch here
+does not (``benchmarks/text_binding.py``); with fused words the colour binding is in the words themselves,
+and what is left to learn is the video side's. Motion stays a phrase in both.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 
 from etva.data.synth.content import (
     _BACKGROUND_WORDS,
+    _MOTION_WORDS,
     _SOUND_SHORT,
     BACKGROUNDS,
     COLOURS,
@@ -33,6 +41,7 @@ from etva.data.synth.content import (
     SHAPES,
     ClipSpec,
     ObjectSpec,
+    _article,
     _object_phrase,
     is_valid,
 )
@@ -46,6 +55,8 @@ __all__ = [
     "change_binding",
     "sample_group",
     "grouped_specs",
+    "OBJECT_WORDS",
+    "fused_word",
     "caption",
     "make_captions",
 ]
@@ -60,6 +71,7 @@ BINDINGS = (
     "order",
     "sound_moment",
 )
+OBJECT_WORDS = ("phrase", "fused")  # data.synth.object_words
 GROUP_SIZE = 4  # a target and three distractors, each changing a different binding
 
 MOMENT_WORDS = {
@@ -182,15 +194,28 @@ def grouped_specs(rng: np.random.Generator, n: int) -> tuple[list[CompositionalS
     return specs, groups, changed
 
 
-def _event_phrase(ev: ClipSpec, rng: np.random.Generator) -> str:
+def fused_word(obj: ObjectSpec) -> str:
+    """The one word naming ``obj``'s colour and shape (``object_words: fused``): "yellowcircle"."""
+    return f"{obj.colour}{obj.shape}"
+
+
+def _fused_phrase(obj: ObjectSpec, rng: np.random.Generator) -> str:
+    word = fused_word(obj)
+    return f"{_article(word)} {word} {rng.choice(_MOTION_WORDS[obj.motion])}"
+
+
+def _event_phrase(ev: ClipSpec, rng: np.random.Generator, object_words: str) -> str:
     order = rng.permutation(2)
-    return " and ".join(_object_phrase(ev.objects[int(i)], rng) for i in order)
+    name = _fused_phrase if object_words == "fused" else _object_phrase
+    return " and ".join(name(ev.objects[int(i)], rng) for i in order)
 
 
-def caption(spec: CompositionalSpec, rng: np.random.Generator) -> str:
+def caption(spec: CompositionalSpec, rng: np.random.Generator, object_words: str = "phrase") -> str:
     """One paraphrase: both events in order, each object with its bindings, and when the sound plays."""
+    if object_words not in OBJECT_WORDS:
+        raise ValueError(f"unknown object_words {object_words!r}, expected one of {OBJECT_WORDS}")
     events = str(rng.choice(_ORDER_TEMPLATES)).format(
-        a=_event_phrase(spec.events[0], rng), b=_event_phrase(spec.events[1], rng)
+        a=_event_phrase(spec.events[0], rng, object_words), b=_event_phrase(spec.events[1], rng, object_words)
     )
     sound = str(rng.choice(_SOUND_TEMPLATES)).format(
         sound=str(rng.choice(_SOUND_SHORT[spec.sound])), moment=str(rng.choice(MOMENT_WORDS[spec.sound_at]))
@@ -199,11 +224,13 @@ def caption(spec: CompositionalSpec, rng: np.random.Generator) -> str:
     return str(rng.choice(_TEMPLATES)).format(events=events, bg=bg, sound=sound)
 
 
-def make_captions(spec: CompositionalSpec, rng: np.random.Generator, k: int) -> list[str]:
+def make_captions(
+    spec: CompositionalSpec, rng: np.random.Generator, k: int, object_words: str = "phrase"
+) -> list[str]:
     """``k`` distinct paraphrases."""
     out: list[str] = []
     while len(out) < k:
-        c = caption(spec, rng)
+        c = caption(spec, rng, object_words)
         if c not in out:
             out.append(c)
     return out

@@ -80,6 +80,12 @@ def _check_args(num_videos: int, seed: int, fmt: str, cfg: SynthConfig, workers:
         f"synth.mode=compositional needs at least {2 * GROUP_SIZE + 1} videos (three groups of a target and "
         f"its distractors: train, validate and test each hold whole groups), got {num_videos}",
     )
+    need(
+        cfg.object_words == "phrase" or cfg.mode == "compositional",
+        f"synth.object_words={cfg.object_words!r} names the objects of compositional captions only, "
+        f"got synth.mode={cfg.mode!r}",
+        "use synth.mode=compositional (or synth.object_words=phrase)",
+    )
     frames = cfg.fps * cfg.duration_s
     need(
         cfg.mode != "compositional" or abs(frames - round(frames)) < 1e-9,
@@ -103,6 +109,7 @@ def _params(num_videos: int, seed: int, fmt: str, cfg: SynthConfig) -> dict:
         **({"mode": cfg.mode} if cfg.mode != "shapes" else {}),  # shapes datasets keep their old params
         # compositional groups never straddle a split (a dataset made before that is refused: regenerate)
         **({"groups_within_splits": True} if cfg.mode == "compositional" else {}),
+        **({"object_words": cfg.object_words} if cfg.object_words != "phrase" else {}),  # older keep theirs
     }
 
 
@@ -132,7 +139,8 @@ def _prepare_out_dir(root: Path, params: dict) -> None:
                 f"output directory {root} is not empty and holds no synthetic dataset (no {MANIFEST_NAME})",
                 "choose a new or empty --out directory",
             )
-        diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
+        keys = list(params) + [k for k in old if k not in params]  # a key of either side may differ
+        diff = {k: (old.get(k), params.get(k)) for k in keys if old.get(k) != params.get(k)}
         if diff:
             have = ", ".join(f"{k}={a!r}" for k, (a, _) in diff.items())
             want = ", ".join(f"{k}={b!r}" for k, (_, b) in diff.items())

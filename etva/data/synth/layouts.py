@@ -183,8 +183,10 @@ def plan_msrvtt(num_videos: int, seed: int, cfg: SynthConfig) -> Plan:
     test_a = _pick_by_groups(test_full, groups, n_1k, split_rng, whole=compositional)
     test_b = _pick_by_groups(test_full, groups, n_1k, split_rng, whole=compositional)
     d = float(cfg.duration_s)
-    captioner = comp.make_captions if compositional else make_captions
-    captions = [captioner(s, cap_rng, cfg.captions_per_video) for s in specs]
+    if compositional:
+        captions = [comp.make_captions(s, cap_rng, cfg.captions_per_video, cfg.object_words) for s in specs]
+    else:
+        captions = [make_captions(s, cap_rng, cfg.captions_per_video) for s in specs]
     data = _msrvtt_json(ids, groups, full, captions, d)
     in_a, in_b = set(test_a), set(test_b)
     jsfusion = [

@@ -11,13 +11,23 @@ import av
 import numpy as np
 import pytest
 
+from etva.cli import main as cli_main
 from etva.config import SynthConfig
 from etva.data.synth import MANIFEST_NAME, SynthError, generate_dataset
 from etva.data.synth import compositional as comp
-from etva.data.synth.content import _COLOUR_WORDS, _MOTION_WORDS, _SHAPE_WORDS, COLOURS, ClipSpec, ObjectSpec
+from etva.data.synth.content import (
+    _COLOUR_WORDS,
+    _MOTION_WORDS,
+    _SHAPE_WORDS,
+    COLOURS,
+    SHAPES,
+    ClipSpec,
+    ObjectSpec,
+)
 from etva.data.synth.groups import read_group_table, video_groups
 from etva.data.synth.layouts import plan_msrvtt
 from etva.data.synth.render import AUDIO_RATE, render_audio, render_frames
+from etva.data.tokenizer import train_tokenizer
 
 CFG = SynthConfig(width=96, height=64, fps=8, duration_s=2.0, captions_per_video=4, mode="compositional")
 N = 12  # three groups: train, validate and test each hold one
@@ -254,3 +264,54 @@ def test_group_table_is_none_for_shapes_and_an_old_layout_is_refused(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"params": {"mode": "compositional"}, "videos": {}}))
     with pytest.raises(ValueError, match="generate it again"):
         read_group_table(tmp_path, ["video0"])
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory) -> Path:
+    """The benchmark of ``dataset`` with fused object words, made the way a user makes it (``etva data synth``)."""
+    out = tmp_path_factory.mktemp("fused")
+    argv = ["data", "synth", "--out", str(out), "--num-videos", str(N), "--seed", "5", "--width", "96",
+            "--height", "64", "--fps", "8", "--duration", "2", "--captions-per-video", "4",
+            "--mode", "compositional", "--object-words", "fused", "--workers", "2", "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 0
+    return out
+
+
+def test_fused_captions_name_each_object_by_one_word_of_its_colour_and_shape(fused):
+    videos = json.loads((fused / MANIFEST_NAME).read_text())["videos"]
+    sentences = json.loads((fused / "MSRVTT_data.json").read_text())["sentences"]
+    assert len(sentences) == N * CFG.captions_per_video
+    for s in sentences:
+        spec, words = _spec(videos[s["video_id"]]["attributes"]), s["caption"].replace(",", "").split()
+        at = []
+        for ev in spec.events:
+            for o in ev.objects:
+                k = words.index(comp.fused_word(o))
+                assert any(" ".join(words[k + 1 :]).startswith(m) for m in _MOTION_WORDS[o.motion]), s
+                at.append(k)
+        assert max(at[:2]) < min(at[2:]), s  # the first event is told first
+        named = {w for ws in [*_COLOUR_WORDS.values(), *_SHAPE_WORDS.values()] for w in ws}
+        assert not named & set(words), s  # no colour or shape apart from the fused words
+
+
+def test_fused_words_change_the_captions_only(dataset, fused):
+    a, b = (json.loads((d / MANIFEST_NAME).read_text()) for d in (dataset, fused))
+    assert b["params"] == {**a["params"], "object_words": "fused"}
+    assert a["videos"] == b["videos"]
+    for v in a["videos"].values():
+        assert (dataset / v["path"]).read_bytes() == (fused / v["path"]).read_bytes()
+    with pytest.raises(SynthError, match="object_words"):  # a folder of one kind is not completed as the other
+        generate_dataset(fused, N, 5, cfg=CFG, progress=False)
+    with pytest.raises(SynthError, match="compositional captions only"):
+        generate_dataset(tmp := fused.parent / "shapes-fused", 8, 0, cfg=SynthConfig(object_words="fused"))
+    assert not tmp.exists()
+
+
+def test_the_caption_tokenizer_keeps_each_fused_word_one_piece(fused, tmp_path):
+    captions = [s["caption"] for s in json.loads((fused / "MSRVTT_data.json").read_text())["sentences"]]
+    tok = train_tokenizer(captions, tmp_path, vocab_size=300)
+    for c in captions:
+        pieces = tok.tokenize(c)
+        for w in c.replace(",", "").split():
+            if w in {comp.fused_word(ObjectSpec(col, shp, "left")) for col in COLOURS for shp in SHAPES}:
+                assert "▁" + w in pieces, (w, pieces)
