@@ -35,12 +35,13 @@ def study(local_cluster, tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     tmp = tmp_path_factory.mktemp("study")
-    synth = load_config(REPO / "ray_jobs/configs/tiny.yaml", ["data.synth.mode=compositional"]).data.synth
+    as_study = ["data.synth.mode=compositional", "data.synth.object_words=fused"]  # captions as study.yaml
+    synth = load_config(REPO / "ray_jobs/configs/tiny.yaml", as_study).data.synth
     generate_dataset(tmp / "data", 24, 0, cfg=synth, workers=2, progress=False)
     cmd = [
         sys.executable, "-m", "tuning.study", "--config", str(REPO / "ray_jobs/configs/tiny.yaml"),
         "--space", str(REPO / "tuning/spaces/ablations.yaml"), "--name", NAME, "--seeds", "2",
-        "--variants", ",".join(VARIANTS), f"data.root={tmp / 'data'}", "data.synth.mode=compositional",
+        "--variants", ",".join(VARIANTS), f"data.root={tmp / 'data'}", *as_study,
         "data.synth.num_videos=24", "data.subset=full", "data.val_from_train=4", "data.test_split=test",
         "train.epochs=1", "optim.warmup_steps=0", f"ray.storage_path={tmp / 'runs'}",
         f"ray.address={local_cluster.ray_address}", "ray.num_workers=1", f"mlflow.experiment={EXPERIMENT}",
