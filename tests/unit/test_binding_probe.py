@@ -91,10 +91,11 @@ def test_the_script_on_a_compositional_benchmark(compositional_checkpoint, capsy
     assert torch.is_grad_enabled(), "the probe must not switch gradients off for the rest of the process"
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["branch", "measure", "colour", "motion", "order", "sound_moment"]
-    rows = {tuple(line.split()[:3]): line.split()[3:] for line in lines[1:-1]}
+    rows = {tuple(line.split()[:3]): line.split()[3:] for line in lines[1:-2]}
     names = {(b, *m.split()) for b in ("global", "local") for m in ("video sep", "text acc", "pair acc")}
     assert names | {("fused", "pair", "acc")} == set(rows)
-    assert "a scorer that binds order and sound perfectly" in lines[-1]
+    assert "a scorer that binds order, sound_moment perfectly" in lines[-2]
+    assert "a scorer that binds order, sound_moment, colour perfectly" in lines[-1]
     values = [float(v) for row in rows.values() for v in row if v != "nan"]
     assert values and all(0.0 <= v <= 100.0 for v in values)
 
