@@ -141,6 +141,9 @@ class ExpertConfig:
     dim: int = 0  # input feature dim (features experts); 0 = the built-in encoder's own width
     width: int = 64  # internal channel width of built-in encoders
     grid: int = 1  # appearance/motion: tokens per frame = grid x grid regions (1 = the whole frame)
+    # motion/audio: the clip's time as a ring (motion adds the pair last -> first frame, audio pads its time
+    # convolutions circularly): rotating the clip in time rotates the tokens (the blind control, docs/study.md)
+    ring: bool = False
     prior: float = 1.0  # prior mixture weight (multiplies the text-predicted weight)
     # frozen pretrained encoder: run inline (kind=pretrained) or offline by ray_jobs.extract
     encoder: Encoder = ""  # "" (none) | clip | videomae | ast

@@ -28,13 +28,25 @@ _PIXEL_MEAN = 0.45
 _PIXEL_STD = 0.25
 
 
-def _conv_stack(in_ch: int, width: int, layers: int = 3) -> nn.Sequential:
-    """Strided 3x3 conv blocks: (N, in_ch, H, W) -> (N, width, H/2^layers, W/2^layers)."""
+class _RingPad(nn.Module):
+    """Pads (N, C, H, W) by one: H (time) circularly, W with zeros. Before an unpadded conv, the conv
+    commutes with a rotation of H by any multiple of its stride."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.cat([x[:, :, -1:], x, x[:, :, :1]], dim=2)
+        return F.pad(x, (1, 1))
+
+
+def _conv_stack(in_ch: int, width: int, layers: int = 3, ring: bool = False) -> nn.Sequential:
+    """Strided 3x3 conv blocks: (N, in_ch, H, W) -> (N, width, H/2^layers, W/2^layers); ``ring``: H is
+    padded circularly (time as a ring, :class:`_RingPad`), else every side with zeros."""
     mods: list[nn.Module] = []
     ch = in_ch
     for i in range(layers):
         out = width if i == layers - 1 else max(width // 2, 8)
-        mods += [nn.Conv2d(ch, out, 3, stride=2, padding=1), nn.GroupNorm(1, out), nn.GELU()]
+        conv = nn.Conv2d(ch, out, 3, stride=2, padding=0 if ring else 1)
+        mods += [_RingPad(), conv] if ring else [conv]
+        mods += [nn.GroupNorm(1, out), nn.GELU()]
         ch = out
     return nn.Sequential(*mods)
 
@@ -92,12 +104,14 @@ class AppearanceExpert(Expert):
 class MotionExpert(Expert):
     """2D CNN over consecutive frame pairs [frame_t, frame_{t+1} - frame_t]: -> (B, (T-1) * grid^2, width).
 
-    A clip with a single frame yields one token computed on a zero difference.
+    A clip with a single frame yields one token computed on a zero difference. ``ring``: the pair (last
+    frame, first frame) is added, T pairs in all, so a clip rotated in time gives its tokens rotated.
     """
 
-    def __init__(self, width: int, grid: int = 1) -> None:
+    def __init__(self, width: int, grid: int = 1, ring: bool = False) -> None:
         super().__init__()
         self.out_dim = width
+        self.ring = ring
         self.cnn = _conv_stack(6, width)
         self.head = _MeanMaxHead(width, grid)
 
@@ -106,7 +120,9 @@ class MotionExpert(Expert):
         if x.shape[1] == 1:
             x = torch.cat([x, x], dim=1)
         b = x.shape[0]
-        pairs = torch.cat([x[:, :-1], x[:, 1:] - x[:, :-1]], dim=2)  # (B, T-1, 6, H, W)
+        nxt = torch.roll(x, -1, dims=1) if self.ring else x[:, 1:]  # ring: frame T-1 pairs with frame 0
+        cur = x if self.ring else x[:, :-1]
+        pairs = torch.cat([cur, nxt - cur], dim=2)  # (B, T-1 or T, 6, H, W)
         y = self.head(self.cnn(pairs.flatten(0, 1))).reshape(b, -1, self.out_dim)  # (B, (T-1) * g^2, C)
         return y, torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
 
@@ -116,16 +132,17 @@ class AudioExpert(Expert):
 
     Three stride-2 conv blocks over (time, frequency), then adaptive pooling to ``bands``
     frequency bands (keeps coarse pitch information), flattened and projected to ``width``.
-    The mask is ``audio_mask`` max-pooled with the same strides: a clip with no audio keeps an
+    ``ring``: the time axis is padded circularly, so log-mel rotated in time by a multiple of 8 frames
+    gives its tokens rotated. The mask is ``audio_mask`` max-pooled with the same strides: a clip with no audio keeps an
     all-False mask (the expert is unavailable for it).
     """
 
     bands = 4
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, ring: bool = False) -> None:
         super().__init__()
         self.out_dim = width
-        self.cnn = _conv_stack(1, width)
+        self.cnn = _conv_stack(1, width, ring=ring)
         self.proj = nn.Linear(width * self.bands, width)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -178,8 +195,8 @@ class FeatureExpert(Expert):
 
 EXPERT_BUILDERS: dict[str, Callable[[str, ExpertConfig], Expert]] = {
     "appearance": lambda name, cfg: AppearanceExpert(cfg.width, cfg.grid),
-    "motion": lambda name, cfg: MotionExpert(cfg.width, cfg.grid),
-    "audio": lambda name, cfg: AudioExpert(cfg.width),
+    "motion": lambda name, cfg: MotionExpert(cfg.width, cfg.grid, cfg.ring),
+    "audio": lambda name, cfg: AudioExpert(cfg.width, cfg.ring),
     "features": lambda name, cfg: FeatureExpert(name, cfg.dim),
     "pretrained": build_pretrained_expert,
 }
@@ -190,5 +207,10 @@ def build_expert(name: str, cfg: ExpertConfig) -> Expert:
     if cfg.kind not in EXPERT_BUILDERS:
         raise ValueError(
             f"model.experts.{name}.kind: unknown '{cfg.kind}', expected one of {sorted(EXPERT_BUILDERS)}"
+        )
+    if cfg.ring and cfg.kind not in ("motion", "audio"):
+        raise ValueError(
+            f"model.experts.{name}.ring: only the built-in motion and audio experts mix time steps, got "
+            f"kind '{cfg.kind}'"
         )
     return EXPERT_BUILDERS[cfg.kind](name, cfg)
