@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import socket
 import subprocess
 import tempfile
@@ -269,18 +270,39 @@ def resolve_ports(s: LocalSettings, roles: tuple[PortRole, ...]) -> LocalSetting
     return dataclasses.replace(s, **named)
 
 
+def ephemeral_ports() -> range:
+    """The kernel's ephemeral port range (``ip_local_port_range``): ports it hands to outgoing connections."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return range(low, high + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports outside Ray's worker port range (held open together while choosing,
-    so they differ)."""
+    """``n`` distinct free TCP ports outside Ray's worker port range and outside the kernel's ephemeral
+    range, held open together while choosing so they differ. Outside the ephemeral range, no outgoing
+    connection of another process can take a port while its service is down: a head killed and started
+    again on the same ports (``etva``'s restart after a head loss) finds them free. Falls back to any free
+    port when the ephemeral range leaves no room."""
+    eph, rng = ephemeral_ports(), random.SystemRandom()
+    pool = [p for p in range(20000, 65536) if p not in eph and p not in RAY_WORKER_PORTS]
     socks: list[socket.socket] = []
     try:
         ports: list[int] = []
-        while len(ports) < n:
+        for _ in range(200 * n):
+            if len(ports) == n:
+                break
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("0.0.0.0", 0))
             socks.append(sock)
+            try:
+                sock.bind(("0.0.0.0", rng.choice(pool) if pool else 0))
+            except OSError:
+                continue
             if (port := sock.getsockname()[1]) not in RAY_WORKER_PORTS:
                 ports.append(port)
+        if len(ports) < n:
+            raise PortError(f"found {len(ports)} of {n} free TCP ports to start local services on")
         return ports
     finally:
         for sock in socks:

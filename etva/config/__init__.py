@@ -88,9 +88,7 @@ class SynthConfig:
     duration_s: float = 4.0
     captions_per_video: int = 10
     mode: SynthMode = "shapes"  # compositional: bound attributes, ordered events, a timed sound
-    # compositional captions: "phrase" = "a golden disc" (synonyms), "fused" = "a yellowcircle" (colour and
-    # shape as one word: a text encoder trained from scratch can express the binding; docs/study.md)
-    object_words: ObjectWords = "phrase"
+    object_words: ObjectWords = "phrase"  # compositional: "a golden disc" | fused "a yellowcircle" (docs/study.md)
 
 
 @dataclass
@@ -141,9 +139,7 @@ class ExpertConfig:
     dim: int = 0  # input feature dim (features experts); 0 = the built-in encoder's own width
     width: int = 64  # internal channel width of built-in encoders
     grid: int = 1  # appearance/motion: tokens per frame = grid x grid regions (1 = the whole frame)
-    # motion/audio: the clip's time as a ring (motion adds the pair last -> first frame, audio pads its time
-    # convolutions circularly): rotating the clip in time rotates the tokens (the blind control, docs/study.md)
-    ring: bool = False
+    ring: bool = False  # motion/audio: time as a ring, rotating a clip rotates its tokens (docs/study.md)
     prior: float = 1.0  # prior mixture weight (multiplies the text-predicted weight)
     # frozen pretrained encoder: run inline (kind=pretrained) or offline by ray_jobs.extract
     encoder: Encoder = ""  # "" (none) | clip | videomae | ast

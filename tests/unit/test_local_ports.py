@@ -45,7 +45,19 @@ def test_unnamed_ports_are_picked_free_distinct_and_outside_the_worker_range(tmp
     for field in PICKED:
         port = getattr(resolved, field)
         assert getattr(s, field) is None and port not in RAY_WORKER_PORTS
+        assert port not in local_state.ephemeral_ports(), (field, port)
         assert local_procs.port_free("0.0.0.0", port), (field, port)
+
+
+def test_picked_ports_are_outside_the_kernels_ephemeral_range() -> None:
+    """An outgoing connection of another process never takes a picked port while its service restarts
+    (a head killed and started again on its own ports once found its Jobs API port taken that way)."""
+    eph = local_state.ephemeral_ports()
+    assert len(eph) > 1000 and eph.start >= 1024
+    ports = local_state.free_ports(8)
+    assert len(set(ports)) == 8
+    assert not [p for p in ports if p in eph or p in RAY_WORKER_PORTS], (ports, eph)
+    assert all(local_procs.port_free("0.0.0.0", p) for p in ports)
 
 
 def test_a_free_ray_default_is_kept_and_a_taken_one_replaced() -> None:
