@@ -43,7 +43,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -51,11 +50,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
+from cluster import local_state
+
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port outside the kernel's ephemeral range: no outgoing connection takes it before it is used."""
+    return local_state.free_ports(1)[0]
 
 
 def _children_map() -> dict[int, list[int]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from cluster import local_state
 from etva.distributed import (
     gather_objects,
     gather_to_rank0,
@@ -101,9 +101,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port outside the kernel's ephemeral range: no outgoing connection takes it before it is used."""
+    return local_state.free_ports(1)[0]
 
 
 @pytest.fixture(scope="module")

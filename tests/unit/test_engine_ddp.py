@@ -4,7 +4,6 @@ distributed evaluation (uneven shards, a duplicate, an empty rank) equals single
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from cluster import local_state
 from etva.config import ExpertConfig, LossConfig, ModelConfig, TextConfig
 from etva.model import build_model
 from etva.train.engine import evaluate, train_step
@@ -93,9 +93,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port outside the kernel's ephemeral range: no outgoing connection takes it before it is used."""
+    return local_state.free_ports(1)[0]
 
 
 @pytest.mark.timeout(180)
