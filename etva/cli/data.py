@@ -11,8 +11,10 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 from etva.cli.errors import UsageError
+from etva.config.choices import ObjectWords, SynthMode
 
 __all__ = [
     "DATA_COMMANDS", "add_parser", "add_synth_parser", "add_check_parser", "add_import_parser", "run_synth",
@@ -58,13 +60,13 @@ def add_synth_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--captions-per-video", type=_int_at_least(1), default=None, help="default 10")
     p.add_argument(
         "--mode",
-        choices=("shapes", "compositional"),
+        choices=get_args(SynthMode),
         default=None,
         help="shapes (default) or compositional: bound attributes in groups of distractors (docs/study.md)",
     )
     p.add_argument(
         "--object-words",
-        choices=("phrase", "fused"),
+        choices=get_args(ObjectWords),
         default=None,
         help="compositional captions: 'a golden disc' (phrase, default) or 'a yellowcircle' (fused)",
     )

@@ -28,9 +28,11 @@ and what is left to learn is the video side's. Motion stays a phrase in both.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import get_args
 
 import numpy as np
 
+from etva.config.choices import ObjectWords
 from etva.data.synth.content import (
     _BACKGROUND_WORDS,
     _MOTION_WORDS,
@@ -71,7 +73,7 @@ BINDINGS = (
     "order",
     "sound_moment",
 )
-OBJECT_WORDS = ("phrase", "fused")  # data.synth.object_words
+OBJECT_WORDS = get_args(ObjectWords)  # data.synth.object_words
 GROUP_SIZE = 4  # a target and three distractors, each changing a different binding
 
 MOMENT_WORDS = {
