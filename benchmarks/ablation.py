@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--config", str(REPO / "ray_jobs/configs/tiny.yaml"), "--seeds", "1", "--variants",
-         "global_only,shared_centres", "data.synth.mode=compositional", "data.subset=full",
+         "global_only,shared_centres", "data.synth.mode=compositional", "data.synth.duration_s=2.0", "data.subset=full",
          "data.val_from_train=4", "data.test_split=test", "data.synth.num_videos=24", "train.epochs=1",
          "ray.num_workers=1", "tune.max_concurrent_trials=1"]  # fmt: skip
 

@@ -35,7 +35,8 @@ def study(local_cluster, tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     tmp = tmp_path_factory.mktemp("study")
-    as_study = ["data.synth.mode=compositional", "data.synth.object_words=fused"]  # captions as study.yaml
+    # captions as study.yaml; 2 s clips: the shortest whose sounds fit their grid with silent margins
+    as_study = ["data.synth.mode=compositional", "data.synth.object_words=fused", "data.synth.duration_s=2.0"]
     synth = load_config(REPO / "ray_jobs/configs/tiny.yaml", as_study).data.synth
     generate_dataset(tmp / "data", 24, 0, cfg=synth, workers=2, progress=False)
     cmd = [

@@ -29,7 +29,7 @@ from etva.config import SynthConfig
 from etva.data.synth.compositional import GROUP_SIZE
 from etva.data.synth.content import vocabulary
 from etva.data.synth.layouts import LAYOUTS, Plan
-from etva.data.synth.render import AUDIO_RATE, ClipJob, write_clips
+from etva.data.synth.render import AUDIO_RATE, SOUND_GRID, SOUND_MARGIN_S, ClipJob, write_clips
 
 __all__ = ["SynthError", "FORMATS", "MANIFEST_NAME", "generate_dataset"]
 
@@ -92,6 +92,13 @@ def _check_args(num_videos: int, seed: int, fmt: str, cfg: SynthConfig, workers:
         f"synth.mode=compositional needs a whole number of frames (fps x duration_s), so both events last "
         f"as long; got {cfg.fps} x {cfg.duration_s} = {frames:g}",
     )
+    shortest = 2 * (2 * SOUND_MARGIN_S + 2 * SOUND_GRID / AUDIO_RATE)  # a sound of one grid step per event
+    need(
+        cfg.mode != "compositional" or cfg.duration_s >= shortest,
+        f"synth.mode=compositional needs synth.duration_s >= {shortest:g}, so that each event's sound lasts "
+        f"one {SOUND_GRID / AUDIO_RATE:g} s step of its grid inside {SOUND_MARGIN_S:g} s of silence at both "
+        f"ends; got {cfg.duration_s}",
+    )
 
 
 def _params(num_videos: int, seed: int, fmt: str, cfg: SynthConfig) -> dict:
@@ -109,6 +116,8 @@ def _params(num_videos: int, seed: int, fmt: str, cfg: SynthConfig) -> dict:
         **({"mode": cfg.mode} if cfg.mode != "shapes" else {}),  # shapes datasets keep their old params
         # compositional groups never straddle a split (a dataset made before that is refused: regenerate)
         **({"groups_within_splits": True} if cfg.mode == "compositional" else {}),
+        # and their sounds sit on a grid inside silent margins (one made before that leaks the sound's moment)
+        **({"aligned_sound": [SOUND_GRID, SOUND_MARGIN_S]} if cfg.mode == "compositional" else {}),
         **({"object_words": cfg.object_words} if cfg.object_words != "phrase" else {}),  # older keep theirs
     }
 

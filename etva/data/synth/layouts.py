@@ -124,9 +124,17 @@ def _lines(ids: list[str]) -> str:
 
 
 def _job(
-    path: str, spec_segments: list, duration: float, cfg: SynthConfig, seed: int, segment_seeds: tuple = ()
+    path: str,
+    spec_segments: list,
+    duration: float,
+    cfg: SynthConfig,
+    seed: int,
+    segment_seeds: tuple = (),
+    aligned_sound: bool = False,
 ) -> ClipJob:
-    return ClipJob(path, tuple(spec_segments), duration, cfg.width, cfg.height, cfg.fps, seed, segment_seeds)
+    return ClipJob(
+        path, tuple(spec_segments), duration, cfg.width, cfg.height, cfg.fps, seed, segment_seeds, aligned_sound
+    )
 
 
 def _msrvtt_json(
@@ -155,7 +163,8 @@ def _single_clips(ids, paths, split, specs, groups, attrs, cfg: SynthConfig, see
     for i, (v, s) in enumerate(zip(ids, specs)):
         if isinstance(s, comp.CompositionalSpec):  # one seed per group: its clips differ only in the binding
             group_seed = int(np.random.SeedSequence([seed, 98, groups[i]]).generate_state(1)[0])
-            jobs.append(_job(paths[i], s.segments(d), d, cfg, group_seed, s.segment_seeds(group_seed)))
+            seeds = s.segment_seeds(group_seed)
+            jobs.append(_job(paths[i], s.segments(d), d, cfg, group_seed, seeds, aligned_sound=True))
         else:
             jobs.append(_job(paths[i], [(s, 0.0, d)], d, cfg, _clip_seed(seed, i)))
         videos[v] = {"path": paths[i], "split": split[i], "group": groups[i], "varied_attribute": attrs[groups[i]],

@@ -17,12 +17,17 @@ import numpy as np
 
 from etva.data.synth.content import BACKGROUNDS, COLOURS, ClipSpec
 
-__all__ = ["AUDIO_RATE", "ClipJob", "render_frames", "render_audio", "write_clip", "write_clips"]
+__all__ = [
+    "AUDIO_RATE", "SOUND_GRID", "SOUND_MARGIN_S", "ClipJob", "sound_span", "render_frames", "render_audio",
+    "write_clip", "write_clips",
+]
 
 AUDIO_RATE = 16000  # Hz, mono
 _TONE_HZ = {"low": 220.0, "high": 1760.0}
 _AMPLITUDE = 0.3
 _MARGIN = 2  # pixels between an object and its region's edge
+SOUND_MARGIN_S = 0.1  # aligned sounds: seconds of silence at least at both ends of the segment
+SOUND_GRID = 5120  # aligned sounds: samples (0.32 s), 5 AAC frames of 1,024 and 32 mel hops of 160
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class ClipJob:
     # plays and in every clip of its group, and two events last as many frames: with an odd frame count
     # the middle frame shows the background alone); empty: positions come from ``seed``
     segment_seeds: tuple[int, ...] = ()
+    # the compositional mode: each sound sits on the grid, inside silent margins (:func:`sound_span`)
+    aligned_sound: bool = False
 
 
 @lru_cache(maxsize=64)
@@ -129,13 +136,32 @@ def render_frames(job: ClipJob, rng: np.random.Generator) -> np.ndarray:
     return frames
 
 
+def sound_span(start_s: float, end_s: float, num_samples: int, aligned: bool) -> tuple[int, int]:
+    """Samples [a, b) of a segment's sound in a clip of ``num_samples``: the whole segment, or (``aligned``)
+    a span that starts on the first SOUND_GRID step at least SOUND_MARGIN_S into the segment and lasts as
+    many grid steps as every segment of that length allows with the margin at its end too.
+
+    Aligned sounds never touch the file's ends or a cut, where the AAC encoder's start-up and pre-echo mark
+    where a sound is, and two equally long segments hold sounds that are exact shifts of each other on the
+    AAC frame grid and on the 10 ms mel hop grid: their decoded log-mel frames are shifts of each other too.
+    """
+    a, b = round(start_s * AUDIO_RATE), min(num_samples, round(end_s * AUDIO_RATE))
+    if not aligned:
+        return a, b
+    margin = round(SOUND_MARGIN_S * AUDIO_RATE)
+    first = -(-(a + margin) // SOUND_GRID) * SOUND_GRID
+    steps = max(0, (b - a - 2 * margin - SOUND_GRID) // SOUND_GRID)
+    return first, first + steps * SOUND_GRID
+
+
 def render_audio(job: ClipJob, rng: np.random.Generator) -> np.ndarray:
-    """Mono float32 (S,) at AUDIO_RATE: a tone, noise or silence per segment, with 10 ms fades."""
+    """Mono float32 (S,) at AUDIO_RATE: a tone, noise or silence per segment (over its :func:`sound_span`),
+    with 10 ms fades."""
     n = max(1, round(job.duration_s * AUDIO_RATE))
     audio = np.zeros(n, np.float32)
     fade = int(0.01 * AUDIO_RATE)
     for spec, s, e in job.segments:
-        a, b = round(s * AUDIO_RATE), min(n, round(e * AUDIO_RATE))
+        a, b = sound_span(s, e, n, job.aligned_sound)
         if b <= a or spec.sound == "silence":
             continue
         t = np.arange(b - a) / AUDIO_RATE
