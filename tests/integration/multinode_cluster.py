@@ -53,11 +53,6 @@ from unittest import mock
 from cluster import local_state
 
 
-def _free_port() -> int:
-    """A free port outside the kernel's ephemeral range: no outgoing connection takes it before it is used."""
-    return local_state.free_ports(1)[0]
-
-
 def _children_map() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -180,7 +175,9 @@ def simulated_cluster(nodes: dict[str, dict], state_dir: Path | None = None) -> 
         with private_ray_env(state_dir):
             cluster = Cluster(
                 initialize_head=True,
-                head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": _free_port()},
+                head_node_args={
+                    "num_cpus": 0, "include_dashboard": True, "dashboard_port": local_state.free_ports(1)[0]
+                },
             )
             started = {name: cluster.add_node(**args) for name, args in nodes.items()}
             cluster.wait_for_nodes()

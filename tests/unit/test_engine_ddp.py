@@ -92,15 +92,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    """A free port outside the kernel's ephemeral range: no outgoing connection takes it before it is used."""
-    return local_state.free_ports(1)[0]
-
-
 @pytest.mark.timeout(180)
 def test_ddp_engine_equals_single_process(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(local_state.free_ports(1)[0], str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     ref = _single()
     for r, res in enumerate(ranks):

@@ -29,7 +29,14 @@ from etva.config import SynthConfig
 from etva.data.synth.compositional import GROUP_SIZE
 from etva.data.synth.content import vocabulary
 from etva.data.synth.layouts import LAYOUTS, Plan
-from etva.data.synth.render import AUDIO_RATE, SOUND_GRID, SOUND_MARGIN_S, ClipJob, write_clips
+from etva.data.synth.render import (
+    AUDIO_RATE,
+    SHORTEST_ALIGNED_SEGMENT_S,
+    SOUND_GRID,
+    SOUND_MARGIN_S,
+    ClipJob,
+    write_clips,
+)
 
 __all__ = ["SynthError", "FORMATS", "MANIFEST_NAME", "generate_dataset"]
 
@@ -92,7 +99,7 @@ def _check_args(num_videos: int, seed: int, fmt: str, cfg: SynthConfig, workers:
         f"synth.mode=compositional needs a whole number of frames (fps x duration_s), so both events last "
         f"as long; got {cfg.fps} x {cfg.duration_s} = {frames:g}",
     )
-    shortest = 2 * (2 * SOUND_MARGIN_S + 2 * SOUND_GRID / AUDIO_RATE)  # a sound of one grid step per event
+    shortest = 2 * SHORTEST_ALIGNED_SEGMENT_S  # two events
     need(
         cfg.mode != "compositional" or cfg.duration_s >= shortest,
         f"synth.mode=compositional needs synth.duration_s >= {shortest:g}, so that each event's sound lasts "

@@ -18,8 +18,8 @@ import numpy as np
 from etva.data.synth.content import BACKGROUNDS, COLOURS, ClipSpec
 
 __all__ = [
-    "AUDIO_RATE", "SOUND_GRID", "SOUND_MARGIN_S", "ClipJob", "sound_span", "render_frames", "render_audio",
-    "write_clip", "write_clips",
+    "AUDIO_RATE", "SOUND_GRID", "SOUND_MARGIN_S", "SHORTEST_ALIGNED_SEGMENT_S", "ClipJob", "sound_span",
+    "render_frames", "render_audio", "write_clip", "write_clips",
 ]
 
 AUDIO_RATE = 16000  # Hz, mono
@@ -28,6 +28,8 @@ _AMPLITUDE = 0.3
 _MARGIN = 2  # pixels between an object and its region's edge
 SOUND_MARGIN_S = 0.1  # aligned sounds: seconds of silence at least at both ends of the segment
 SOUND_GRID = 5120  # aligned sounds: samples (0.32 s), 5 AAC frames of 1,024 and 32 mel hops of 160
+# aligned sounds: the shortest segment that holds one grid step inside the margins (:func:`sound_span`)
+SHORTEST_ALIGNED_SEGMENT_S = 2 * SOUND_MARGIN_S + 2 * SOUND_GRID / AUDIO_RATE
 
 
 @dataclass(frozen=True)
